@@ -1,0 +1,1 @@
+"""lethe.embedding."""

@@ -1,0 +1,60 @@
+"""Small value objects shared by every layer of lethe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+#: qrels in the ir-measures / TREC shape: ``{query_id: {doc_id: relevance}}``
+Qrels = dict[str, dict[str, int]]
+#: a run in the ir-measures / TREC shape: ``{query_id: {doc_id: score}}``
+Run = dict[str, dict[str, float]]
+
+
+@dataclass(frozen=True)
+class Doc:
+    """A document: id, title, text, the users who own it and free metadata."""
+
+    id: str
+    text: str
+    title: str = ""
+    owners: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def contents(self) -> str:
+        """Title and text joined, the string every index sees (BEIR convention)."""
+        return f"{self.title} {self.text}".strip() if self.title else self.text
+
+
+@dataclass(frozen=True)
+class Query:
+    """A query: id, text and free metadata (e.g. the user who asked it)."""
+
+    id: str
+    text: str
+    owners: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True, order=True)
+class Hit:
+    """One search result."""
+
+    doc_id: str
+    score: float
+
+
+@dataclass(frozen=True)
+class ForgetRequest:
+    """What to forget: explicit doc ids and/or every document of some owners."""
+
+    doc_ids: tuple[str, ...] = ()
+    owners: tuple[str, ...] = ()
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.doc_ids and not self.owners:
+            from lethe.errors import ForgetError
+
+            raise ForgetError("a forget request needs at least one doc id or one owner")
