@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 #: qrels in the ir-measures / TREC shape: ``{query_id: {doc_id: relevance}}``
 Qrels = dict[str, dict[str, int]]
@@ -37,9 +37,8 @@ class Query:
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
-@dataclass(frozen=True, order=True)
-class Hit:
-    """One search result."""
+class Hit(NamedTuple):
+    """One search result (a named tuple: cheap to build by the thousand)."""
 
     doc_id: str
     score: float

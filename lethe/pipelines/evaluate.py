@@ -1,0 +1,67 @@
+"""Evaluation with ir-measures: aggregate and per-query figures, TREC run files."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from lethe.errors import LetheError
+from lethe.retrieval.base import atomic_write_bytes
+from lethe.types import Hit, Qrels, Run
+
+DEFAULT_MEASURES = ("nDCG@10", "R@100", "RR@10")
+
+
+def parse_measures(measures: Iterable[str]) -> list:
+    """ir-measures objects from strings such as ``nDCG@10``; bad names raise with the reason."""
+    import ir_measures
+
+    out = []
+    for m in measures:
+        try:
+            out.append(ir_measures.parse_measure(m))
+        except (ValueError, NameError, SyntaxError) as exc:
+            raise LetheError(f"unknown measure {m!r} ({exc}); e.g. nDCG@10, R@100, RR@10, AP, P@5") from exc
+    return out
+
+
+def hits_to_run(query_ids: Sequence[str], hits: Sequence[Sequence[Hit]]) -> Run:
+    """Turn per-query hit lists into a run dict."""
+    return {qid: {h.doc_id: float(h.score) for h in hs} for qid, hs in zip(query_ids, hits, strict=True)}
+
+
+def evaluate(run: Run, qrels: Qrels, measures: Iterable[str] = DEFAULT_MEASURES
+             ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Aggregate figures (by measure string) and per-query figures (query -> measure -> value).
+
+    Queries judged in ``qrels`` but absent from ``run`` count as zero (ir-measures' convention).
+    """
+    import ir_measures
+
+    parsed = parse_measures(measures)
+    qrels = {q: d for q, d in qrels.items() if d}
+    run = {q: d for q, d in run.items() if q in qrels}
+    full_run = {q: run.get(q, {}) for q in qrels}
+    full_run = {q: d if d else {"__none__": 0.0} for q, d in full_run.items()}
+    agg = ir_measures.calc_aggregate(parsed, qrels, full_run)
+    per_query: dict[str, dict[str, float]] = {}
+    for m in ir_measures.iter_calc(parsed, qrels, full_run):
+        per_query.setdefault(m.query_id, {})[str(m.measure)] = float(m.value)
+    return {str(k): float(v) for k, v in agg.items()}, per_query
+
+
+def write_trec_run(run: Mapping[str, Mapping[str, float]], path: str | Path, tag: str = "lethe") -> None:
+    """Write a TREC run file atomically (ranks by descending score)."""
+    lines = []
+    for qid, docs in run.items():
+        ranked = sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))
+        lines += [f"{qid} Q0 {d} {r} {s:.6f} {tag}" for r, (d, s) in enumerate(ranked, start=1)]
+    data = ("\n".join(lines) + "\n").encode()
+    atomic_write_bytes(path, lambda fh: fh.write(data))
+
+
+def write_per_query(per_query: Mapping[str, Mapping[str, float]], path: str | Path) -> None:
+    """Write per-query figures as TSV (query, measure, value) atomically."""
+    rows = [f"{q}\t{m}\t{v:.6f}" for q, ms in per_query.items() for m, v in ms.items()]
+    data = ("query_id\tmeasure\tvalue\n" + "\n".join(rows) + "\n").encode()
+    atomic_write_bytes(path, lambda fh: fh.write(data))

@@ -1,0 +1,244 @@
+"""SQLite document store: documents with owners and content hashes, deleted for real.
+
+The database runs in WAL mode with ``PRAGMA secure_delete=ON``: SQLite overwrites the content of
+deleted rows with zeros, and every delete ends with a ``wal_checkpoint(TRUNCATE)`` so that no old
+page image of a deleted document survives in the write-ahead log either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Collection, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from lethe.errors import StoreError
+from lethe.types import Doc, Query
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS docs (
+    id TEXT PRIMARY KEY,
+    title TEXT NOT NULL,
+    text TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    metadata TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS doc_owners (
+    doc_id TEXT NOT NULL REFERENCES docs(id) ON DELETE CASCADE,
+    owner_id TEXT NOT NULL,
+    PRIMARY KEY (doc_id, owner_id)
+);
+CREATE INDEX IF NOT EXISTS doc_owners_owner ON doc_owners(owner_id);
+CREATE TABLE IF NOT EXISTS queries (
+    id TEXT PRIMARY KEY,
+    text TEXT NOT NULL,
+    metadata TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS query_owners (
+    query_id TEXT NOT NULL REFERENCES queries(id) ON DELETE CASCADE,
+    owner_id TEXT NOT NULL,
+    PRIMARY KEY (query_id, owner_id)
+);
+CREATE INDEX IF NOT EXISTS query_owners_owner ON query_owners(owner_id);
+"""
+
+
+def content_hash(doc: Doc) -> str:
+    """sha256 of what the indexes see (title + text): the key of every derived cache."""
+    return hashlib.sha256(doc.contents.encode("utf-8")).hexdigest()
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open a SQLite database in WAL mode with secure deletion and foreign keys on."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA secure_delete=ON")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def scrub(conn: sqlite3.Connection) -> None:
+    """Push zeroed pages into the main file and truncate the WAL to nothing."""
+    row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    if row and row[0] != 0:
+        raise StoreError("could not checkpoint the WAL (another connection holds it); retry")
+
+
+class DocStore:
+    """Documents (and optionally queries) with owners, in one SQLite file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.conn = connect(self.path)
+        self.conn.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self.conn.close()
+
+    # -- writing -------------------------------------------------------------------------------
+    def ingest(self, docs: Iterable[Doc], queries: Iterable[Query] = (), upsert: bool = False) -> int:
+        """Insert documents (and queries) in ONE transaction; returns how many docs were written.
+
+        An id already in the store is an error unless ``upsert``; on any error nothing is written.
+        """
+        docs = list(docs)
+        with transaction(self.conn) as c:
+            if not upsert:
+                self._refuse_existing(c, [d.id for d in docs])
+            c.executemany(
+                "INSERT OR REPLACE INTO docs(id, title, text, hash, metadata) VALUES (?,?,?,?,?)",
+                [(d.id, d.title, d.text, content_hash(d), _dump(d.metadata)) for d in docs],
+            )
+            c.executemany("DELETE FROM doc_owners WHERE doc_id=?", [(d.id,) for d in docs])
+            c.executemany(
+                "INSERT INTO doc_owners(doc_id, owner_id) VALUES (?,?)",
+                [(d.id, o) for d in docs for o in d.owners],
+            )
+            self._ingest_queries(c, list(queries))
+        return len(docs)
+
+    def _refuse_existing(self, c: sqlite3.Connection, ids: list[str]) -> None:
+        existing = self._existing(c, ids)
+        if existing:
+            raise StoreError(
+                f"{len(existing)} document id(s) already in the store, e.g. {existing[:5]}; "
+                "pass upsert=True to replace them"
+            )
+
+    @staticmethod
+    def _existing(c: sqlite3.Connection, ids: list[str]) -> list[str]:
+        out: list[str] = []
+        for chunk in _chunks(ids, 900):
+            marks = ",".join("?" * len(chunk))
+            out += [r[0] for r in c.execute(f"SELECT id FROM docs WHERE id IN ({marks})", chunk)]
+        return out
+
+    @staticmethod
+    def _ingest_queries(c: sqlite3.Connection, queries: list[Query]) -> None:
+        c.executemany(
+            "INSERT OR REPLACE INTO queries(id, text, metadata) VALUES (?,?,?)",
+            [(q.id, q.text, _dump(q.metadata)) for q in queries],
+        )
+        c.executemany(
+            "INSERT OR IGNORE INTO query_owners(query_id, owner_id) VALUES (?,?)",
+            [(q.id, o) for q in queries for o in q.owners],
+        )
+
+    def delete(self, doc_ids: Collection[str]) -> int:
+        """Delete documents for real (zeroed pages, truncated WAL); returns how many were present."""
+        ids = list(dict.fromkeys(doc_ids))
+        with transaction(self.conn) as c:
+            present = self._existing(c, ids)
+            c.executemany("DELETE FROM docs WHERE id=?", [(i,) for i in present])
+        scrub(self.conn)
+        return len(present)
+
+    def delete_queries(self, query_ids: Collection[str]) -> int:
+        """Delete queries (e.g. an owner's own questions); returns how many were present."""
+        with transaction(self.conn) as c:
+            n = sum(c.execute("DELETE FROM queries WHERE id=?", (i,)).rowcount for i in query_ids)
+        scrub(self.conn)
+        return n
+
+    # -- reading -------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM docs").fetchone()[0])
+
+    def __contains__(self, doc_id: object) -> bool:
+        row = self.conn.execute("SELECT 1 FROM docs WHERE id=?", (str(doc_id),)).fetchone()
+        return row is not None
+
+    def ids(self) -> list[str]:
+        """Every document id, in insertion order."""
+        return [r[0] for r in self.conn.execute("SELECT id FROM docs ORDER BY rowid")]
+
+    def get(self, doc_id: str) -> Doc | None:
+        """One document, or None."""
+        docs = self.get_many([doc_id])
+        return docs[0] if docs else None
+
+    def get_many(self, doc_ids: Iterable[str]) -> list[Doc]:
+        """The documents among ``doc_ids`` that exist, in the order asked."""
+        ids = list(doc_ids)
+        found: dict[str, Doc] = {}
+        for chunk in _chunks(ids, 900):
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT id, title, text, metadata FROM docs WHERE id IN ({marks})"
+            rows = self.conn.execute(sql, chunk).fetchall()
+            owners = self._owners_of([r[0] for r in rows])
+            for did, title, text, meta in rows:
+                found[did] = Doc(did, text, title, tuple(owners.get(did, ())), json.loads(meta))
+        return [found[i] for i in ids if i in found]
+
+    def _owners_of(self, ids: list[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        marks = ",".join("?" * len(ids))
+        sql = f"SELECT doc_id, owner_id FROM doc_owners WHERE doc_id IN ({marks}) ORDER BY rowid"
+        for did, owner in self.conn.execute(sql, ids):
+            out.setdefault(did, []).append(owner)
+        return out
+
+    def iter_docs(self, batch_size: int = 1000) -> Iterator[Doc]:
+        """Every document, in insertion order."""
+        ids = self.ids()
+        for chunk in _chunks(ids, batch_size):
+            yield from self.get_many(chunk)
+
+    def hashes(self, doc_ids: Iterable[str] | None = None) -> dict[str, str]:
+        """doc id -> content hash (all documents when ``doc_ids`` is None)."""
+        if doc_ids is None:
+            return dict(self.conn.execute("SELECT id, hash FROM docs ORDER BY rowid").fetchall())
+        out: dict[str, str] = {}
+        for chunk in _chunks(list(doc_ids), 900):
+            marks = ",".join("?" * len(chunk))
+            out.update(self.conn.execute(f"SELECT id, hash FROM docs WHERE id IN ({marks})", chunk))
+        return out
+
+    def docs_of_owner(self, owner_id: str) -> list[str]:
+        """Ids of the documents ``owner_id`` owns (one of possibly several owners)."""
+        sql = "SELECT doc_id FROM doc_owners WHERE owner_id=? ORDER BY doc_id"
+        return [r[0] for r in self.conn.execute(sql, (owner_id,))]
+
+    def queries_of_owner(self, owner_id: str) -> list[str]:
+        """Ids of the queries ``owner_id`` asked."""
+        sql = "SELECT query_id FROM query_owners WHERE owner_id=? ORDER BY query_id"
+        return [r[0] for r in self.conn.execute(sql, (owner_id,))]
+
+    def owner_counts(self) -> list[tuple[str, int]]:
+        """(owner, number of documents) sorted by count descending, then owner id."""
+        sql = ("SELECT owner_id, COUNT(*) AS n FROM doc_owners GROUP BY owner_id "
+               "ORDER BY n DESC, owner_id")
+        return [(o, int(n)) for o, n in self.conn.execute(sql)]
+
+    def fingerprint(self) -> str:
+        """sha256 over (id, content hash) of every document, sorted by id."""
+        h = hashlib.sha256()
+        for did, dh in self.conn.execute("SELECT id, hash FROM docs ORDER BY id"):
+            h.update(f"{did}\t{dh}\n".encode())
+        return h.hexdigest()
+
+
+def _dump(obj: object) -> str:
+    return json.dumps(obj, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
