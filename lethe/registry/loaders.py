@@ -1,0 +1,137 @@
+"""Build model objects from a folder or hub id. Heavy libraries are imported only when called."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from lethe.errors import MissingDependency, RegistryError
+
+_QUANT_RE = re.compile(r"(?i)(?<![A-Za-z0-9])(IQ\d_[A-Z0-9_]+|Q\d(?:_[A-Z0-9]+)*|BF16|F16|F32)"
+                       r"(?=\.gguf$)")
+
+
+def _require(module: str, hint: str) -> Any:
+    """Import ``module`` or raise :class:`MissingDependency` with an install hint."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependency(f"{module} is needed here: {hint}") from exc
+
+
+def float32_kwargs() -> dict[str, Any]:
+    """``{"dtype": torch.float32}`` (or ``torch_dtype`` on transformers older than 4.56)."""
+    torch = _require("torch", "pip install torch")
+    transformers = _require("transformers", "pip install transformers")
+    from packaging.version import Version
+
+    key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+    return {key: torch.float32}
+
+
+def load_bi_encoder(target: str, revision: str | None, device: str) -> Any:
+    """A ``SentenceTransformer`` from a folder or a hub id."""
+    st = _require("sentence_transformers", "pip install sentence-transformers")
+    return st.SentenceTransformer(target, device=device, revision=revision)
+
+
+def load_cross_encoder(target: str, revision: str | None, device: str) -> Any:
+    """A one-label ``CrossEncoder`` from a folder or a hub id."""
+    st = _require("sentence_transformers", "pip install sentence-transformers")
+    return st.CrossEncoder(target, num_labels=1, device=device, revision=revision)
+
+
+def load_causal_lm(target: str, revision: str | None, device: str) -> tuple[Any, Any]:
+    """``(AutoModelForCausalLM, AutoTokenizer)`` in float32 from a folder or a hub id."""
+    transformers = _require("transformers", "pip install transformers")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(target, revision=revision)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        target, revision=revision, **float32_kwargs()
+    )
+    return model.to(device).eval(), tokenizer
+
+
+def apply_adapter(base: Any, adapter_dir: Path) -> Any:
+    """Put the peft adapter saved in ``adapter_dir`` on a loaded base model.
+
+    A sentence-transformers model gets it through ``load_adapter`` (on its transformer); a
+    transformers model (or the model of an ``(model, tokenizer)`` pair) is wrapped in a
+    ``PeftModel``.
+    """
+    if isinstance(base, tuple):
+        model, tokenizer = base
+        return apply_adapter(model, adapter_dir), tokenizer
+    if hasattr(base, "encode") and hasattr(base, "load_adapter"):
+        base.load_adapter(str(adapter_dir))
+        return base
+    peft = _require("peft", "pip install peft")
+    return peft.PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+
+
+def gguf_quant_type(path: Path) -> str | None:
+    """The quantization of a .gguf file (``Q4_1``, ``F16``...), from its header or its name."""
+    try:
+        import gguf
+
+        reader = gguf.GGUFReader(str(path))
+        field = reader.fields["general.file_type"]
+        value = int(field.parts[field.data[0]][0])
+        return gguf.LlamaFileType(value).name.removeprefix("MOSTLY_")
+    except Exception:  # no gguf package, no such key, an unknown value: fall back to the name
+        match = _QUANT_RE.search(path.name)
+        return match.group(1).upper() if match else None
+
+
+def convert_gguf(gguf_file: Path, out_dir: Path) -> None:
+    """Dequantize a .gguf model to float32 and save it (and its tokenizer) in ``out_dir``.
+
+    ``save_pretrained`` refuses a GGUF-loaded model, so the weights go into a fresh model built
+    from the config without its ``quantization_config``. Written aside, then renamed.
+    """
+    _require("gguf", "pip install gguf (transformers reads .gguf files with it)")
+    transformers = _require("transformers", "pip install transformers")
+    folder, name = str(gguf_file.parent), gguf_file.name
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=name, **float32_kwargs()
+    )
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    fresh = transformers.AutoModelForCausalLM.from_config(config, **float32_kwargs())
+    fresh.load_state_dict(loaded.state_dict())
+    save_dir_atomic(out_dir, lambda tmp: (fresh.save_pretrained(tmp),
+                                          tokenizer.save_pretrained(tmp)))
+
+
+def save_dir_atomic(out_dir: Path, write: Any) -> None:
+    """Call ``write(tmp_dir)`` then rename ``tmp_dir`` to ``out_dir`` (a winner already there
+    is kept)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        write(tmp)
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:
+            if not out_dir.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_loadable(kind: str) -> None:
+    """Raise unless ``kind`` is a model kind that :func:`load` can build."""
+    from lethe.registry.spec import MODEL_KINDS
+
+    if kind not in MODEL_KINDS:
+        raise RegistryError(
+            f"artifacts of kind {kind!r} are not models; use Registry.resolve_path() for their "
+            f"files (load() handles {', '.join(MODEL_KINDS)})"
+        )
