@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import sqlite3
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ _COLUMNS = "id, name, version, kind, source, status, manifest"
 _SPEC_KEYS: tuple[str, ...] = ("name", "kind", "source", "revision", "base", "params")
 
 RefLike = str | ArtifactRef
+#: staged copies older than this are leftovers of a crash
+_STALE_STAGING_S = 6 * 3600
 
 
 class Registry:
@@ -70,9 +73,12 @@ class Registry:
         return f"Registry({str(self.root)!r})"
 
     def _sweep(self) -> None:
-        """Finish work a crash interrupted: staged copies, trash, payloads of retired artifacts."""
-        for leftover in ("tmp", "trash"):
-            shutil.rmtree(self.root / leftover, ignore_errors=True)
+        """Finish work a crash interrupted: trash, stale staged copies, retired payloads."""
+        shutil.rmtree(self.root / "trash", ignore_errors=True)
+        stale = time.time() - _STALE_STAGING_S
+        for staged in (self.root / "tmp").glob("*"):
+            if staged.stat().st_mtime < stale:  # another process may be staging a fresh one
+                shutil.rmtree(staged, ignore_errors=True)
         rows = self._conn.execute(
             f"SELECT {_COLUMNS} FROM artifacts WHERE status = 'retired'"
         ).fetchall()
@@ -168,7 +174,7 @@ class Registry:
         """``(relation, parent)`` pairs of an artifact, by parent id."""
         art = self.get(ref)
         rows = self._conn.execute(
-            f"SELECT p.relation, {', '.join('a.' + c.strip() for c in _COLUMNS.split(','))} "
+            "SELECT p.relation, a.id, a.name, a.version, a.kind, a.source, a.status, a.manifest "
             "FROM lineage_parents AS p JOIN artifacts AS a ON a.id = p.parent_id "
             "WHERE p.artifact_id = ? ORDER BY a.id, p.relation", (art.id,)).fetchall()
         return [(r["relation"], self._to_ref(r)) for r in rows]
@@ -192,6 +198,7 @@ class Registry:
         base_ref = None
         if spec.base:
             base = self.get(spec.base)
+            self._check_active(base)
             base_ref = str(base)
             edges.append(("base", base))
         staged = self._stage(payload_dir)
@@ -367,7 +374,7 @@ class Registry:
         removed = [0]
 
         def work(art: ArtifactRef) -> None:
-            fill_temp_ids(self._conn, "rm_ids", Lineage(**{field_name: ids}).__dict__[field_name])
+            fill_temp_ids(self._conn, "rm_ids", getattr(Lineage(**{field_name: ids}), field_name))
             removed[0] = self._conn.execute(
                 f"DELETE FROM {table} WHERE artifact_id = ? AND {column} IN "
                 "(SELECT id FROM temp.rm_ids)", (art.id,)).rowcount
@@ -409,8 +416,13 @@ class Registry:
     def record_forget(self, ref: RefLike, request_id: str) -> ArtifactRef:
         """Append a forget request id to an artifact's manifest (once)."""
 
+        if not request_id:
+            raise RegistryError("record_forget() needs a request id")
+
         def work(art: ArtifactRef) -> None:
-            applied = list(art.manifest.get("forget_requests", []))
+            row = self._conn.execute("SELECT manifest FROM artifacts WHERE id = ?",
+                                     (art.id,)).fetchone()
+            applied = list(json.loads(row[0]).get("forget_requests", []))
             if request_id not in applied:
                 self._patch_manifest(art.id, {"forget_requests": [*applied, request_id]})
 
@@ -547,10 +559,9 @@ class Registry:
         if not sha:
             return
         users = self._conn.execute(
-            "SELECT COUNT(*) FROM artifacts WHERE status = 'active' AND payload_free = 1 "
-            "AND json_extract(manifest, '$.gguf.sha256') = ?".replace(
-                "AND payload_free = 1 ", "AND json_extract(manifest, '$.payload') IS NULL "),
-            (sha,)).fetchone()[0]
+            "SELECT COUNT(*) FROM artifacts WHERE status = 'active' "
+            "AND json_extract(manifest, '$.payload') IS NULL "
+            "AND json_extract(manifest, '$.gguf.sha256') = ?", (sha,)).fetchone()[0]
         if users == 0:
             destroy(self.root / "gguf-cache" / sha, self.root / "trash")
 

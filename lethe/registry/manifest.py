@@ -77,4 +77,4 @@ def destroy(path: Path, trash_root: Path) -> None:
     trash_root.mkdir(parents=True, exist_ok=True)
     doomed = Path(tempfile.mkdtemp(prefix="retired-", dir=trash_root))
     os.replace(path, doomed / "payload")
-    shutil.rmtree(doomed)
+    shutil.rmtree(doomed, ignore_errors=True)  # what is left in trash goes at the next sweep

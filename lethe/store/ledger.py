@@ -174,6 +174,12 @@ class Ledger:
                 (request_id, step, time.time(), json.dumps(result or {}, default=str)),
             )
 
+    def clear_journal(self, request_id: str) -> None:
+        """Erase a finished request's journal rows (they held its raw ids while it ran)."""
+        with transaction(self.conn) as c:
+            c.execute("DELETE FROM journal WHERE request_id=?", (request_id,))
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     def pending_requests(self) -> list[str]:
         """Requests recorded as pending that have no receipt yet."""
         rows = self.conn.execute(
