@@ -65,3 +65,22 @@ def write_per_query(per_query: Mapping[str, Mapping[str, float]], path: str | Pa
     rows = [f"{q}\t{m}\t{v:.6f}" for q, ms in per_query.items() for m, v in ms.items()]
     data = ("query_id\tmeasure\tvalue\n" + "\n".join(rows) + "\n").encode()
     atomic_write_bytes(path, lambda fh: fh.write(data))
+
+
+def evaluate_retriever(searcher, queries: Mapping[str, str], qrels: Qrels,  # noqa: ANN001
+                       measures: Iterable[str] = DEFAULT_MEASURES, k: int = 100,
+                       out_dir: str | Path | None = None, tag: str = "lethe",
+                       ) -> tuple[dict[str, float], dict[str, dict[str, float]], Run]:
+    """Search every judged query with ``searcher`` (``.search(texts, k)``) and evaluate.
+
+    With ``out_dir``, writes ``<tag>.run`` (TREC) and ``<tag>.perquery.tsv`` there.
+    """
+    qids = [q for q in qrels if q in queries]
+    hits = searcher.search([queries[q] for q in qids], k)
+    run = hits_to_run(qids, hits)
+    agg, per_query = evaluate(run, {q: qrels[q] for q in qids}, measures)
+    if out_dir is not None:
+        out = Path(out_dir)
+        write_trec_run(run, out / f"{tag}.run", tag=tag)
+        write_per_query(per_query, out / f"{tag}.perquery.tsv")
+    return agg, per_query, run

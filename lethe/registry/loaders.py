@@ -60,18 +60,34 @@ def load_causal_lm(target: str, revision: str | None, device: str) -> tuple[Any,
 def apply_adapter(base: Any, adapter_dir: Path) -> Any:
     """Put the peft adapter saved in ``adapter_dir`` on a loaded base model.
 
-    A sentence-transformers model gets it through ``load_adapter`` (on its transformer); a
-    transformers model (or the model of an ``(model, tokenizer)`` pair) is wrapped in a
-    ``PeftModel``.
+    A transformers model (or the model of a ``(model, tokenizer)`` pair) comes back wrapped in a
+    ``PeftModel``; in a sentence-transformers model (bi- or cross-encoder) the inner transformers
+    model is wrapped in place, so the adapter must have been saved from that inner model.
     """
     if isinstance(base, tuple):
         model, tokenizer = base
         return apply_adapter(model, adapter_dir), tokenizer
-    if hasattr(base, "encode") and hasattr(base, "load_adapter"):
-        base.load_adapter(str(adapter_dir))
-        return base
     peft = _require("peft", "pip install peft")
-    return peft.PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    holder, attr = _transformer_slot(base)
+    if holder is None:
+        return peft.PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    wrapped = peft.PeftModel.from_pretrained(getattr(holder, attr), str(adapter_dir)).eval()
+    setattr(holder, attr, wrapped)
+    return base
+
+
+def _transformer_slot(model: Any) -> tuple[Any, str]:
+    """Where a sentence-transformers / cross-encoder model keeps its transformers model:
+    ``(module, attribute)``, or ``(None, "")`` for a plain transformers model."""
+    if not hasattr(model, "predict") and not hasattr(model, "encode"):
+        return None, ""
+    for module in model.modules():
+        for attr in ("auto_model", "model"):  # sentence-transformers < 6, >= 6
+            child = module._modules.get(attr) if hasattr(module, "_modules") else None
+            if child is not None and hasattr(child, "config") and module is not model:
+                return module, attr
+    raise RegistryError(f"cannot find the transformer inside {type(model).__name__} to put an "
+                        "adapter on")
 
 
 def gguf_quant_type(path: Path) -> str | None:
@@ -89,23 +105,29 @@ def gguf_quant_type(path: Path) -> str | None:
 
 
 def convert_gguf(gguf_file: Path, out_dir: Path) -> None:
-    """Dequantize a .gguf model to float32 and save it (and its tokenizer) in ``out_dir``.
-
-    ``save_pretrained`` refuses a GGUF-loaded model, so the weights go into a fresh model built
-    from the config without its ``quantization_config``. Written aside, then renamed.
-    """
+    """Dequantize a .gguf model to float32 and save it (and its tokenizer) in ``out_dir``."""
     _require("gguf", "pip install gguf (transformers reads .gguf files with it)")
     transformers = _require("transformers", "pip install transformers")
     folder, name = str(gguf_file.parent), gguf_file.name
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    loaded = transformers.AutoModelForCausalLM.from_pretrained(
+    model = transformers.AutoModelForCausalLM.from_pretrained(
         folder, gguf_file=name, **float32_kwargs()
     )
-    config = loaded.config
+    save_dequantized(model, tokenizer, out_dir)
+
+
+def save_dequantized(model: Any, tokenizer: Any, out_dir: Path) -> None:
+    """Save a GGUF-loaded causal LM (and its tokenizer) as a plain float32 checkpoint.
+
+    ``save_pretrained`` refuses a GGUF-loaded model, so its weights go into a fresh model built
+    from the config without ``quantization_config``. Written aside, then renamed.
+    """
+    transformers = _require("transformers", "pip install transformers")
+    config = model.config
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
     fresh = transformers.AutoModelForCausalLM.from_config(config, **float32_kwargs())
-    fresh.load_state_dict(loaded.state_dict())
+    fresh.load_state_dict(model.state_dict())
     save_dir_atomic(out_dir, lambda tmp: (fresh.save_pretrained(tmp),
                                           tokenizer.save_pretrained(tmp)))
 
