@@ -213,9 +213,10 @@ def test_unknown_artifact_lists_known_names(reg: Registry) -> None:
 def test_two_registry_objects_share_one_root(reg: Registry) -> None:
     reg.register(_spec("bm25"))
     with Registry(reg.root) as other:
-        other.derive("bm25")
+        assert other.derive("bm25", params={"k1": 1.2}).manifest["params"] == {"k1": 1.2}
     assert [r.version for r in reg.versions("bm25")] == [1, 2]
     assert [str(r) for r in reg.list()] == ["bm25@v1", "bm25@v2"]
+    assert reg._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 # -- retiring ---------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ from lethe.registry.db import (
 )
 from lethe.registry.manifest import (
     destroy,
+    dumps,
     library_versions,
     now_iso,
     stage_payload,
@@ -77,8 +79,9 @@ class Registry:
         shutil.rmtree(self.root / "trash", ignore_errors=True)
         stale = time.time() - _STALE_STAGING_S
         for staged in (self.root / "tmp").glob("*"):
-            if staged.stat().st_mtime < stale:  # another process may be staging a fresh one
-                shutil.rmtree(staged, ignore_errors=True)
+            with contextlib.suppress(OSError):  # another process may be staging a fresh one
+                if staged.stat().st_mtime < stale:
+                    shutil.rmtree(staged, ignore_errors=True)
         rows = self._conn.execute(
             f"SELECT {_COLUMNS} FROM artifacts WHERE status = 'retired'"
         ).fetchall()
@@ -201,6 +204,7 @@ class Registry:
             self._check_active(base)
             base_ref = str(base)
             edges.append(("base", base))
+        gguf_info = self._gguf_register_info(spec)
         staged = self._stage(payload_dir)
         try:
             with transaction(self._conn):
@@ -209,8 +213,7 @@ class Registry:
                     raise RegistryError(f"{spec.name!r} is already registered; use "
                                         f"derive('{spec.name}') to add a version")
                 manifest = {**spec.to_dict(), "version": 1, "base_ref": base_ref,
-                            "forget_requests": [], "extra": dict(extra or {}),
-                            **self._gguf_register_info(spec)}
+                            "forget_requests": [], "extra": dict(extra or {}), **gguf_info}
                 art_id = self._insert(manifest, staged, edges)
                 self._add_lineage_rows(art_id, lineage)
                 ref = self._finish(art_id, staged)
@@ -221,16 +224,20 @@ class Registry:
     def derive(self, name_or_ref: RefLike, payload_dir: Path | None = None,
                lineage: Lineage | None = None, extra: dict[str, Any] | None = None,
                relation: str = "parent", forget_request: str | None = None, *,
-               without: Lineage | None = None, inherit_lineage: bool = True) -> ArtifactRef:
+               without: Lineage | None = None, inherit_lineage: bool = True,
+               params: dict[str, Any] | None = None) -> ArtifactRef:
         """Add a new version of an artifact, made from ``name_or_ref``; the old one is untouched.
 
         The new version keeps the parent's kind, source and params, gets an edge ``relation`` to
         it, and (``inherit_lineage``) a copy of the parent's lineage less the ids in ``without``,
         plus ``lineage``. ``forget_request`` is appended to the inherited list of forget requests
-        applied; ``extra`` is merged over the parent's. A parent whose weights the registry owns
-        needs ``payload_dir`` (the new weights).
+        applied; ``extra`` is merged over the parent's; ``params``, when given, replace the
+        parent's. A parent whose weights the registry owns needs ``payload_dir`` (the new
+        weights).
         """
         parent = self.get(name_or_ref)
+        if not isinstance(relation, str) or not relation:
+            raise RegistryError(f"relation must be a non-empty string, got {relation!r}")
         if payload_dir is None and (parent.manifest.get("payload") or not parent.active):
             raise RegistryError(f"derive({str(parent)!r}) needs payload_dir: the new version's "
                                 "weights or files")
@@ -238,6 +245,8 @@ class Registry:
         try:
             with transaction(self._conn):
                 manifest = self._derived_manifest(parent, extra, forget_request)
+                if params is not None:
+                    manifest["params"] = dict(params)
                 art_id = self._insert(manifest, staged, [(relation, parent)])
                 if inherit_lineage:
                     self._copy_lineage(parent.id, art_id, without or Lineage())
@@ -286,7 +295,7 @@ class Registry:
         cur = self._conn.execute(
             "INSERT INTO artifacts(name, version, kind, source, status, created_at, manifest) "
             "VALUES (?, ?, ?, ?, 'active', ?, ?)",
-            (name, version, manifest["kind"], manifest["source"], created, json.dumps(manifest)))
+            (name, version, manifest["kind"], manifest["source"], created, dumps(manifest)))
         art_id = int(cur.lastrowid or 0)
         self._conn.executemany(
             "INSERT OR IGNORE INTO lineage_parents(artifact_id, parent_id, relation) "
@@ -349,21 +358,26 @@ class Registry:
         if status is not None:
             manifest["status"] = status
         self._conn.execute("UPDATE artifacts SET manifest = ?, status = COALESCE(?, status) "
-                           "WHERE id = ?", (json.dumps(manifest), status, art_id))
+                           "WHERE id = ?", (dumps(manifest), status, art_id))
         return manifest
 
     def _mutate(self, ref: RefLike, action: str, work: Any) -> ArtifactRef:
         """Run ``work(artifact)`` in a transaction on an active artifact, then refresh its
         lineage counts and manifest file."""
         art = self.get(ref)
-        if not art.active:
-            raise RegistryError(f"cannot {action} {art}: it was retired "
-                                f"(request {art.manifest.get('retired_by')})")
         with transaction(self._conn):
+            if self._status(art.id) != "active":
+                dead = self.get(art)
+                raise RegistryError(f"cannot {action} {art}: it was retired "
+                                    f"(request {dead.manifest.get('retired_by')})")
             work(art)
             manifest = self._refresh_counts(art.id)
             write_json_atomic(self._manifest_path(art.name, art.version), manifest)
         return self.get(art)
+
+    def _status(self, art_id: int) -> str:
+        return str(self._conn.execute("SELECT status FROM artifacts WHERE id = ?",
+                                      (art_id,)).fetchone()[0])
 
     def add_lineage(self, ref: RefLike, lineage: Lineage) -> ArtifactRef:
         """Record more ids that went into an artifact (e.g. documents added to an index)."""
@@ -436,11 +450,13 @@ class Registry:
         file itself) are not touched; the tombstone says so. Retiring twice is a no-op.
         """
         art = self._get_exact(ref, "retire")
-        if not art.active:
-            return art
         if not request_id:
             raise RegistryError("retire() needs the id of the request that retires it")
+        if not art.active:
+            return art
         with transaction(self._conn):
+            if self._status(art.id) != "active":  # retired meanwhile by another process
+                return self.get(art)
             for table, _ in LINEAGE_TABLES.values():
                 self._conn.execute(f"DELETE FROM {table} WHERE artifact_id = ?", (art.id,))
             manifest = self._patch_manifest(art.id, self._tombstone(art, request_id), "retired")

@@ -36,6 +36,11 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
+def dumps(data: Any) -> str:
+    """JSON text of a manifest (values JSON cannot hold, like paths, become strings)."""
+    return json.dumps(data, sort_keys=True, default=str)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write ``data`` as JSON next to ``path``, fsync, then rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,166 @@
+"""BM25: agreement with rank_bm25 / bm25s, exact deletion (property-based), persistence."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lethe.errors import IndexError_
+from lethe.retrieval.analysis import Analyzer
+from lethe.retrieval.bm25 import BM25Index
+from lethe.types import Doc
+
+VOCAB = [f"t{i}" for i in range(25)]
+
+
+def random_corpus(seed: int, n: int = 40) -> tuple[list[str], list[list[str]]]:
+    rng = random.Random(seed)
+    toks = [[rng.choice(VOCAB[: rng.randint(3, 25)]) for _ in range(rng.randint(1, 20))] for _ in range(n)]
+    return [f"doc{i}" for i in range(n)], toks
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_okapi_matches_rank_bm25(seed: int) -> None:
+    from rank_bm25 import BM25Okapi
+
+    ids, toks = random_corpus(seed)
+    index = BM25Index("okapi")
+    index.add_tokens(ids, toks)
+    ref = BM25Okapi(toks)
+    for q in (["t1", "t2"], ["t0", "t0", "t7"], ["t3", "nothere"], VOCAB[:10]):
+        np.testing.assert_allclose(index.score_tokens(q), ref.get_scores(q), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_lucene_matches_bm25s(seed: int) -> None:
+    import bm25s
+
+    ids, toks = random_corpus(seed)
+    index = BM25Index("lucene")
+    index.add_tokens(ids, toks)
+    ref = bm25s.BM25(method="lucene", k1=1.5, b=0.75)
+    ref.index(toks, show_progress=False)
+    for q in (["t1", "t2"], ["t0", "t0", "t7"], ["t3"], VOCAB[:10]):
+        np.testing.assert_allclose(index.score_tokens(q), ref.get_scores(q), rtol=1e-5, atol=1e-5)
+
+
+def test_analyzer_matches_bm25s_tokenizer() -> None:
+    import bm25s
+    import Stemmer
+
+    texts = ["The Running dogs, and the runner's 42 shoes!", "Vitamin-D & bone: is it a myth?"]
+    ours = [Analyzer()(t) for t in texts]
+    ref = bm25s.tokenize(texts, stopwords="en", stemmer=Stemmer.Stemmer("english"), return_ids=False,
+                         show_progress=False)
+    assert ours == [list(r) for r in ref]
+
+
+def assert_same_index(a: BM25Index, b: BM25Index, queries: list[list[str]], k: int = 10) -> None:
+    """Indistinguishable: N, df, avgdl, fingerprint, every query's top-k ids and scores."""
+    assert len(a) == len(b)
+    assert a.stats()["df"] == b.stats()["df"]
+    assert a.avgdl == pytest.approx(b.avgdl, abs=1e-12)
+    assert a.fingerprint() == b.fingerprint()
+    for q in queries:
+        ha, hb = a.search_tokens(q, k), b.search_tokens(q, k)
+        assert [h.doc_id for h in ha] == [h.doc_id for h in hb]
+        np.testing.assert_allclose([h.score for h in ha], [h.score for h in hb], rtol=1e-9, atol=1e-9)
+
+
+ops = st.lists(st.tuples(st.sampled_from(["add", "delete"]), st.integers(0, 10_000)), min_size=1, max_size=8)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 30), ops=ops, variant=st.sampled_from(["lucene", "okapi"]))
+def test_delete_equals_rebuild(seed: int, n: int, ops: list[tuple[str, int]], variant: str) -> None:
+    rng = random.Random(seed)
+    all_ids, all_toks = random_corpus(seed, n + 20)
+    pool = dict(zip(all_ids, all_toks))
+    index = BM25Index(variant)
+    live: list[str] = all_ids[:n]
+    index.add_tokens(live, [pool[d] for d in live])
+    fresh = iter(all_ids[n:])
+    for op, r in ops:
+        if op == "add":
+            new = [d for d in (next(fresh, None) for _ in range(1 + r % 3)) if d]
+            if new:
+                index.add_tokens(new, [pool[d] for d in new])
+                live += new
+        elif live:
+            gone = set(rng.sample(live, 1 + r % min(len(live), 4)))
+            assert index.delete(gone | {"never-indexed"}) == len(gone)
+            live = [d for d in live if d not in gone]
+    rebuilt = BM25Index(variant)
+    if live:
+        rebuilt.add_tokens(live, [pool[d] for d in live])
+    queries = [rng.sample(VOCAB, 3) for _ in range(5)] + [VOCAB]
+    assert_same_index(index, rebuilt, queries, k=rng.randint(1, 15))
+
+
+def test_delete_forgets_terms_only_the_document_had() -> None:
+    index = BM25Index()
+    index.add([Doc("a", "zebracorn grazes"), Doc("b", "horses graze")])
+    assert "zebracorn" in index.vocab
+    index.delete(["a"])
+    assert "zebracorn" not in index.vocab
+    assert index.search(["zebracorn"], 5) == [[]]
+    assert "a" not in index and len(index) == 1
+    assert index.delete(["a"]) == 0
+
+
+def test_add_is_incremental_and_refuses_duplicates(docs: list[Doc]) -> None:
+    one, two = BM25Index(), BM25Index()
+    one.add(docs[:5])
+    one.add(docs[5:])
+    two.add(docs)
+    assert one.fingerprint() == two.fingerprint()
+    with pytest.raises(IndexError_, match="already indexed"):
+        one.add(docs[:1])
+
+
+def test_save_load_roundtrip_is_atomic(tmp_path, docs: list[Doc]) -> None:
+    index = BM25Index("okapi", k1=1.2, b=0.6)
+    index.add(docs)
+    index.delete(["d3"])
+    path = tmp_path / "bm25.npz"
+    index.save(path)
+    loaded = BM25Index.load(path)
+    assert loaded.fingerprint() == index.fingerprint()
+    assert loaded.search(["cardano rewards"], 3) == index.search(["cardano rewards"], 3)
+    assert [p.name for p in tmp_path.iterdir()] == ["bm25.npz"]  # no temp file left behind
+
+    def boom(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("disk full")
+
+    before = path.read_bytes()
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(np, "savez", boom)
+    try:
+        with pytest.raises(RuntimeError):
+            BM25Index().save(path)
+    finally:
+        monkey.undo()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["bm25.npz"]
+
+
+def test_load_rejects_garbage(tmp_path) -> None:
+    bad = tmp_path / "x.npz"
+    bad.write_bytes(b"not an index")
+    with pytest.raises(IndexError_, match="not a lethe BM25 index"):
+        BM25Index.load(bad)
+
+
+def test_unknown_variant_lists_choices() -> None:
+    with pytest.raises(IndexError_, match="lucene"):
+        BM25Index("bm42")
+
+
+def test_ties_break_by_insertion_order() -> None:
+    index = BM25Index(analyzer=Analyzer(stemmer=None))
+    index.add([Doc("b", "same words"), Doc("a", "same words"), Doc("c", "other")])
+    assert [h.doc_id for h in index.search(["same"], 2)[0]] == ["b", "a"]
