@@ -399,3 +399,10 @@ def test_real_stackexchange_cardano() -> None:
     assert sum(len(v) for v in ds.owners().values()) == 1496
     assert "test" in ds.qrels
     assert sum(len(v) for v in ds.qrels["test"].values()) == 1496
+
+
+def test_errors_after_invalid_utf8_are_still_reported(tmp_path: Path) -> None:
+    err = corpus_errors(tmp_path, ['{"_id": "a", "text": "ok"}', b'{"_id": "b", "text": "\xff"}', "{broken"])
+    msg = str(err)
+    assert "corpus.jsonl:2: invalid UTF-8" in msg
+    assert "corpus.jsonl:3: malformed JSON" in msg

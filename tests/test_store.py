@@ -199,3 +199,26 @@ def test_fingerprint_tracks_deletes(tmp_path: Path) -> None:
         assert empty.fingerprint() == hashlib.sha256().hexdigest()
     finally:
         empty.close()
+
+
+def test_duplicate_ids_within_one_batch_are_refused(tmp_path: Path) -> None:
+    s = DocStore(tmp_path / "store.db")
+    try:
+        with pytest.raises(StoreError, match="'d'"):
+            s.ingest([Doc("d", "first"), Doc("d", "second")])
+        assert len(s) == 0
+    finally:
+        s.close()
+
+
+def test_repeated_owner_is_not_a_raw_sqlite_error(tmp_path: Path) -> None:
+    s = DocStore(tmp_path / "store.db")
+    try:
+        try:
+            s.ingest([Doc("f", "text", owners=("u", "u"))])
+        except StoreError:
+            assert len(s) == 0
+        else:
+            assert s.get("f").owners == ("u",)
+    finally:
+        s.close()

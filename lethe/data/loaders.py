@@ -147,20 +147,25 @@ def _find(root: Path, name: str) -> Path:
     raise DatasetNotFound(f"{root}: no {name} or {name}.gz (expected BEIR layout)")
 
 
-def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Yield (1-based line number, line); invalid UTF-8 raises DataError naming the line."""
+def iter_lines(path: Path, errors: list[DataError] | None = None) -> Iterator[tuple[int, str]]:
+    """Yield (1-based line number, line). Invalid UTF-8 raises a DataError naming the line, or,
+    when an ``errors`` list is given, is recorded there and the line skipped (so later problems
+    are reported too)."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             try:
                 yield lineno, raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise DataError(path, lineno, f"invalid UTF-8 at byte {exc.start}") from exc
+                err = DataError(path, lineno, f"invalid UTF-8 at byte {exc.start}")
+                if errors is None:
+                    raise err from exc
+                errors.append(err)
 
 
 def _iter_json(path: Path, errors: list[DataError]) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
-        for lineno, line in iter_lines(path):
+        for lineno, line in iter_lines(path, errors):
             if not line.strip():
                 continue
             try:
@@ -290,7 +295,7 @@ def load_qrels_tsv(
     errors: list[DataError] = []
     qrels: Qrels = {}
     try:
-        for lineno, line in iter_lines(path):
+        for lineno, line in iter_lines(path, errors):
             row = next(csv.reader([line.rstrip("\r\n")], delimiter="\t"), [])
             if not row or (lineno == 1 and row[0] in ("query-id", "query_id", "qid")):
                 continue
@@ -307,13 +312,13 @@ def load_qrels_tsv(
             except ValueError:
                 errors.append(DataError(path, lineno, f"relevance {rel!r} is not a number"))
                 continue
+            if queries is not None and qid not in queries:
+                errors.append(DataError(path, lineno, f"unknown query-id {qid!r}"))
+                continue
             if corpus is not None and did not in corpus:
                 if drop_unknown:
                     continue
                 errors.append(DataError(path, lineno, f"unknown corpus-id {did!r}"))
-                continue
-            if queries is not None and qid not in queries:
-                errors.append(DataError(path, lineno, f"unknown query-id {qid!r}"))
                 continue
             qrels.setdefault(qid, {})[did] = score
     except DataError as exc:

@@ -17,7 +17,7 @@ METHODS = ("rrf", "convex")
 def rrf(rankings: Sequence[Sequence[Hit]], k: int = 60, weights: Sequence[float] | None = None,
         depth: int | None = None) -> list[Hit]:
     """Reciprocal-rank fusion: ``sum_i w_i / (k + rank_i(d))`` (rank from 1), best first."""
-    weights = weights or [1.0] * len(rankings)
+    weights = [1.0] * len(rankings) if weights is None else list(weights)
     scores: dict[str, float] = {}
     for w, hits in zip(weights, rankings, strict=True):
         for rank, hit in enumerate(hits, start=1):

@@ -99,17 +99,22 @@ class DocStore:
         An id already in the store is an error unless ``upsert``; on any error nothing is written.
         """
         docs = list(docs)
+        seen: set[str] = set()
+        repeated = [d.id for d in docs if d.id in seen or seen.add(d.id)]
+        if repeated:
+            raise StoreError(f"document id(s) repeated within one ingest batch, e.g. {repeated[:5]}")
         with transaction(self.conn) as c:
             if not upsert:
                 self._refuse_existing(c, [d.id for d in docs])
             c.executemany(
-                "INSERT OR REPLACE INTO docs(id, title, text, hash, metadata) VALUES (?,?,?,?,?)",
+                "INSERT INTO docs(id, title, text, hash, metadata) VALUES (?,?,?,?,?) ON CONFLICT(id) DO UPDATE "
+                "SET title=excluded.title, text=excluded.text, hash=excluded.hash, metadata=excluded.metadata",
                 [(d.id, d.title, d.text, content_hash(d), _dump(d.metadata)) for d in docs],
             )
             c.executemany("DELETE FROM doc_owners WHERE doc_id=?", [(d.id,) for d in docs])
             c.executemany(
                 "INSERT INTO doc_owners(doc_id, owner_id) VALUES (?,?)",
-                [(d.id, o) for d in docs for o in d.owners],
+                [(d.id, o) for d in docs for o in dict.fromkeys(d.owners)],
             )
             self._ingest_queries(c, list(queries))
         return len(docs)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lethe.errors import LedgerError
-from lethe.store.docstore import connect, transaction
+from lethe.store.docstore import connect, scrub, transaction
 
 GENESIS = "0" * 64
 
@@ -178,7 +178,7 @@ class Ledger:
         """Erase a finished request's journal rows (they held its raw ids while it ran)."""
         with transaction(self.conn) as c:
             c.execute("DELETE FROM journal WHERE request_id=?", (request_id,))
-        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        scrub(self.conn)
 
     def pending_requests(self) -> list[str]:
         """Requests recorded as pending that have no receipt yet."""
