@@ -226,9 +226,13 @@ def verify_workspace(ws: Workspace) -> dict[str, Any]:
             "others_present": set(ids) == set(store_ids),
         }
     receipts = [e for e in ws.ledger.entries() if e.kind == "receipt"]
-    out["receipts"] = [{"request_id": e.request_id, "level": e.payload["level"]} for e in receipts]
+    # the own-text searches ran at forget time (the text is gone now); their results are in the receipts
+    out["receipts"] = [{"request_id": e.request_id, "level": e.payload["level"], "n_docs": e.payload["n_docs"],
+                        "checks_at_forget_time_passed": e.payload["verification"]["all_passed"]}
+                       for e in receipts]
     out["pending_requests"] = ws.ledger.pending_requests()
     flags = [out["store_free_of_forgotten"], not out["pending_requests"]]
+    flags += [r["checks_at_forget_time_passed"] for r in out["receipts"]]
     flags += [v for c in out["indexes"].values() for v in c.values()]
     out["ok"] = all(flags)
     return out
