@@ -89,17 +89,16 @@ def eval_(
     out: Annotated[Path, typer.Option(help="where the TREC run and per-query figures go")] = Path("runs"),
     unknown_qrels: Annotated[str, typer.Option(help="error | keep | drop")] = "error",
     empty_docs: Annotated[str, typer.Option(help="error | skip")] = "error",
+    model: Annotated[str | None, typer.Option(help="evaluate a registry bi-encoder NAME[@VERSION] (dense)")] = None,
 ) -> None:
     """Evaluate a retriever (or fusion) on a dataset split; builds the indexes first if needed."""
     from lethe.pipelines.evaluate import evaluate_retriever
 
     ds = _load(data, None, unknown_qrels, empty_docs)
     with _workspace(home) as ws:
-        if not ws.indexes():
-            ws.ingest(ds)
-            ws.build_bm25()
-            if retriever != "bm25":
-                ws.build_dense()
+        _ensure_indexed(ws, ds, dense=retriever != "bm25" or model is not None)
+        if model is not None:
+            retriever = ws.model_index(model).name
         qrels = _unforgotten(ws, ds.split_qrels(split))
         queries = {q: ds.queries[q].text for q in qrels if q in ds.queries}
         tag = f"{ds.name}.{split}.{retriever}"
@@ -109,6 +108,17 @@ def eval_(
         table.add_row(m, f"{v:.4f}")
     console.print(table)
     console.print(f"run: {out / (tag + '.run')}  per-query: {out / (tag + '.perquery.tsv')}")
+
+
+def _ensure_indexed(ws, ds, dense: bool = True) -> None:  # noqa: ANN001
+    """Ingest ``ds`` and build BM25 (and dense) if the workspace has no index yet."""
+    names = {i.ref.name for i in ws.indexes()}
+    if not len(ws.store):
+        ws.ingest(ds)
+    if "bm25" not in names:
+        ws.build_bm25()
+    if dense and "dense" not in names:
+        ws.build_dense()
 
 
 def _unforgotten(ws, qrels: dict) -> dict:  # noqa: ANN001
@@ -165,6 +175,94 @@ def verify(home: HomeOpt = None) -> None:
         console.print("[red]verification FAILED")
         raise typer.Exit(1)
     console.print("[green]verification passed")
+
+
+train_app = typer.Typer(help="Train a teacher cross-encoder or a student embedder (with lineage).",
+                        no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+def _parse_fusion(text: str | None) -> dict[str, float] | None:
+    if not text:
+        return None
+    try:
+        return {k.strip(): float(v) for k, v in (part.split("=") for part in text.split(","))}
+    except ValueError as exc:
+        raise LetheError(f"--fusion must look like 'ce=0.2,bm25=0.4,dense=0.4', got {text!r}") from exc
+
+
+@train_app.command("cross-encoder")
+def train_cross_encoder_cmd(
+    data: Annotated[str, typer.Option(help="dataset with a training qrels split")],
+    home: HomeOpt = None,
+    split: Annotated[str, typer.Option(help="training split")] = "train",
+    name: Annotated[str, typer.Option(help="registry name of the teacher")] = "teacher",
+    base: Annotated[str, typer.Option(help="registry model to start from")] = "minilm",
+    epochs: Annotated[float, typer.Option(help="passes over the training groups")] = 1.0,
+    lr: Annotated[float, typer.Option(help="learning rate")] = 7e-5,
+    negatives: Annotated[int, typer.Option(help="mined negatives per positive")] = 3,
+    max_length: Annotated[int, typer.Option(help="tokens per (query, document) pair")] = 128,
+    max_minutes: Annotated[float | None, typer.Option(help="stop training after this long")] = None,
+    eval_split: Annotated[str | None, typer.Option(help="re-rank BM25 top-100 of this split after")] = None,
+) -> None:
+    """Train a cross-encoder teacher on a split's qrels with BM25 + dense (RRF) hard negatives."""
+    from lethe.pipelines.train import progress_bar, rerank_eval, train_teacher, training_data
+    from lethe.ranking import CETrainConfig
+
+    ds = _load(data, None, "error", "error")
+    with _workspace(home) as ws:
+        _ensure_indexed(ws, ds)
+        td = training_data(ws, ds, split)
+        cfg = CETrainConfig(epochs=epochs, lr=lr, max_length=max_length,
+                            max_seconds=max_minutes * 60 if max_minutes else None)
+        on_step, close = progress_bar(f"training {name}")
+        ref, losses = train_teacher(ws, td, name, base, cfg, negatives, on_step)
+        close()
+        console.print(f"registered [bold]{ref}[/bold] ({len(losses)} steps, final loss {losses[-1]:.4f})")
+        if eval_split:
+            figs = rerank_eval(ws, ds, str(ref), eval_split)
+            console.print(f"BM25 top-100 re-ranked by {ref} on {eval_split}: {figs}")
+
+
+@train_app.command("embedder")
+def train_embedder_cmd(
+    data: Annotated[str, typer.Option(help="dataset with a training qrels split")],
+    teacher: Annotated[str, typer.Option(help="registry name of the teacher cross-encoder")],
+    home: HomeOpt = None,
+    recipe: Annotated[str, typer.Option(help="dse | lganna")] = "dse",
+    split: Annotated[str, typer.Option(help="training split")] = "train",
+    name: Annotated[str | None, typer.Option(help="registry name of the student")] = None,
+    base: Annotated[str, typer.Option(help="registry bi-encoder to start from")] = "minilm",
+    fusion: Annotated[str | None, typer.Option(help="teacher = fusion, e.g. 'ce=0.2,bm25=0.4,dense=0.4'")] = None,
+    instruction: Annotated[str | None, typer.Option(help="lganna: task instruction on the query side")] = None,
+    examples: Annotated[int, typer.Option(help="lganna: few-shot examples in the training prompt")] = 0,
+    epochs: Annotated[float, typer.Option(help="passes over the mined examples")] = 1.0,
+    lr: Annotated[float, typer.Option(help="learning rate")] = 2e-5,
+    negatives: Annotated[int, typer.Option(help="mined negatives per example")] = 7,
+    ratio: Annotated[float, typer.Option(help="keep a negative only if t(q,n) < ratio * t(q,p)")] = 0.95,
+    max_minutes: Annotated[float | None, typer.Option(help="stop training after this long")] = None,
+    eval_split: Annotated[str, typer.Option(help="split to evaluate the new version on")] = "test",
+) -> None:
+    """Distil a teacher into a bi-encoder (DSE or LG-ANNA recipe), register it, evaluate it."""
+    from lethe.embedding.train import EmbedTrainConfig
+    from lethe.pipelines.train import model_eval, progress_bar, score_pools, train_embedder, training_data
+
+    ds = _load(data, None, "error", "error")
+    with _workspace(home) as ws:
+        _ensure_indexed(ws, ds)
+        td = training_data(ws, ds, split)
+        cache_ref, _ = score_pools(ws, td, teacher, fusion=_parse_fusion(fusion))
+        console.print(f"teacher scores cached as {cache_ref}")
+        cfg = EmbedTrainConfig(recipe=recipe, epochs=epochs, lr=lr, instruction=instruction, n_examples=examples,
+                               max_seconds=max_minutes * 60 if max_minutes else None)
+        on_step, close = progress_bar(f"training {recipe}")
+        ref, result, mined = train_embedder(ws, td, str(cache_ref), cfg, name or f"{recipe}-{ds.name}", base,
+                                            negatives, ratio, on_step=on_step)
+        close()
+        console.print(f"registered [bold]{ref}[/bold]: {len(mined)} examples, {result.steps} steps, "
+                      f"{result.seconds:.0f}s")
+        figs = model_eval(ws, ds, str(ref), eval_split)
+        console.print(f"{ref} on {ds.name}/{eval_split}: " + ", ".join(f"{k} {v:.4f}" for k, v in figs.items()))
 
 
 @app.command()

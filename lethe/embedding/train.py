@@ -43,9 +43,9 @@ class EmbedTrainConfig:
     alpha: float = 0.5          # dse: weight of the distillation term, (1 - alpha) on InfoNCE
     pointwise: bool = False     # dse: pointwise MSE on scores instead of MarginMSE
     teacher_scale: float = 1.0  # dse: student scores are compared with teacher_scale * t
-    teacher_sigmoid: bool = True  # dse: distil sigmoid(t) (in (0, 1), the scale of cosine margins)
+    teacher_sigmoid: bool = True  # teacher scores are logits (dse distils sigmoid(t)); False: already in [0, 1]
     tau: float = 0.05           # student temperature (KL) ; InfoNCE uses scale 1/tau
-    tau_teacher: float = 1.0    # teacher temperature (KL)
+    tau_teacher: float | None = None  # teacher temperature (KL); None: 1 for logits, 0.1 for [0,1] scores
     kl_weight: float = 1.0      # lganna: weight of the KL term (InfoNCE weight 1)
     instruction: str | None = None
     n_examples: int = 0         # lganna: few-shot (query, positive) examples in the query prompt
@@ -129,7 +129,7 @@ def _losses(model: Any, cfg: EmbedTrainConfig) -> dict[str, Any]:
         "infonce": L.MultipleNegativesRankingLoss(model, scale=1.0 / cfg.tau, similarity_fct=cos_sim),
         "margin_mse": L.MarginMSELoss(model, similarity_fct=pairwise_dot_score),
         "kl": L.DistillKLDivLoss(model, similarity_fct=pairwise_dot_score, student_temperature=cfg.tau,
-                                 teacher_temperature=cfg.tau_teacher),
+                                 teacher_temperature=cfg.tau_teacher or (1.0 if cfg.teacher_sigmoid else 0.1)),
     }
 
 

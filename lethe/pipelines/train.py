@@ -107,18 +107,56 @@ def teacher_reranker(ws: Workspace, teacher: str, batch_size: int = 32) -> Cross
 
 
 def score_pools(ws: Workspace, data: TrainingData, teacher: str, name: str | None = None,
-                show_progress: bool = True) -> tuple[ArtifactRef, TeacherScores]:
-    """Score every pool candidate with the teacher; register the scores as a ``cache`` artifact."""
+                show_progress: bool = True, fusion: Mapping[str, float] | None = None,
+                ) -> tuple[ArtifactRef, TeacherScores]:
+    """Score every pool candidate with the teacher; register the scores as a ``cache`` artifact.
+
+    With ``fusion`` (weights for ``ce``, ``bm25``, ``dense``), the teacher score is the convex
+    combination of the per-query min-max normalised cross-encoder, BM25 and dense scores — the
+    LG-ANNA teacher reading (first-stage evidence plus a reranker); the scores are then in [0, 1].
+    """
     rr = teacher_reranker(ws, teacher)
     scores = TeacherScores.compute(data.pools, data.qrels, data.queries, data.texts,
                                    lambda pairs: rr.score_pairs(pairs, show_progress), teacher=rr.version)
+    extra: dict[str, Any] = {"teacher": rr.version, "scale": "logit"}
+    if fusion:
+        scores = fuse_teacher(ws, data, scores, fusion)
+        extra.update(scale="unit", fusion=dict(fusion),
+                     fusion_sources=[str(i.ref) for i in ws.indexes() if i.ref.name in ("bm25", "dense")])
     tref = ws.registry.get(teacher)
     with tempfile.TemporaryDirectory() as tmp:
         scores.save(Path(tmp) / "scores.json")
         ref = _register_or_derive(ws, ModelSpec(name=name or f"{tref.name}-scores", kind="cache",
-                                                source="path:payload"),
-                                  Path(tmp), data.lineage(scores.doc_ids()), {"teacher": tref}, {"teacher": str(tref)})
+                                                source="path:payload", params={"scale": extra["scale"]}),
+                                  Path(tmp), data.lineage(scores.doc_ids()), {"teacher": tref}, extra)
     return ref, scores
+
+
+def fuse_teacher(ws: Workspace, data: TrainingData, ce: TeacherScores, weights: Mapping[str, float]) -> TeacherScores:
+    """Per query: ``sum_k w_k * minmax(score_k)`` over the query's scored documents, k in ce/bm25/dense."""
+    import numpy as np
+
+    bad = set(weights) - {"ce", "bm25", "dense"}
+    if bad or not np.isclose(sum(weights.values()), 1.0):
+        raise LetheError(f"fusion weights must be among ce/bm25/dense and sum to 1, got {dict(weights)}")
+    bm25, dense = ws.load_index("bm25"), ws.load_index("dense")
+    qids = list(ce.scores)
+    qvecs = dense.encoder.encode_queries([data.queries[q] for q in qids])
+    out: dict[str, dict[str, float]] = {}
+    for q, qv in zip(qids, qvecs):
+        docs = list(ce.scores[q])
+        full = bm25.score_tokens(bm25.analyzer(data.queries[q]))
+        parts = {"ce": np.array([ce.scores[q][d] for d in docs]),
+                 "bm25": np.array([full[bm25.doc_index[d]] if d in bm25.doc_index else 0.0 for d in docs]),
+                 "dense": dense.vectors(docs) @ qv}
+        total = sum(w * _minmax(parts[k]) for k, w in weights.items())
+        out[q] = {d: float(v) for d, v in zip(docs, total)}
+    return TeacherScores(out, ce.teacher)
+
+
+def _minmax(x):  # noqa: ANN001, ANN202
+    span = x.max() - x.min() if len(x) else 0.0
+    return (x - x.min()) / span if span > 0 else x * 0.0 + 0.5
 
 
 def load_scores(ws: Workspace, cache: str) -> TeacherScores:
@@ -135,8 +173,10 @@ def train_embedder(ws: Workspace, data: TrainingData, cache: str, cfg: EmbedTrai
 
     cache_ref = ws.registry.get(cache)
     scores = load_scores(ws, str(cache_ref))
-    examples = mine(data.pools, data.qrels, scores, n_negatives, ratio, margin,
-                    transform=lambda x: 1.0 / (1.0 + math.exp(-x)))
+    logits = cache_ref.manifest.get("params", {}).get("scale", "logit") == "logit"
+    sigmoid = (lambda x: 1.0 / (1.0 + math.exp(-x))) if logits else None
+    cfg.teacher_sigmoid = logits
+    examples = mine(data.pools, data.qrels, scores, n_negatives, ratio, margin, transform=sigmoid)
     if not examples:
         raise LetheError("no training example survived mining; lower n_negatives or relax the margin")
     base_ref = _ensure(ws, base)
@@ -193,3 +233,48 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 def copy_tree(src: Path, dst: Path) -> None:
     """Copy a directory (helper for tests and benchmarks)."""
     shutil.copytree(src, dst, dirs_exist_ok=True)
+
+
+def progress_bar(desc: str) -> tuple[Progress, Callable[[], None]]:
+    """An ``on_step`` callback drawing a tqdm bar (loss in the postfix) and its closer."""
+    from tqdm.auto import tqdm
+
+    state: dict[str, Any] = {}
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        if "bar" not in state:
+            state["bar"] = tqdm(total=total, desc=desc, unit="step")
+        state["bar"].update(1)
+        state["bar"].set_postfix(loss=f"{loss:.4f}")
+
+    def close() -> None:
+        if "bar" in state:
+            state["bar"].close()
+
+    return on_step, close
+
+
+def rerank_eval(ws: Workspace, ds: Dataset, teacher: str, split: str = "test", depth: int = 100,
+                query_ids: Sequence[str] | None = None) -> dict[str, float]:
+    """nDCG@10 / RR@10 of BM25 top-``depth`` re-ranked by the teacher."""
+    from lethe.pipelines.evaluate import evaluate
+
+    rr = teacher_reranker(ws, teacher)
+    qrels = ds.split_qrels(split)
+    qids = [q for q in (query_ids or qrels) if q in qrels]
+    hits = ws.load_index("bm25").search([ds.queries[q].text for q in qids], depth)
+    texts = {d.id: d.contents for d in ws.store.get_many({h.doc_id for hs in hits for h in hs})}
+    run = {q: {h.doc_id: h.score for h in rr.rerank(ds.queries[q].text, hs, texts)} for q, hs in zip(qids, hits)}
+    return evaluate(run, {q: qrels[q] for q in qids}, ["nDCG@10", "RR@10"])[0]
+
+
+def model_eval(ws: Workspace, ds: Dataset, model: str, split: str = "test",
+               query_ids: Sequence[str] | None = None) -> dict[str, float]:
+    """Dense retrieval figures of a registry bi-encoder (its index is built on first use)."""
+    from lethe.pipelines.evaluate import DEFAULT_MEASURES, evaluate_retriever
+
+    qrels = ds.split_qrels(split)
+    qids = [q for q in (query_ids or qrels) if q in qrels]
+    index = ws.load_index(ws.model_index(model).name)
+    queries = {q: ds.queries[q].text for q in qids}
+    return evaluate_retriever(index, queries, {q: qrels[q] for q in qids}, DEFAULT_MEASURES, 100)[0]

@@ -160,6 +160,14 @@ class Workspace:
         self.registry.retire(old, request_id="rebuilt")
         return new
 
+    def model_index(self, model: str, kind: str = "flat") -> ArtifactRef:
+        """The dense index built with encoder ``model`` (built on first use), as an artifact."""
+        ref = self.registry.get(model)
+        name = f"dense-{ref.name}-v{ref.version}"
+        if not any(i.ref.name == name for i in self.indexes()):
+            self.build_dense(name, encoder=str(ref), kind=kind)
+        return self.registry.get(name)
+
     # -- using indexes -------------------------------------------------------------------------
     def indexes(self) -> list[IndexInfo]:
         """Every active index artifact."""
