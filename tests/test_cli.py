@@ -88,3 +88,31 @@ def test_dense_with_packaged_minilm(tmp_path: Path) -> None:
     assert "nDCG@10" in out.output
     invoke("forget", "--doc", "d0", "--home", home)
     assert "verification passed" in invoke("verify", "--home", home).output
+
+
+def test_train_commands_on_tiny_models(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    import shutil
+
+    from lethe.pipelines.workspace import Workspace
+    from lethe.registry import ModelSpec
+
+    data = write_beir(tmp_path / "tiny")
+    home = tmp_path / "home"
+    shutil.copytree(tiny_bert_dir, tmp_path / "tiny-model")
+    with Workspace(home, show_progress=False) as ws:  # a user's own small model, registered by path
+        ws.registry.register(ModelSpec(name="tiny", kind="bi_encoder", source=f"path:{tmp_path / 'tiny-model'}"))
+        ws.store.ingest(make_docs(), make_queries())
+        ws.build_bm25()
+        ws.build_dense(encoder="tiny")
+    out = invoke("train", "cross-encoder", "--data", str(data), "--home", str(home), "--split", "test",
+                 "--base", "tiny", "--max-length", "32", "--negatives", "2").output
+    assert "registered teacher@v1" in out
+    out = invoke("train", "embedder", "--data", str(data), "--home", str(home), "--split", "test",
+                 "--teacher", "teacher", "--base", "tiny", "--recipe", "lganna", "--negatives", "2",
+                 "--instruction", "find answers", "--fusion", "ce=0.5,bm25=0.25,dense=0.25").output
+    assert "registered lganna-tiny@v1" in out and "nDCG@10" in out
+    out = invoke("eval", "--data", str(data), "--home", str(home), "--model", "lganna-tiny@v1",
+                 "--out", str(tmp_path / "runs")).output
+    assert "nDCG@10" in out
+    out = invoke("forget", "--doc", "d2", "--home", str(home)).output
+    assert "models still trained on this data" in out and "teacher@v1" in out
