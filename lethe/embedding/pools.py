@@ -19,7 +19,7 @@ import numpy as np
 
 from lethe.retrieval.base import atomic_write_bytes
 from lethe.retrieval.fusion import rrf
-from lethe.types import Hit, Qrels
+from lethe.types import Qrels
 
 
 def build_pools(queries: Mapping[str, str], retrievers: Sequence, depth: int = 30,  # noqa: ANN001
@@ -117,7 +117,3 @@ def _keep(tn: float, tp: float, ratio: float | None, margin: float | None) -> bo
         return False
     return margin is None or tn < tp - margin
 
-
-def hits_of(pool: Sequence[str]) -> list[Hit]:
-    """A pool as hits (rank-derived scores), for fusion helpers."""
-    return [Hit(d, 1.0 / (1 + i)) for i, d in enumerate(pool)]

@@ -8,7 +8,6 @@ queries, its teacher and the teacher-score cache (parent edges), so that
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -227,12 +226,7 @@ def _register_or_derive(ws: Workspace, spec: ModelSpec, payload: Path, lineage: 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     import json
 
-    return json.loads(json.dumps({k: v for k, v in d.items() if k != "history"}, default=str))
-
-
-def copy_tree(src: Path, dst: Path) -> None:
-    """Copy a directory (helper for tests and benchmarks)."""
-    shutil.copytree(src, dst, dirs_exist_ok=True)
+    return json.loads(json.dumps(d, default=str))
 
 
 def progress_bar(desc: str) -> tuple[Progress, Callable[[], None]]:

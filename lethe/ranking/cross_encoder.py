@@ -12,7 +12,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -90,7 +90,6 @@ class CETrainConfig:
     bce_weight: float = 0.0
     seed: int = 42
     max_seconds: float | None = None
-    history: list[float] = field(default_factory=list)
 
 
 def train_cross_encoder(model: Any, groups: Sequence[Group], cfg: CETrainConfig,

@@ -11,7 +11,6 @@ compacts the matrix: the index is then identical to one built without those docu
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -292,12 +291,6 @@ class BM25Index:
         new.postings, new.tf = self.postings.copy(), self.tf.copy()
         new._holes = self._holes
         return new
-
-    def to_bytes(self) -> bytes:
-        """The saved form in memory (used for size checks)."""
-        buf = io.BytesIO()
-        np.savez(buf, indptr=self.indptr, postings=self.postings, tf=self.tf, doc_len=self.doc_len)
-        return buf.getvalue()
 
 
 def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
