@@ -65,6 +65,8 @@ def main() -> None:
     ap.add_argument("--rerank-queries", type=int, default=0, help="0: all test queries")
     ap.add_argument("--negatives", type=int, default=7)
     ap.add_argument("--pool-depth", type=int, default=20)
+    ap.add_argument("--train-queries", type=int, default=0,
+                    help="train on a seeded sample of N train queries (0: all); scoring pools costs time per query")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     fusion = {k: float(v) for k, v in (p.split("=") for p in args.fusion.split(","))}
@@ -82,7 +84,11 @@ def main() -> None:
         test_qrels = ds.qrels["test"]
         out["ndcg10_bm25"] = evaluate_retriever(ws.load_index("bm25"), test_q, test_qrels, ["nDCG@10"])[0]["nDCG@10"]
         out["ndcg10_base"] = model_eval(ws, ds, "minilm", "test")["nDCG@10"]
-        td = training_data(ws, ds, "train", pool_depth=args.pool_depth)
+        train_q = sorted(ds.qrels["train"])
+        if args.train_queries:
+            train_q = random.Random(0).sample(train_q, min(args.train_queries, len(train_q)))
+        out["train_queries_used"] = len(train_q)
+        td = training_data(ws, ds, "train", train_q, pool_depth=args.pool_depth)
 
         cfg = CETrainConfig(epochs=args.teacher_epochs, lr=7e-5, max_length=128, queries_per_step=8,
                             max_seconds=args.teacher_minutes * 60)

@@ -90,8 +90,15 @@ def eval_(
     unknown_qrels: Annotated[str, typer.Option(help="error | keep | drop")] = "error",
     empty_docs: Annotated[str, typer.Option(help="error | skip")] = "error",
     model: Annotated[str | None, typer.Option(help="evaluate a registry bi-encoder NAME[@VERSION] (dense)")] = None,
+    rerank: Annotated[str | None, typer.Option(
+        help="rerank the top --depth with this registry reranker (cross-encoder, LLM, adapter; smollm2 = "
+             "the packaged LLM)")] = None,
+    rerank_mode: Annotated[str, typer.Option(help="LLM mode: full | sliding | first_token | qlm")] = "full",
+    depth: Annotated[int, typer.Option(help="candidates handed to the reranker")] = 20,
+    window: Annotated[int, typer.Option(help="sliding window size")] = 10,
+    step: Annotated[int, typer.Option(help="sliding window step")] = 5,
 ) -> None:
-    """Evaluate a retriever (or fusion) on a dataset split; builds the indexes first if needed."""
+    """Evaluate a retriever (or fusion, or retriever + reranker) on a dataset split; builds the indexes first."""
     from lethe.pipelines.evaluate import evaluate_retriever
 
     ds = _load(data, None, unknown_qrels, empty_docs)
@@ -102,12 +109,67 @@ def eval_(
         qrels = _unforgotten(ws, ds.split_qrels(split))
         queries = {q: ds.queries[q].text for q in qrels if q in ds.queries}
         tag = f"{ds.name}.{split}.{retriever}"
-        agg, _, _ = evaluate_retriever(ws.retriever(retriever), queries, qrels, measures.split(), k, out, tag)
-    table = Table("measure", "value", title=f"{retriever} on {ds.name}/{split} ({len(queries)} queries)")
+        system = ws.retriever(retriever)
+        if rerank is not None:
+            from lethe.pipelines.rerank import load_reranker
+
+            system = load_reranker(ws, rerank, rerank_mode, window, step).after(system, depth)
+            tag += f".{rerank.replace('@', '-')}.{rerank_mode}"
+            k = min(k, depth)
+        agg, _, _ = evaluate_retriever(system, queries, qrels, measures.split(), k, out, tag)
+    title = f"{retriever}{' >> ' + rerank if rerank else ''} on {ds.name}/{split} ({len(queries)} queries)"
+    table = Table("measure", "value", title=title)
     for m, v in agg.items():
         table.add_row(m, f"{v:.4f}")
     console.print(table)
+    if rerank is not None:
+        console.print("reranker cost per query: " + ", ".join(
+            f"{key} {val}" for key, val in system.stats.per_query(len(queries)).items()))
     console.print(f"run: {out / (tag + '.run')}  per-query: {out / (tag + '.perquery.tsv')}")
+
+
+@app.command("rerank")
+def rerank_cmd(
+    run: Annotated[Path, typer.Option(help="TREC run file to rerank")],
+    data: Annotated[str, typer.Option(help="dataset with the queries (and qrels, for figures)")],
+    model: Annotated[str, typer.Option(help="registry reranker NAME[@VERSION]; smollm2 = the packaged LLM")],
+    home: HomeOpt = None,
+    mode: Annotated[str, typer.Option(help="LLM mode: full | sliding | first_token | qlm")] = "full",
+    depth: Annotated[int, typer.Option(help="top candidates of each query to rerank")] = 20,
+    window: Annotated[int, typer.Option(help="sliding window size")] = 10,
+    step: Annotated[int, typer.Option(help="sliding window step")] = 5,
+    split: Annotated[str, typer.Option(help="qrels split for the figures")] = "test",
+    out: Annotated[Path | None, typer.Option(help="reranked run (default: RUN.reranked)")] = None,
+    unknown_qrels: Annotated[str, typer.Option(help="error | keep | drop")] = "keep",
+    empty_docs: Annotated[str, typer.Option(help="error | skip")] = "error",
+) -> None:
+    """Rerank a TREC run file; writes the new run and prints its figures and cost per query."""
+    from lethe.data.loaders import load_trec_run
+    from lethe.pipelines.evaluate import evaluate, write_trec_run
+    from lethe.pipelines.rerank import load_reranker
+    from lethe.ranking.base import rerank_run
+
+    ds = _load(data, None, unknown_qrels, empty_docs)
+    first = load_trec_run(run)
+    queries = {q: ds.queries[q].text for q in first if q in ds.queries}
+    missing = [q for q in first if q not in queries]
+    if missing:
+        raise LetheError(f"{run}: query {missing[0]!r} is not in {ds.name} ({len(missing)} unknown)")
+    with _workspace(home) as ws:
+        if not len(ws.store):
+            ws.ingest(ds)
+        reranker = load_reranker(ws, model, mode, window, step)
+        new, stats = rerank_run(reranker, first, queries, depth)
+    target = out or run.with_name(run.name + ".reranked")
+    write_trec_run(new, target, tag=f"lethe-{model}-{mode}")
+    console.print(f"reranked {len(new)} queries -> {target}")
+    console.print("cost per query: " + ", ".join(f"{k} {v}" for k, v in stats.per_query(len(new)).items()))
+    qrels = {q: r for q, r in ds.split_qrels(split).items() if q in new} if split in ds.qrels else {}
+    if qrels:
+        cut = {q: dict(sorted(d.items(), key=lambda x: -x[1])[:depth]) for q, d in first.items() if q in qrels}
+        before, after = evaluate(cut, qrels, ["nDCG@10"])[0], evaluate(new, qrels, ["nDCG@10"])[0]
+        console.print(f"nDCG@10 on {len(qrels)} judged queries: first stage {before['nDCG@10']:.4f} -> "
+                      f"reranked {after['nDCG@10']:.4f}")
 
 
 def _ensure_indexed(ws, ds, dense: bool = True) -> None:  # noqa: ANN001

@@ -116,3 +116,31 @@ def test_train_commands_on_tiny_models(tmp_path: Path, tiny_bert_dir: Path) -> N
     assert "nDCG@10" in out
     out = invoke("forget", "--doc", "d2", "--home", str(home)).output
     assert "models still trained on this data" in out and "teacher@v1" in out
+
+
+def test_rerank_commands_on_a_tiny_llm(tmp_path: Path) -> None:
+    from lethe.pipelines.workspace import Workspace
+    from lethe.registry import ModelSpec
+    from lethe.registry.testing import build_tiny_llama
+    from tests.conftest import TEXTS
+
+    data = write_beir(tmp_path / "tiny")
+    home = tmp_path / "home"
+    llm_dir = build_tiny_llama(tmp_path / "llm", TEXTS * 3, max_positions=2048)
+    with Workspace(home, show_progress=False) as ws:
+        ws.registry.register(ModelSpec(name="tiny-llm", kind="llm", source=f"path:{llm_dir}"))
+        ws.store.ingest(make_docs(), make_queries())
+        ws.build_bm25()
+    out = invoke("eval", "--data", str(data), "--home", str(home), "--rerank", "tiny-llm", "--rerank-mode",
+                 "first_token", "--depth", "5", "--out", str(tmp_path / "runs")).output
+    assert "bm25 >> tiny-llm" in out and "calls_per_query 1.0" in out
+    run = tmp_path / "runs" / "tiny.test.bm25.tiny-llm.first_token.run"
+    assert run.exists()
+    out = invoke("rerank", "--run", str(run), "--data", str(data), "--home", str(home), "--model", "tiny-llm",
+                 "--mode", "sliding", "--window", "3", "--step", "2", "--depth", "5").output
+    assert "reranked 3 queries" in out and "nDCG@10 on 3 judged queries" in out
+    lines = Path(str(run) + ".reranked").read_text().splitlines()
+    assert {ln.split()[0] for ln in lines} == {"q1", "q2", "q3"}
+    result = runner.invoke(app, ["rerank", "--run", str(run), "--data", str(data), "--home", str(home),
+                                 "--model", "tiny-llm", "--mode", "diagonal"])
+    assert result.exit_code != 0 and "unknown LLM rerank mode" in str(result.exception)

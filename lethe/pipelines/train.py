@@ -48,14 +48,14 @@ class TrainingData:
 
 
 def training_data(ws: Workspace, ds: Dataset, split: str = "train", query_ids: Sequence[str] | None = None,
-                  pool_depth: int = 30) -> TrainingData:
-    """Pools from the workspace's BM25 + dense indexes (RRF) for the split's (or given) queries."""
+                  pool_depth: int = 30, indexes: Sequence[str] = ("bm25", "dense")) -> TrainingData:
+    """Pools from the workspace's ``indexes`` (RRF; BM25 + dense by default) for the split's (or given) queries."""
     qrels = ds.split_qrels(split)
     qids = [q for q in (query_ids or qrels) if q in qrels and q in ds.queries]
     if not qids:
         raise LetheError(f"no training queries in split {split!r} of {ds.name}")
     queries = {q: ds.queries[q].text for q in qids}
-    retrievers = [ws.load_index(n) for n in ("bm25", "dense")]
+    retrievers = [ws.load_index(n) for n in indexes]
     pools = build_pools(queries, retrievers, depth=pool_depth)
     present = set(ws.store.ids())
     texts = {d.id: d.contents for d in ds.corpus.values() if d.id in present}
@@ -258,7 +258,8 @@ def rerank_eval(ws: Workspace, ds: Dataset, teacher: str, split: str = "test", d
     qids = [q for q in (query_ids or qrels) if q in qrels]
     hits = ws.load_index("bm25").search([ds.queries[q].text for q in qids], depth)
     texts = {d.id: d.contents for d in ws.store.get_many({h.doc_id for hs in hits for h in hs})}
-    run = {q: {h.doc_id: h.score for h in rr.rerank(ds.queries[q].text, hs, texts)} for q, hs in zip(qids, hits)}
+    rr.texts = texts
+    run = {q: {h.doc_id: h.score for h in rr.rerank(ds.queries[q].text, hs)} for q, hs in zip(qids, hits)}
     return evaluate(run, {q: qrels[q] for q in qids}, ["nDCG@10", "RR@10"])[0]
 
 

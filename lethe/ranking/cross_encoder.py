@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from lethe.ranking.base import Ranked, RerankStats, TextReranker, order_to_ranked
 from lethe.types import Hit
 
 
 @dataclass
-class CrossEncoderReranker:
+class CrossEncoderReranker(TextReranker):
     """Scores (query, document) pairs with a ``CrossEncoder``; ``version`` names the artifact."""
 
     model: Any
@@ -51,12 +52,17 @@ class CrossEncoderReranker:
                 out.append(_logits(self.model, pairs[i : i + self.batch_size], self.max_length).float().numpy())
         return np.concatenate(out)
 
-    def rerank(self, query: str, hits: Sequence[Hit], texts: dict[str, str], k: int | None = None) -> list[Hit]:
-        """Re-order ``hits`` by cross-encoder score (``texts``: doc id -> text)."""
-        scores = self.score(query, [texts[h.doc_id] for h in hits])
+    def _rerank(self, query: str, hits: list[Hit], passages: list[str], k: int | None) -> Ranked:
+        scores = self.score(query, passages)
         order = np.argsort(-scores, kind="stable")
-        ranked = [Hit(hits[i].doc_id, float(scores[i])) for i in order]
-        return ranked[:k] if k else ranked
+        n_tokens = self._count_tokens(query, passages)
+        return order_to_ranked(hits, order, k, RerankStats(calls=-(-len(passages) // self.batch_size),
+                                                           input_tokens=n_tokens), scores)
+
+    def _count_tokens(self, query: str, passages: Sequence[str]) -> int:
+        enc = self.model.tokenizer([query] * len(passages), list(passages), truncation="only_second",
+                                   max_length=self.max_length or 512)
+        return sum(len(ids) for ids in enc["input_ids"])
 
 
 def _logits(model: Any, pairs: Sequence[tuple[str, str]], max_length: int | None):  # noqa: ANN202

@@ -102,16 +102,17 @@ def _st_modules() -> Any:
     return modules
 
 
-def build_tiny_llama(out_dir: Path, corpus: Sequence[str], seed: int = 0) -> Path:
-    """Save a tiny random Llama (32-d, 2 layers, 2 heads) and a BPE tokenizer learnt on
-    ``corpus`` in ``out_dir`` for ``AutoModelForCausalLM`` / ``AutoTokenizer``."""
+def build_tiny_llama(out_dir: Path, corpus: Sequence[str], seed: int = 0, max_positions: int = 128) -> Path:
+    """Save a tiny random Llama (32-d, 2 layers, 2 heads, ``max_positions`` long) and a BPE
+    tokenizer learnt on ``corpus`` in ``out_dir`` for ``AutoModelForCausalLM`` / ``AutoTokenizer``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = train_bpe(corpus)
+    tokenizer.model_max_length = max_positions
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
                          num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                         max_position_embeddings=128, bos_token_id=tokenizer.bos_token_id,
+                         max_position_embeddings=max_positions, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                          tie_word_embeddings=True)
     with torch.random.fork_rng(devices=[]):

@@ -1,0 +1,172 @@
+"""Rerank a first stage with a cross-encoder, LLM query likelihood and listwise LLM (full / sliding /
+first token), zero-shot and after listwise training; one JSON object as the last line.
+
+Each system key (``first_stage``, ``cross_encoder``, ``qlm``, ``full``, ``sliding``, ``first_token``,
+``full_trained``, ``sliding_trained``) holds ``ndcg10``, ``ndcg10_fused`` (RRF with the first stage),
+``calls_per_query``, ``input_tokens_per_query``, ``output_tokens_per_query`` and ``seconds_per_query``
+over a fixed-seed sample of ``--queries`` test queries.
+
+On a collection with a train split (SciFact) the cross-encoder and the two listwise rerankers are trained
+here (time-capped) and registered in ``--home``; on one without (TREC DL19 subset) pass the SciFact
+run's ``--home`` and the trained models are applied as they are (transfer). Listwise labels: the
+judged-relevant candidates first, the rest in first-stage order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from lethe.data import Dataset, load_dataset
+from lethe.data.loaders import load_trec_run
+from lethe.errors import RegistryError
+from lethe.pipelines.evaluate import evaluate
+from lethe.pipelines.rerank import DEFAULT_LLM, ensure_llm, listwise_examples, load_reranker, train_listwise_reranker
+from lethe.pipelines.train import progress_bar, train_teacher, training_data
+from lethe.pipelines.workspace import Workspace
+from lethe.ranking import CETrainConfig
+from lethe.ranking.base import rerank_run
+from lethe.ranking.listwise_train import ListwiseTrainConfig
+from lethe.retrieval.fusion import rrf
+from lethe.types import Hit
+
+CONTEXT = 8192  # SmolLM2's context; full ranking at depth 100 must fit in it
+
+
+def first_stage(ws: Workspace, ds: Dataset, args: argparse.Namespace, qids: list[str], split: str,
+                ) -> dict[str, dict[str, float]]:
+    """The first-stage run for ``qids``: a TREC run file (relative to the data dir) or lethe BM25."""
+    if args.first_stage:
+        path = Path(args.first_stage)
+        run = load_trec_run(path if path.is_absolute() else Path(ds.path or args.data) / path)
+        return {q: run[q] for q in qids if q in run}
+    _ensure_bm25(ws, ds)
+    hits = ws.load_index("bm25").search([ds.queries[q].text for q in qids], args.depth)
+    return {q: {h.doc_id: h.score for h in hs} for q, hs in zip(qids, hits)}
+
+
+def _ensure_bm25(ws: Workspace, ds: Dataset) -> None:
+    if not len(ws.store):
+        ws.ingest(ds)
+    if "bm25" not in {i.ref.name for i in ws.indexes()}:
+        ws.build_bm25()
+
+
+def cut(run: dict[str, dict[str, float]], depth: int) -> dict[str, dict[str, float]]:
+    """Each query's top ``depth``."""
+    return {q: dict(sorted(d.items(), key=lambda x: -x[1])[:depth]) for q, d in run.items()}
+
+
+def train_models(ws: Workspace, ds: Dataset, args: argparse.Namespace, passage_tokens: int) -> dict[str, float]:
+    """Cross-encoder and listwise (full, sliding) rerankers on the train split; returns training seconds."""
+    times: dict[str, float] = {}
+    _ensure_bm25(ws, ds)
+    train_q = sorted(q for q in ds.split_qrels("train") if q in ds.queries)
+    train_q = random.Random(1).sample(train_q, min(args.train_queries, len(train_q)))
+    if args.ce_minutes > 0 and not _has(ws, "cross-encoder"):
+        td = training_data(ws, ds, "train", train_q, pool_depth=args.depth, indexes=("bm25",))
+        cfg = CETrainConfig(lr=7e-5, max_length=192, queries_per_step=8, epochs=3,
+                            max_seconds=args.ce_minutes * 60)
+        on_step, close = progress_bar("cross-encoder")
+        t0 = time.perf_counter()
+        train_teacher(ws, td, "cross-encoder", "minilm", cfg, n_negatives=7, on_step=on_step)
+        close()
+        times["cross_encoder"] = round(time.perf_counter() - t0, 1)
+    hits = ws.load_index("bm25").search([ds.queries[q].text for q in train_q], args.depth)
+    run = {q: [h.doc_id for h in hs] for q, hs in zip(train_q, hits)}
+    teacher = {q: {h.doc_id: h.score for h in hs} for q, hs in zip(train_q, hits)}
+    examples = listwise_examples(ws, ds, run, teacher, "train")
+    for name, window in (("listwise-full", None), ("listwise-sliding", args.window)):
+        if _has(ws, name):
+            continue
+        cfg = ListwiseTrainConfig(epochs=args.train_epochs, lr=2e-4, grad_accum=4, passage_tokens=passage_tokens,
+                                  max_seconds=args.train_minutes * 60)
+        on_step, close = progress_bar(name)
+        t0 = time.perf_counter()
+        train_listwise_reranker(ws, ds, examples, name, DEFAULT_LLM, cfg, window, args.step, on_step)
+        close()
+        times[name] = round(time.perf_counter() - t0, 1)
+    return times
+
+
+def _hits(scores: dict[str, float]) -> list[Hit]:
+    return sorted((Hit(d, s) for d, s in scores.items()), key=lambda h: -h.score)
+
+
+def _has(ws: Workspace, name: str) -> bool:
+    try:
+        ws.registry.get(name)
+        return True
+    except RegistryError:
+        return False
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--first-stage", default=None, help="TREC run file, relative to --data (default: lethe BM25)")
+    ap.add_argument("--depth", type=int, default=20)
+    ap.add_argument("--window", type=int, default=None, help="default: 10 at depth 20, 20 at depth 100")
+    ap.add_argument("--step", type=int, default=None, help="default: window / 2")
+    ap.add_argument("--queries", type=int, default=20, help="fixed-seed sample of test queries (0: all)")
+    ap.add_argument("--passage-tokens", type=int, default=80)
+    ap.add_argument("--home", default=None, help="workspace (default: temp); reuse it to transfer trained models")
+    ap.add_argument("--train-queries", type=int, default=200)
+    ap.add_argument("--train-minutes", type=float, default=12, help="per listwise model")
+    ap.add_argument("--train-epochs", type=float, default=1.0)
+    ap.add_argument("--ce-minutes", type=float, default=4)
+    ap.add_argument("--systems", default="cross_encoder,qlm,full,sliding,first_token,full_trained,sliding_trained")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args.window = args.window or (10 if args.depth <= 20 else 20)
+    args.step = args.step or args.window // 2
+    ds = load_dataset(args.data, unknown_qrels="keep")
+    split = "test"
+    passage_tokens = min(args.passage_tokens, (CONTEXT - 600) // args.depth - 8)
+    home = Path(args.home or tempfile.mkdtemp(prefix="lethe-rerank-"))
+    out: dict = {"data": args.data, "depth": args.depth, "window": args.window, "step": args.step,
+                 "passage_tokens": passage_tokens, "home": str(home)}
+    with Workspace(home, show_progress=False) as ws:
+        ensure_llm(ws)
+        trained = "train" in ds.qrels
+        if trained:
+            out["train_seconds"] = train_models(ws, ds, args, passage_tokens)
+        out["transfer"] = not trained
+        qids = sorted(q for q in ds.split_qrels(split) if q in ds.queries)
+        run = cut(first_stage(ws, ds, args, qids, split), args.depth)
+        qids = [q for q in qids if q in run]
+        if args.queries:
+            qids = sorted(random.Random(0).sample(qids, min(args.queries, len(qids))))
+        run = {q: run[q] for q in qids}
+        qrels = {q: ds.split_qrels(split)[q] for q in qids}
+        queries = {q: ds.queries[q].text for q in qids}
+        texts = {d.id: d.contents for d in ds.corpus.values()}
+        out["queries"] = len(qids)
+        out["first_stage"] = {"ndcg10": round(evaluate(run, qrels, ["nDCG@10"])[0]["nDCG@10"], 4)}
+        models = {"cross_encoder": ("cross-encoder", "ce"), "qlm": (DEFAULT_LLM, "qlm"), "full": (DEFAULT_LLM, "full"),
+                  "sliding": (DEFAULT_LLM, "sliding"), "first_token": (DEFAULT_LLM, "first_token"),
+                  "full_trained": ("listwise-full", "full"), "sliding_trained": ("listwise-sliding", "sliding")}
+        for key in args.systems.split(","):
+            name, mode = models[key]
+            if not _has(ws, name):
+                out[key] = {"skipped": f"{name} not in {home} (train it on a collection with a train split)"}
+                continue
+            rr = load_reranker(ws, name, mode, args.window, args.step, passage_tokens, texts=texts)
+            new, stats = rerank_run(rr, run, queries, args.depth)
+            fused = {q: {h.doc_id: h.score for h in rrf([_hits(run[q]), _hits(new[q])])} for q in qids}
+            out[key] = {"model": str(ws.registry.get(name)), "mode": mode,
+                        "ndcg10": round(evaluate(new, qrels, ["nDCG@10"])[0]["nDCG@10"], 4),
+                        "ndcg10_fused": round(evaluate(fused, qrels, ["nDCG@10"])[0]["nDCG@10"], 4),
+                        **stats.per_query(len(qids))}
+            print(key, json.dumps(out[key]), file=sys.stderr, flush=True)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

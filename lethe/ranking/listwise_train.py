@@ -1,0 +1,178 @@
+"""Listwise LLM reranker training with complete listwise labels and the importance-aware loss.
+
+The target is the whole permutation ``[C] > [A] > ... > [F]`` (METHODS card 3). The loss is the
+weighted next-token NLL over the target tokens, ``L = -sum_i w_i log p(y_i | x, y_<i) / N``: the
+tokens of the identifier of the passage at rank ``r`` (brackets included, and the final EOS for the
+last rank) weigh ``1 + 1/log2(r + 1)``, the separator tokens (`` >``) weigh ``alpha`` (default 1, as
+in the paper's code). A token's role is read from the character it ends on, so merged tokens such as
+`` [`` belong to the identifier they open.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lethe.errors import LetheError
+from lethe.ranking.llm import identifiers, label_text, prompt_ids, sliding_windows, truncate_tokens, user_prompt
+
+
+@dataclass
+class ListwiseExample:
+    """A query, its candidate passages (first-stage order) and the target order (indexes, best first)."""
+
+    query: str
+    passages: list[str]
+    order: list[int]
+    doc_ids: list[str] | None = None
+    query_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if sorted(self.order) != list(range(len(self.passages))):
+            raise LetheError(f"target order is not a permutation of the {len(self.passages)} candidates")
+
+
+@dataclass
+class ListwiseTrainConfig:
+    """Listwise training settings (LoRA by default; ``lora_r=0`` fine-tunes every weight)."""
+
+    epochs: float = 1.0
+    lr: float = 2e-4
+    grad_accum: int = 4
+    passage_tokens: int = 64
+    alpha: float = 1.0
+    weighted: bool = True
+    lora_r: int = 16
+    lora_alpha: int = 32
+    warmup: float = 0.1
+    seed: int = 42
+    max_seconds: float | None = None
+
+
+def rank_weight(rank: int) -> float:
+    """Weight of the identifier tokens of the passage at (1-based) ``rank``: ``1 + 1/log2(rank + 1)``."""
+    return 1.0 + 1.0 / math.log2(rank + 1)
+
+
+def target_tokens(tokenizer: Any, order: Sequence[int], labels: Sequence[str], alpha: float = 1.0,
+                  weighted: bool = True) -> tuple[list[int], list[float]]:
+    """Token ids of the target permutation (plus EOS) and the weight of each token."""
+    text = label_text(order, labels)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
+    # rank of each character: identifier "[X]" of rank r -> r; separator " > " -> 0
+    char_rank = []
+    for r, i in enumerate(order, start=1):
+        if r > 1:
+            char_rank += [0] * 3
+        char_rank += [r] * (len(labels[i]) + 2)
+    if len(char_rank) != len(text):
+        raise LetheError("internal: target text and its character roles disagree")
+    weights = []
+    for start, end in offsets:
+        r = char_rank[max(start, end - 1)] if end > start else len(order)
+        weights.append((alpha if r == 0 else rank_weight(r)) if weighted else 1.0)
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+        weights.append(rank_weight(len(order)) if weighted else 1.0)
+    return ids, weights
+
+
+def encode_example(tokenizer: Any, ex: ListwiseExample, cfg: ListwiseTrainConfig) -> tuple[list[int], list[float]]:
+    """Prompt + target ids, with weight 0 on the prompt tokens."""
+    labels, _ = identifiers(tokenizer, len(ex.passages))
+    passages = [truncate_tokens(tokenizer, p, cfg.passage_tokens) for p in ex.passages]
+    prompt = prompt_ids(tokenizer, user_prompt(ex.query, passages, labels))
+    target, weights = target_tokens(tokenizer, ex.order, labels, cfg.alpha, cfg.weighted)
+    return prompt + target, [0.0] * len(prompt) + weights
+
+
+def weighted_nll(logits: Any, input_ids: Any, weights: Any) -> Any:
+    """``-sum(w_i log p(y_i | y_<i)) / #(w_i > 0)`` with next-token shift; tensors of one sequence."""
+    import torch
+
+    logp = torch.log_softmax(logits[:-1].float(), dim=-1)
+    tgt = input_ids[1:]
+    w = weights[1:]
+    nll = -logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+    return (w * nll).sum() / (w > 0).sum().clamp(min=1)
+
+
+def window_examples(ex: ListwiseExample, window: int, step: int) -> list[ListwiseExample]:
+    """Sliding-window training examples: each window of the first-stage order, labelled by the
+    target order restricted to it (what a sliding-window reranker is asked to do)."""
+    rank_of = {i: r for r, i in enumerate(ex.order)}
+    out = []
+    for start, end in sliding_windows(len(ex.passages), window, step):
+        idx = list(range(start, end))
+        local = sorted(range(len(idx)), key=lambda j: rank_of[idx[j]])
+        out.append(ListwiseExample(ex.query, [ex.passages[i] for i in idx], local,
+                                   [ex.doc_ids[i] for i in idx] if ex.doc_ids else None, ex.query_id))
+    return out
+
+
+def prepare_model(model: Any, cfg: ListwiseTrainConfig) -> Any:
+    """LoRA-wrap ``model`` (``cfg.lora_r > 0``) or make every weight trainable."""
+    if cfg.lora_r <= 0:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                      target_modules=[t for t in targets if t in present], bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, lcfg)
+
+
+def train_listwise(model: Any, tokenizer: Any, examples: Sequence[ListwiseExample], cfg: ListwiseTrainConfig,
+                   on_step: Callable[[int, int, float], None] | None = None) -> tuple[Any, list[float]]:
+    """Train on ``examples`` (one sequence per forward, ``grad_accum`` per optimizer step).
+
+    Returns the (possibly peft-wrapped) model and the loss of each optimizer step.
+    """
+    import torch
+
+    from lethe.ranking.cross_encoder import make_optimizer
+
+    if not examples:
+        raise LetheError("no listwise training examples")
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    model = prepare_model(model, cfg)
+    model.train()
+    encoded = [encode_example(tokenizer, ex, cfg) for ex in examples]
+    steps = max(1, math.ceil(len(encoded) * cfg.epochs / cfg.grad_accum))
+    opt, sched = make_optimizer(model, cfg.lr, 0.0, steps, cfg.warmup)
+    order: list[int] = []
+    losses: list[float] = []
+    dev = next(model.parameters()).device
+    t0 = time.perf_counter()
+    for step in range(steps):
+        total = 0.0
+        for _ in range(cfg.grad_accum):
+            if not order:
+                order = list(range(len(encoded)))
+                rng.shuffle(order)
+            ids, w = encoded[order.pop()]
+            inp = torch.tensor(ids, device=dev)
+            logits = model(input_ids=inp.unsqueeze(0)).logits[0]
+            loss = weighted_nll(logits, inp, torch.tensor(w, device=dev)) / cfg.grad_accum
+            loss.backward()
+            total += float(loss.detach())
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        losses.append(total)
+        if on_step:
+            on_step(step + 1, steps, total)
+        if cfg.max_seconds and time.perf_counter() - t0 > cfg.max_seconds:
+            break
+    model.eval()
+    return model, losses

@@ -1,0 +1,311 @@
+"""LLM rerankers: query likelihood (pointwise) and listwise ranking (full, sliding window, first token).
+
+The listwise prompt follows *Sliding Windows Are Not the End* (RankGPT wording; METHODS card 3) with
+one change that matters for small tokenizers: passage identifiers are strings that the model's
+tokenizer keeps as **one token** between brackets (``[A]``, ``[B]``, ...; digits are split one per
+token by Llama/Qwen-style tokenizers, so ``[12]`` would be several tokens). That makes parsing
+trivial and lets ``first_token`` rank every candidate from the identifier logits of one forward pass.
+
+Any causal LM works (a ``(model, tokenizer)`` pair from the registry); chat models get their chat
+template, plain LMs a plain-text prompt.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lethe.errors import LetheError
+from lethe.ranking.base import Ranked, RerankStats, TextReranker, order_to_ranked
+from lethe.types import Hit
+
+SYSTEM = "You are RankLLM, an intelligent assistant that can rank passages based on their relevancy to the query."
+QLM_PROMPT = "Passage: {passage}\nPlease write a question based on this passage.\nQuestion:"
+MODES = ("full", "sliding", "first_token")
+_BRACKETED = re.compile(r"\[([^\[\]\s]{1,6})\]")
+
+
+# --------------------------------------------------------------------------------------- identifiers
+def _single_token_id(tokenizer: Any, label: str) -> int | None:
+    """The token id of ``label`` when ``[label]`` tokenizes as ``[``, one token, ``]``; else None."""
+    open_ids = tokenizer.encode("[", add_special_tokens=False)
+    ids = tokenizer.encode(f"[{label}]", add_special_tokens=False)
+    close_ids = tokenizer.encode("]", add_special_tokens=False)
+    if len(ids) != len(open_ids) + 1 + len(close_ids) or ids[: len(open_ids)] != open_ids:
+        return None
+    if ids[len(open_ids) + 1 :] != close_ids:
+        return None
+    return ids[len(open_ids)]
+
+
+def identifiers(tokenizer: Any, n: int) -> tuple[list[str], list[int]]:
+    """``n`` passage labels that are single, distinct tokens between brackets, and their token ids.
+
+    Tried in order: ``A``-``Z``, ``a``-``z``, two capitals (``AB``), then numbers; raises when the
+    tokenizer cannot give ``n`` of them.
+    """
+    pools = (list(string.ascii_uppercase), list(string.ascii_lowercase),
+             [a + b for a in string.ascii_uppercase for b in string.ascii_uppercase],
+             [str(i) for i in range(1, 1000)])
+    labels: list[str] = []
+    ids: list[int] = []
+    seen: set[int] = set()
+    for pool in pools:
+        for label in pool:
+            tid = _single_token_id(tokenizer, label)
+            if tid is None or tid in seen:
+                continue
+            labels.append(label)
+            ids.append(tid)
+            seen.add(tid)
+            if len(labels) == n:
+                return labels, ids
+    raise LetheError(f"the tokenizer has only {len(labels)} single-token passage identifiers; {n} are needed "
+                     "(use a smaller window)")
+
+
+def parse_permutation(text: str, labels: Sequence[str]) -> list[int]:
+    """Indexes of ``labels`` in the order the model named them.
+
+    Unknown identifiers and repeats are dropped, anything outside brackets is ignored, and the
+    candidates the model did not name follow in their original order — so the result is always a
+    permutation of ``range(len(labels))``.
+    """
+    index = {label: i for i, label in enumerate(labels)}
+    order: list[int] = []
+    seen: set[int] = set()
+    for m in _BRACKETED.finditer(text):
+        i = index.get(m.group(1))
+        if i is not None and i not in seen:
+            order.append(i)
+            seen.add(i)
+    return order + [i for i in range(len(labels)) if i not in seen]
+
+
+# --------------------------------------------------------------------------------------- prompts
+def truncate_tokens(tokenizer: Any, text: str, max_tokens: int) -> str:
+    """``text`` cut to its first ``max_tokens`` tokens (brackets rewritten to parentheses)."""
+    text = " ".join(text.replace("[", "(").replace("]", ")").split())
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens]).strip()
+
+
+def user_prompt(query: str, passages: Sequence[str], labels: Sequence[str]) -> str:
+    """The RankGPT / full-ranking user turn over already-truncated passages."""
+    n = len(passages)
+    lines = [f"I will provide you with {n} passages, each indicated by an identifier []. "
+             f"Rank the passages based on their relevance to the search query: {query}.", ""]
+    lines += [f"[{label}] {p}" for label, p in zip(labels, passages)]
+    example = " > ".join(f"[{label}]" for label in labels[:2][::-1])
+    lines += ["", f"Search Query: {query}.",
+              f"Rank the {n} passages above based on their relevance to the search query. All the passages "
+              "should be included and listed using identifiers, in descending order of relevance. The output "
+              f"format should be [] > [], e.g., {example}, Only respond with the ranking results, do not say "
+              "any word or explain."]
+    return "\n".join(lines)
+
+
+def prompt_ids(tokenizer: Any, user: str, answer_prefix: str = "") -> list[int]:
+    """Token ids of the full prompt up to the start of the answer (chat template when the model has one)."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer.encode(text, add_special_tokens=False)
+    else:
+        ids = tokenizer.encode(f"{SYSTEM}\n\n{user}\n\nRanking:\n", add_special_tokens=True)
+    if answer_prefix:
+        ids = ids + tokenizer.encode(answer_prefix, add_special_tokens=False)
+    return ids
+
+
+def label_text(order: Sequence[int], labels: Sequence[str]) -> str:
+    """The target permutation string ``[C] > [A] > ...`` for an order of candidate indexes."""
+    return " > ".join(f"[{labels[i]}]" for i in order)
+
+
+def sliding_windows(n: int, window: int, step: int) -> list[tuple[int, int]]:
+    """Bottom-up window spans ``(start, end)`` over ``n`` candidates (RankGPT order)."""
+    if window <= 0 or step <= 0:
+        raise LetheError(f"window and step must be positive (got {window}, {step})")
+    if n <= window:
+        return [(0, n)]
+    spans = []
+    start = n - window
+    while True:
+        spans.append((start, start + window))
+        if start == 0:
+            return spans
+        start = max(0, start - step)
+
+
+# --------------------------------------------------------------------------------------- rerankers
+def _device(model: Any) -> Any:
+    return next(model.parameters()).device
+
+
+@dataclass
+class ListwiseLLMReranker(TextReranker):
+    """A causal LM that ranks a list of passages in one prompt.
+
+    ``mode``: ``full`` (every candidate in one prompt, one generated permutation), ``sliding``
+    (windows of ``window`` moved bottom-up by ``step``, each window re-ordered in place) or
+    ``first_token`` (one forward pass; candidates ordered by the logit of their identifier as the
+    first answer token). ``passage_tokens`` caps each passage's length in the prompt.
+    """
+
+    model: Any
+    tokenizer: Any
+    mode: str = "full"
+    window: int = 20
+    step: int = 10
+    passage_tokens: int = 100
+    max_new_tokens: int | None = None
+    version: str = ""
+    _labels: dict[int, tuple[list[str], list[int]]] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise LetheError(f"unknown listwise mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    def labels(self, n: int) -> tuple[list[str], list[int]]:
+        """Identifiers (and their token ids) for a list of ``n`` passages (cached)."""
+        if n not in self._labels:
+            self._labels[n] = identifiers(self.tokenizer, n)
+        return self._labels[n]
+
+    def _rerank(self, query: str, hits: list[Hit], passages: list[str], k: int | None) -> Ranked:
+        passages = [truncate_tokens(self.tokenizer, p, self.passage_tokens) for p in passages]
+        stats = RerankStats()
+        if self.mode == "first_token":
+            scores = self.first_token_scores(query, passages, stats)
+            order = list(np.argsort(-scores, kind="stable"))
+            return order_to_ranked(hits, order, k, stats, scores)
+        if self.mode == "full":
+            order = self.rank_window(query, passages, stats)
+        else:
+            order = list(range(len(passages)))
+            for start, end in sliding_windows(len(passages), self.window, self.step):
+                sub = order[start:end]
+                local = self.rank_window(query, [passages[i] for i in sub], stats)
+                order[start:end] = [sub[j] for j in local]
+        return order_to_ranked(hits, order, k, stats)
+
+    def rank_window(self, query: str, passages: Sequence[str], stats: RerankStats) -> list[int]:
+        """Generate a permutation of ``passages`` (greedy) and parse it."""
+        import torch
+
+        labels, _ = self.labels(len(passages))
+        ids = prompt_ids(self.tokenizer, user_prompt(query, passages, labels))
+        max_new = self.max_new_tokens or 6 * len(passages) + 8
+        inp = torch.tensor([ids], device=_device(self.model))
+        stop = _all_named(self.tokenizer, len(ids), labels)
+        with torch.no_grad():
+            out = self.model.generate(inp, attention_mask=torch.ones_like(inp), max_new_tokens=max_new,
+                                      do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
+                                      stopping_criteria=stop)
+        new = out[0, len(ids):].tolist()
+        stats += RerankStats(calls=1, input_tokens=len(ids), output_tokens=len(new))
+        return parse_permutation(self.tokenizer.decode(new, skip_special_tokens=True), labels)
+
+    def first_token_scores(self, query: str, passages: Sequence[str], stats: RerankStats) -> np.ndarray:
+        """Logit of each candidate's identifier as the first token of the answer (one forward pass)."""
+        import torch
+
+        labels, token_ids = self.labels(len(passages))
+        ids = prompt_ids(self.tokenizer, user_prompt(query, passages, labels), answer_prefix="[")
+        inp = torch.tensor([ids], device=_device(self.model))
+        with torch.no_grad():
+            logits = _last_logits(self.model, inp)
+        stats += RerankStats(calls=1, input_tokens=len(ids), output_tokens=0)
+        return logits[token_ids].float().cpu().numpy()
+
+
+def _all_named(tokenizer: Any, start: int, labels: Sequence[str]) -> Any:
+    """A stopping criterion: generation ends once every identifier has been named."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    wanted = set(labels)
+
+    class AllNamed(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            text = tokenizer.decode(input_ids[0, start:].tolist(), skip_special_tokens=True)
+            done = wanted <= {m.group(1) for m in _BRACKETED.finditer(text)}
+            return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([AllNamed()])
+
+
+def _last_logits(model: Any, input_ids: Any) -> Any:
+    """Logits of the last position only (``logits_to_keep=1`` where the model supports it)."""
+    try:
+        out = model(input_ids=input_ids, logits_to_keep=1)
+    except TypeError:
+        out = model(input_ids=input_ids)
+    return out.logits[0, -1]
+
+
+@dataclass
+class QueryLikelihoodReranker(TextReranker):
+    """Pointwise: score = mean log-probability of the query's tokens given the passage (UPR style)."""
+
+    model: Any
+    tokenizer: Any
+    passage_tokens: int = 100
+    batch_size: int = 4
+    template: str = QLM_PROMPT
+    version: str = ""
+
+    def __post_init__(self) -> None:
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    def _rerank(self, query: str, hits: list[Hit], passages: list[str], k: int | None) -> Ranked:
+        stats = RerankStats()
+        scores = self.score(query, passages, stats)
+        order = list(np.argsort(-scores, kind="stable"))
+        return order_to_ranked(hits, order, k, stats, scores)
+
+    def score(self, query: str, passages: Sequence[str], stats: RerankStats | None = None) -> np.ndarray:
+        """Mean log p(query | passage) for each passage."""
+        stats = stats if stats is not None else RerankStats()
+        q_ids = self.tokenizer.encode(" " + query.strip(), add_special_tokens=False)
+        seqs = []
+        for p in passages:
+            text = self.template.format(passage=truncate_tokens(self.tokenizer, p, self.passage_tokens))
+            seqs.append(self.tokenizer.encode(text, add_special_tokens=True))
+        out = []
+        for i in range(0, len(seqs), self.batch_size):
+            batch = seqs[i : i + self.batch_size]
+            out.extend(self._batch_loglik(batch, q_ids))
+            stats += RerankStats(calls=1, input_tokens=sum(len(s) + len(q_ids) for s in batch))
+        return np.asarray(out, dtype=np.float32)
+
+    def _batch_loglik(self, prefixes: list[list[int]], target: list[int]) -> list[float]:
+        import torch
+
+        rows = [p + target for p in prefixes]
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, r in enumerate(rows):  # right padding: positions stay aligned with an unpadded run
+            ids[j, : len(r)] = torch.tensor(r)
+            mask[j, : len(r)] = 1
+        dev = _device(self.model)
+        with torch.no_grad():
+            logits = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits.float()
+        logp = torch.log_softmax(logits, dim=-1)
+        t = torch.tensor(target)
+        out = []
+        for j, p in enumerate(prefixes):
+            pos = torch.arange(len(p) - 1, len(p) - 1 + len(target))
+            out.append(float(logp[j, pos, t].mean()))
+        return out

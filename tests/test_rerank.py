@@ -1,0 +1,304 @@
+"""Rerankers: identifiers, prompts, permutation parsing, importance weights, modes and listwise training."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lethe.errors import LetheError
+from lethe.ranking.base import Ranked, Reranked, Reranker, RerankStats, fetch_texts, rerank_run
+from lethe.ranking.listwise_train import (
+    ListwiseExample,
+    ListwiseTrainConfig,
+    rank_weight,
+    target_tokens,
+    train_listwise,
+    weighted_nll,
+    window_examples,
+)
+from lethe.ranking.llm import (
+    ListwiseLLMReranker,
+    QueryLikelihoodReranker,
+    identifiers,
+    label_text,
+    parse_permutation,
+    sliding_windows,
+    truncate_tokens,
+    user_prompt,
+)
+from lethe.types import Hit
+from tests.conftest import TEXTS, make_docs, make_queries
+
+
+class CharTokenizer:
+    """One token per character (like a tokenizer that splits every digit): ids are code points."""
+
+    eos_token_id = 0
+    pad_token_id = 0
+    chat_template = None
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return [ord(c) for c in text]
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return "".join(chr(i) for i in ids if i)
+
+    def __call__(self, text: str, add_special_tokens: bool = False, return_offsets_mapping: bool = False) -> dict:
+        return {"input_ids": self.encode(text), "offset_mapping": [(i, i + 1) for i in range(len(text))]}
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from lethe.registry.testing import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("llama") / "m", TEXTS * 3, max_positions=2048)
+
+
+@pytest.fixture
+def llm(tiny_llama: Path):  # noqa: ANN201
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny_llama).eval(), AutoTokenizer.from_pretrained(tiny_llama)
+
+
+def _hits(n: int) -> list[Hit]:
+    return [Hit(f"d{i}", float(n - i)) for i in range(n)]
+
+
+TEXT_OF = {d.id: d.contents for d in make_docs()}
+
+
+# ------------------------------------------------------------------------------- identifiers / parsing
+def test_identifiers_are_single_distinct_tokens_and_digits_are_checked() -> None:
+    tok = CharTokenizer()
+    labels, ids = identifiers(tok, 61)  # 26 + 26 letters + the 9 one-character numbers
+    assert labels[:3] == ["A", "B", "C"] and labels[26] == "a" and labels[-1] == "9"
+    assert len(set(ids)) == 61
+    with pytest.raises(LetheError, match="only 61 single-token"):
+        identifiers(tok, 62)  # "AB" and "10" are two tokens for this tokenizer
+
+
+def test_identifiers_of_a_real_bpe_tokenizer(llm) -> None:  # noqa: ANN001
+    _, tok = llm
+    labels, ids = identifiers(tok, 20)
+    for label, tid in zip(labels, ids):
+        enc = tok.encode(f"[{label}]", add_special_tokens=False)
+        assert len(enc) == 3 and enc[1] == tid
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("[C] > [A] > [B]", [2, 0, 1]),
+    ("[C]>[A]>[B]", [2, 0, 1]),                       # no spaces
+    ("[B] > [B] > [A] > [B]", [1, 0, 2]),              # repeats dropped, C appended
+    ("[Z] > [C] > [17] > [A]", [2, 0, 1]),             # unknown ids dropped
+    ("Sure! Here is the ranking: [B] then [C]", [1, 2, 0]),  # chatter tolerated
+    ("", [0, 1, 2]),                                   # nothing -> original order
+    ("[[A]] > [ B ] > [c]", [0, 1, 2]),                # malformed brackets / wrong case
+    ("A > C > B", [0, 1, 2]),                          # no brackets -> original order
+])
+def test_parse_permutation_is_robust(text: str, expected: list[int]) -> None:
+    assert parse_permutation(text, ["A", "B", "C"]) == expected
+
+
+def test_sliding_windows_bottom_up() -> None:
+    assert sliding_windows(20, 10, 5) == [(10, 20), (5, 15), (0, 10)]
+    spans = sliding_windows(100, 20, 10)
+    assert len(spans) == 9 and spans[0] == (80, 100) and spans[-1] == (0, 20)
+    assert sliding_windows(7, 10, 5) == [(0, 7)]
+    assert sliding_windows(12, 10, 5) == [(2, 12), (0, 10)]
+    with pytest.raises(LetheError):
+        sliding_windows(10, 0, 5)
+
+
+def test_prompt_truncates_passages_and_rewrites_brackets(llm) -> None:  # noqa: ANN001
+    _, tok = llm
+    long = " ".join(TEXTS) + " see [1] and [A]"
+    short = truncate_tokens(tok, long, 10)
+    assert len(tok.encode(short, add_special_tokens=False)) <= 10
+    assert "[" not in truncate_tokens(tok, "see [1] and [A]", 50)
+    prompt = user_prompt("fox", ["p one", "p two"], ["A", "B"])
+    assert "[A] p one" in prompt and "[B] p two" in prompt and "e.g., [B] > [A]" in prompt
+    assert "Search Query: fox." in prompt
+
+
+# ------------------------------------------------------------------------------- loss weights
+def test_importance_weights_on_a_known_label() -> None:
+    tok = CharTokenizer()
+    ids, w = target_tokens(tok, [2, 0, 1], ["A", "B", "C"], alpha=0.5)
+    assert tok.decode(ids) == "[C] > [A] > [B]"
+    w1, w2, w3 = 2.0, 1 + 1 / math.log2(3), 1.5
+    expected = [w1] * 3 + [0.5] * 3 + [w2] * 3 + [0.5] * 3 + [w3] * 3 + [w3]  # last: EOS at rank 3
+    assert ids[-1] == tok.eos_token_id
+    np.testing.assert_allclose(w, expected)
+    assert rank_weight(1) == 2.0 and round(rank_weight(10), 2) == 1.29 and round(rank_weight(100), 2) == 1.15
+    _, plain = target_tokens(tok, [2, 0, 1], ["A", "B", "C"], weighted=False)
+    assert set(plain) == {1.0}
+
+
+def test_importance_weights_with_a_bpe_tokenizer(llm) -> None:  # noqa: ANN001
+    _, tok = llm
+    labels, _ = identifiers(tok, 4)
+    ids, w = target_tokens(tok, [3, 1, 0, 2], labels)
+    assert len(ids) == len(w) and tok.decode(ids[:-1]) == label_text([3, 1, 0, 2], labels)
+    assert w[0] == 2.0 and w[-1] == rank_weight(4) and min(w) >= 1.0
+
+
+def test_weighted_nll_matches_a_hand_computation() -> None:
+    import torch
+
+    torch.manual_seed(0)
+    logits = torch.randn(5, 7)
+    ids = torch.tensor([1, 2, 3, 4, 5])
+    w = torch.tensor([0.0, 0.0, 2.0, 1.0, 1.5])  # prompt, prompt, then three target tokens
+    logp = torch.log_softmax(logits, -1)
+    manual = -(2.0 * logp[1, 3] + 1.0 * logp[2, 4] + 1.5 * logp[3, 5]) / 3
+    assert torch.allclose(weighted_nll(logits, ids, w), manual)
+    ones = torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0])
+    assert torch.allclose(weighted_nll(logits, ids, ones),
+                          torch.nn.functional.cross_entropy(logits[:-1], ids[1:]))
+
+
+def test_window_examples_restrict_the_target_order() -> None:
+    ex = ListwiseExample("q", [f"p{i}" for i in range(6)], [5, 0, 3, 1, 4, 2], [f"d{i}" for i in range(6)], "q1")
+    wins = window_examples(ex, 4, 2)
+    assert [w.doc_ids for w in wins] == [["d2", "d3", "d4", "d5"], ["d0", "d1", "d2", "d3"]]
+    assert wins[0].order == [3, 1, 2, 0]  # d5 > d3 > d4 > d2
+    assert wins[1].order == [0, 3, 1, 2]  # d0 > d3 > d1 > d2
+    with pytest.raises(LetheError, match="permutation"):
+        ListwiseExample("q", ["a", "b"], [0, 0])
+
+
+# ------------------------------------------------------------------------------- rerankers
+@pytest.mark.parametrize("mode", ["full", "sliding", "first_token"])
+def test_listwise_modes_return_permutations_with_costs(llm, mode: str) -> None:  # noqa: ANN001
+    model, tok = llm
+    rr = ListwiseLLMReranker(model, tok, mode=mode, window=4, step=2, passage_tokens=12, max_new_tokens=8,
+                             texts=TEXT_OF)
+    assert isinstance(rr, Reranker)
+    hits = _hits(6)
+    ranked = rr.rerank("fox jumping", hits)
+    assert isinstance(ranked, Ranked) and sorted(h.doc_id for h in ranked) == sorted(h.doc_id for h in hits)
+    assert ranked.stats.calls == {"full": 1, "sliding": 2, "first_token": 1}[mode]
+    assert ranked.stats.input_tokens > 0 and ranked.stats.seconds > 0
+    assert (ranked.stats.output_tokens == 0) == (mode == "first_token")
+    assert len(rr.rerank("fox", hits, k=3)) == 3
+
+
+def test_full_reads_fewer_tokens_than_sliding(llm) -> None:  # noqa: ANN001
+    model, tok = llm
+    hits = _hits(10)
+    full = ListwiseLLMReranker(model, tok, mode="full", passage_tokens=12, max_new_tokens=4, texts=TEXT_OF)
+    slid = ListwiseLLMReranker(model, tok, mode="sliding", window=4, step=2, passage_tokens=12,
+                               max_new_tokens=4, texts=TEXT_OF)
+    assert full.rerank("fox", hits).stats.input_tokens < slid.rerank("fox", hits).stats.input_tokens
+
+
+def test_first_token_orders_by_identifier_logits(llm) -> None:  # noqa: ANN001
+    model, tok = llm
+    rr = ListwiseLLMReranker(model, tok, mode="first_token", passage_tokens=12, texts=TEXT_OF)
+    hits = _hits(5)
+    ranked = rr.rerank("fox", hits)
+    scores = [h.score for h in ranked]
+    assert scores == sorted(scores, reverse=True)
+    direct = rr.first_token_scores("fox", [truncate_tokens(tok, TEXT_OF[h.doc_id], 12) for h in hits],
+                                   RerankStats())
+    assert np.isclose(max(direct), scores[0])
+
+
+def test_query_likelihood_is_a_batch_invariant_mean_logprob(llm) -> None:  # noqa: ANN001
+    model, tok = llm
+    rr = QueryLikelihoodReranker(model, tok, passage_tokens=20, batch_size=2, texts=TEXT_OF)
+    hits = _hits(5)
+    ranked = rr.rerank("cardano staking rewards", hits)
+    assert ranked.stats.calls == 3 and sorted(h.doc_id for h in ranked) == sorted(h.doc_id for h in hits)
+    # batched (padded) scores equal one-at-a-time scores
+    passages = [TEXT_OF[h.doc_id] for h in hits]
+    one = QueryLikelihoodReranker(model, tok, passage_tokens=20, batch_size=1).score("cardano", passages)
+    assert np.allclose(rr.score("cardano", passages), one, atol=1e-5)
+    # and the score is a mean log-probability
+    assert (one < 0).all() and np.isfinite(one).all()
+
+
+def test_missing_text_and_bad_mode_are_clear_errors(llm) -> None:  # noqa: ANN001
+    model, tok = llm
+    with pytest.raises(LetheError, match="doc id 'nope'"):
+        fetch_texts(TEXT_OF, ["d0", "nope"])
+    with pytest.raises(LetheError, match="unknown listwise mode"):
+        ListwiseLLMReranker(model, tok, mode="diagonal")
+    with pytest.raises(LetheError, match="no text source"):
+        ListwiseLLMReranker(model, tok).rerank("q", _hits(2))
+
+
+def test_reranked_pipeline_and_run(workspace, llm) -> None:  # noqa: ANN001
+    from lethe.pipelines.rerank import doc_texts
+
+    model, tok = llm
+    rr = ListwiseLLMReranker(model, tok, mode="first_token", passage_tokens=12, texts=doc_texts(workspace))
+    pipe = rr.after(workspace.load_index("bm25"), depth=5)
+    assert isinstance(pipe, Reranked)
+    out = pipe.search(["fox jumping", "cardano rewards"], k=2)
+    assert [len(hs) for hs in out] == [2, 2] and pipe.stats.calls == 2
+    first = workspace.load_index("bm25").search(["fox jumping"], 5)[0]
+    assert {h.doc_id for h in out[0]} <= {h.doc_id for h in first}
+    run = {"q1": {h.doc_id: h.score for h in first}}
+    new, stats = rerank_run(rr, run, {"q1": "fox jumping"}, depth=5)
+    assert set(new["q1"]) == set(run["q1"]) and stats.calls == 1
+    with pytest.raises(LetheError, match="not among the queries"):
+        rerank_run(rr, {"qx": {"d0": 1.0}}, {"q1": "fox"})
+
+
+# ------------------------------------------------------------------------------- training
+def test_listwise_training_lowers_the_loss(llm) -> None:  # noqa: ANN001
+    model, tok = llm
+    passages = [TEXT_OF[f"d{i}"] for i in range(4)]
+    examples = [ListwiseExample("fox", passages, [1, 0, 3, 2]), ListwiseExample("cardano", passages, [2, 3, 0, 1])]
+    cfg = ListwiseTrainConfig(epochs=20, lr=1e-2, grad_accum=2, passage_tokens=8, lora_r=0, warmup=0.0)
+    model, losses = train_listwise(model, tok, examples, cfg)
+    assert len(losses) == 20 and np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
+
+
+def test_listwise_lora_training_registers_lineage_and_reloads(workspace, tiny_llama: Path, tmp_path: Path) -> None:
+    import torch
+
+    from lethe.data import Dataset
+    from lethe.pipelines.rerank import (
+        listwise_examples,
+        listwise_order,
+        load_reranker,
+        read_labels,
+        train_listwise_reranker,
+    )
+    from lethe.registry import ModelSpec
+
+    assert listwise_order(["a", "b", "c", "d"], {"c": 1, "d": 2}, {"a": 0.1, "b": 0.9}) == [3, 2, 1, 0]
+    llm_dir = tmp_path / "llm"
+    shutil.copytree(tiny_llama, llm_dir)
+    workspace.registry.register(ModelSpec(name="tiny-llm", kind="llm", source=f"path:{llm_dir}"))
+    docs = make_docs()
+    ds = Dataset("toy", {d.id: d for d in docs}, {q.id: q for q in make_queries()},
+                 {"train": {"q1": {"d0": 1}, "q2": {"d2": 1}}})
+    run = {"q1": ["d3", "d0", "d1", "d5"], "q2": ["d4", "d6", "d2"]}
+    teacher = {"q1": {"d1": 0.9, "d3": 0.1}, "q2": {"d4": 0.5, "d6": 0.7}}
+    examples = listwise_examples(workspace, ds, run, teacher, "train")
+    assert [ex.order for ex in examples] == [[1, 2, 0, 3], [2, 1, 0]]
+    cfg = ListwiseTrainConfig(epochs=2, lr=1e-3, grad_accum=1, passage_tokens=8, lora_r=4, lora_alpha=8)
+    ref, losses = train_listwise_reranker(workspace, ds, examples, "listwise", base="tiny-llm", cfg=cfg)
+    assert ref.kind == "adapter" and len(losses) == 4
+    lineage = workspace.registry.lineage_of(ref)
+    assert set(lineage.doc_ids) == {"d0", "d1", "d2", "d3", "d4", "d5", "d6"}
+    assert set(lineage.query_ids) == {"q1", "q2"} and "u1" in set(lineage.owner_ids)
+    assert str(ref) in [str(a) for a in workspace.registry.affected_by(doc_ids=["d6"])]
+    assert read_labels(workspace, str(ref))[1] == {"query_id": "q2", "doc_ids": ["d4", "d6", "d2"], "order": [2, 1, 0]}
+    # the reloaded adapter (merged) scores exactly as the trained model
+    rr = load_reranker(workspace, str(ref), "first_token", passage_tokens=8)
+    again = load_reranker(workspace, str(ref), "first_token", passage_tokens=8)
+    hits = _hits(4)
+    a, b = rr.rerank("fox", hits), again.rerank("fox", hits)
+    assert [h.doc_id for h in a] == [h.doc_id for h in b]
+    assert torch.allclose(torch.tensor([h.score for h in a]), torch.tensor([h.score for h in b]))
+    with pytest.raises(LetheError, match="not a reranker"):
+        load_reranker(workspace, "bm25")
