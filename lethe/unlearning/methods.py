@@ -1,0 +1,313 @@
+"""Weight-unlearning methods for bi-encoders and cross-encoders, one class each, in a registry.
+
+All methods read the same :class:`UnlearnTask` (the model to change, the frozen original as
+reference, the forget / retain sets) and return an :class:`UnlearnResult`. Losses are the
+contrastive / ranking analogues of the LLM-unlearning losses (METHODS card 0, B, 1, 4) on the
+candidate-score matrix ``S`` (column 0 = the group's positive):
+
+* ``retrain`` — the oracle: the recipe re-run on the data without the forgotten items (exact);
+* ``grad_ascent`` — maximise the forget groups' InfoNCE (``+log P(d*|q)`` minimised);
+* ``grad_diff`` — gradient ascent on forget + InfoNCE on retain;
+* ``npo`` — ``-(2/beta) log sigmoid(-beta (log P(d*|q) - log P_ref(d*|q)))`` + retain InfoNCE;
+* ``pdu`` — margin flattening ``(max_k S - mean_k S)^2`` on forget groups subject to
+  ``L_retain <= (1 + tol) L_retain(theta_0)``, primal descent / dual ascent on lambda (card 4);
+* ``relabel`` — DSE retarget-and-redistill (card 1): forget pairs' targets replaced by the score
+  the original model gives relevant documents it never saw (``m_unseen``), squared error, while the
+  retain groups are distilled to the original's scores.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from lethe.embedding.pools import MinedExample
+from lethe.errors import LetheError
+from lethe.unlearning.scorers import Scorer, group_scores
+from lethe.unlearning.sets import UnlearnSets
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: add a method to :data:`METHODS` under its ``name``."""
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> Method:
+    """An instance of the registered method ``name``; raises listing the known ones."""
+    if name not in METHODS:
+        raise LetheError(f"unknown unlearning method {name!r}; choose one of {', '.join(sorted(METHODS))}")
+    return METHODS[name]()
+
+
+@dataclass
+class UnlearnConfig:
+    """Settings shared by the approximate methods (defaults suit MiniLM-size models on CPU)."""
+
+    steps: int = 10
+    lr: float = 2e-5
+    forget_batch: int = 8
+    retain_batch: int = 8
+    alpha: float = 1.0           # retain weight (grad_diff, npo)
+    beta: float = 0.1            # npo
+    pdu_tol: float = 0.1         # pdu: epsilon = (1 + tol) * L_retain(theta_0)
+    pdu_lambda0: float = 1.0     # pdu: initial dual variable
+    pdu_eta: float = 1.0         # pdu: dual step
+    forget_weight: float = 1.0   # relabel: weight of the retargeted forget pairs
+    seed: int = 0
+    max_seconds: float | None = None
+
+
+@dataclass
+class UnlearnTask:
+    """One model to unlearn: ``scorer`` is changed in place; ``reference`` is the frozen original."""
+
+    scorer: Scorer
+    sets: UnlearnSets
+    queries: Mapping[str, str]
+    texts: Mapping[str, str]
+    reference: Scorer | None = None
+    unseen_target: float | None = None
+    retrain: Callable[[list[MinedExample]], Scorer] | None = None
+
+
+@dataclass
+class UnlearnResult:
+    """What a method produced."""
+
+    scorer: Scorer
+    method: str
+    seconds: float
+    exact: bool = False
+    losses: list[float] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    """Base class: ``run(task, cfg)``; approximate methods implement ``loss``."""
+
+    name: ClassVar[str] = ""
+    exact: ClassVar[bool] = False
+
+    def run(self, task: UnlearnTask, cfg: UnlearnConfig | None = None) -> UnlearnResult:
+        cfg = cfg or UnlearnConfig()
+        if not task.sets.forget:
+            raise LetheError(f"{self.name}: nothing to forget (no training group has the forgotten data)")
+        t0 = time.perf_counter()
+        self.prepare(task, cfg)
+        losses = optimise(task, cfg, self.loss, self.after_step)
+        return UnlearnResult(task.scorer, self.name, time.perf_counter() - t0, False, losses, self.info())
+
+    def prepare(self, task: UnlearnTask, cfg: UnlearnConfig) -> None:
+        """Hook before the first step (e.g. measure the retain loss)."""
+
+    def loss(self, task: UnlearnTask, forget: list[MinedExample], retain: list[MinedExample],
+             cfg: UnlearnConfig) -> Any:
+        raise NotImplementedError
+
+    def after_step(self, task: UnlearnTask, cfg: UnlearnConfig) -> None:
+        """Hook after each optimiser step (e.g. the dual update)."""
+
+    def info(self) -> dict[str, Any]:
+        return {}
+
+
+def infonce(s: Any, scale: float) -> Any:
+    """Cross-entropy of column 0 within each group."""
+    import torch
+
+    return torch.nn.functional.cross_entropy(s * scale, torch.zeros(s.shape[0], dtype=torch.long))
+
+
+def log_p_target(s: Any, scale: float) -> Any:
+    """``log P(d_0 | q)`` per group."""
+    import torch
+
+    return torch.log_softmax(s * scale, dim=-1)[:, 0]
+
+
+def margin_flat(s: Any) -> Any:
+    """``mean_b (max_k S - mean_k S)^2`` (zero iff every candidate scores the same)."""
+    return ((s.max(dim=-1).values - s.mean(dim=-1)) ** 2).mean()
+
+
+def optimise(task: UnlearnTask, cfg: UnlearnConfig,
+             loss_fn: Callable[[UnlearnTask, list[MinedExample], list[MinedExample], UnlearnConfig], Any],
+             after_step: Callable[[UnlearnTask, UnlearnConfig], None] | None = None) -> list[float]:
+    """``cfg.steps`` AdamW steps on ``loss_fn(task, forget batch, retain batch, cfg)``."""
+    import torch
+
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    module = task.scorer.module
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    forget, retain = _cycler(task.sets.forget, rng), _cycler(task.sets.retain, rng)
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    module.eval()  # dropout off: small corrective updates on exact (deterministic) scores; gradients still flow
+    for _ in range(cfg.steps):
+        fb = [next(forget) for _ in range(min(cfg.forget_batch, len(task.sets.forget)))]
+        rb = [next(retain) for _ in range(min(cfg.retain_batch, len(task.sets.retain)))] if task.sets.retain else []
+        loss = loss_fn(task, fb, rb, cfg)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(loss.detach()))
+        if after_step:
+            after_step(task, cfg)
+        if cfg.max_seconds and time.perf_counter() - t0 > cfg.max_seconds:
+            break
+    return losses
+
+
+def _cycler(items: Sequence[MinedExample], rng: random.Random):  # noqa: ANN202
+    pool: list[MinedExample] = []
+    while True:
+        if not pool:
+            pool = list(items)
+            rng.shuffle(pool)
+            if not pool:
+                return
+        yield pool.pop()
+
+
+def _retain_loss(task: UnlearnTask, retain: list[MinedExample]) -> Any:
+    import torch
+
+    if not retain:
+        return torch.zeros(())
+    return infonce(group_scores(task.scorer, retain, task.queries, task.texts), task.scorer.scale)
+
+
+@register
+class Retrain(Method):
+    """The oracle: re-run the training recipe on the data a model would have without the forgotten items."""
+
+    name = "retrain"
+    exact = True
+
+    def run(self, task: UnlearnTask, cfg: UnlearnConfig | None = None) -> UnlearnResult:
+        if task.retrain is None:
+            raise LetheError("retrain needs the model's training recipe (task.retrain)")
+        t0 = time.perf_counter()
+        scorer = task.retrain(list(task.sets.remaining))
+        return UnlearnResult(scorer, self.name, time.perf_counter() - t0, True,
+                             info={"examples": len(task.sets.remaining)})
+
+
+@register
+class GradAscent(Method):
+    """Gradient ascent on the forget groups' InfoNCE."""
+
+    name = "grad_ascent"
+
+    def loss(self, task: UnlearnTask, forget: list[MinedExample], retain: list[MinedExample],
+             cfg: UnlearnConfig) -> Any:
+        return -infonce(group_scores(task.scorer, forget, task.queries, task.texts), task.scorer.scale)
+
+
+@register
+class GradDiff(Method):
+    """Gradient ascent on forget, descent on retain."""
+
+    name = "grad_diff"
+
+    def loss(self, task: UnlearnTask, forget: list[MinedExample], retain: list[MinedExample],
+             cfg: UnlearnConfig) -> Any:
+        s_f = group_scores(task.scorer, forget, task.queries, task.texts)
+        return -infonce(s_f, task.scorer.scale) + cfg.alpha * _retain_loss(task, retain)
+
+
+@register
+class NPO(Method):
+    """Negative preference optimisation against the frozen original, plus retain InfoNCE."""
+
+    name = "npo"
+
+    def prepare(self, task: UnlearnTask, cfg: UnlearnConfig) -> None:
+        if task.reference is None:
+            raise LetheError("npo needs the original model as reference (task.reference)")
+        task.reference.module.eval()
+
+    def loss(self, task: UnlearnTask, forget: list[MinedExample], retain: list[MinedExample],
+             cfg: UnlearnConfig) -> Any:
+        import torch
+
+        s_f = group_scores(task.scorer, forget, task.queries, task.texts)
+        with torch.no_grad():
+            s_ref = group_scores(task.reference, forget, task.queries, task.texts)
+        ratio = log_p_target(s_f, task.scorer.scale) - log_p_target(s_ref, task.scorer.scale)
+        npo = -(2.0 / cfg.beta) * torch.nn.functional.logsigmoid(-cfg.beta * ratio).mean()
+        return npo + cfg.alpha * _retain_loss(task, retain)
+
+
+@register
+class PDU(Method):
+    """Constrained entropic unlearning: margin flattening s.t. retain loss <= (1 + tol) x its start value."""
+
+    name = "pdu"
+
+    def prepare(self, task: UnlearnTask, cfg: UnlearnConfig) -> None:
+        import torch
+
+        self.lam = cfg.pdu_lambda0
+        with torch.no_grad():
+            task.scorer.module.eval()
+            base = float(_retain_loss(task, list(task.sets.retain)[:64]))
+        self.epsilon = (1.0 + cfg.pdu_tol) * base
+        self.last_retain = base
+        self.lambdas: list[float] = []
+        self.retain_losses: list[float] = []
+
+    def loss(self, task: UnlearnTask, forget: list[MinedExample], retain: list[MinedExample],
+             cfg: UnlearnConfig) -> Any:
+        s_f = group_scores(task.scorer, forget, task.queries, task.texts)
+        l_r = _retain_loss(task, retain)
+        self.last_retain = float(l_r.detach())
+        return margin_flat(s_f) + self.lam * (l_r - self.epsilon)
+
+    def after_step(self, task: UnlearnTask, cfg: UnlearnConfig) -> None:
+        self.lam = max(0.0, self.lam + cfg.pdu_eta * (self.last_retain - self.epsilon))
+        self.lambdas.append(self.lam)
+        self.retain_losses.append(self.last_retain)
+
+    def info(self) -> dict[str, Any]:
+        return {"epsilon": self.epsilon, "lambda_final": self.lam, "lambdas": self.lambdas,
+                "retain_losses": self.retain_losses}
+
+
+@register
+class Relabel(Method):
+    """DSE retarget-and-redistill: forget pairs pulled to ``m_unseen``, retain groups to the original's scores."""
+
+    name = "relabel"
+
+    def prepare(self, task: UnlearnTask, cfg: UnlearnConfig) -> None:
+        if task.reference is None or task.unseen_target is None or math.isnan(task.unseen_target):
+            raise LetheError("relabel needs the original model (reference) and m_unseen (unseen_target)")
+        task.reference.module.eval()
+
+    def loss(self, task: UnlearnTask, forget: list[MinedExample], retain: list[MinedExample],
+             cfg: UnlearnConfig) -> Any:
+        import torch
+
+        s_f = group_scores(task.scorer, forget, task.queries, task.texts)
+        with torch.no_grad():
+            ref_f = group_scores(task.reference, forget, task.queries, task.texts)
+            target_f = ref_f.clone()
+            target_f[:, 0] = task.unseen_target
+        loss = cfg.forget_weight * torch.nn.functional.mse_loss(s_f, target_f)
+        if retain:
+            s_r = group_scores(task.scorer, retain, task.queries, task.texts)
+            with torch.no_grad():
+                ref_r = group_scores(task.reference, retain, task.queries, task.texts)
+            loss = loss + torch.nn.functional.mse_loss(s_r, ref_r)
+        return loss

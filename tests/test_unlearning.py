@@ -1,0 +1,189 @@
+"""Unlearning: forget / retain sets, the methods on tiny models, the verification figures and verdict."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lethe.embedding.pools import MinedExample
+from lethe.errors import LetheError
+from lethe.unlearning.methods import METHODS, UnlearnConfig, UnlearnTask, get_method, log_p_target
+from lethe.unlearning.scorers import BiEncoderScorer, CrossEncoderScorer, group_scores, pair_scores
+from lethe.unlearning.sets import split_examples, without_docs
+from lethe.unlearning.verify import Figures, Thresholds, auc, ks_p, mia_auc, probe_auc, relearn_gap, verdict
+from tests.conftest import make_docs
+
+TEXTS = {d.id: d.contents for d in make_docs()}
+QUERIES = {"q1": "fox jumping", "q2": "cardano rewards", "q3": "vitamin health", "q4": "dense vectors",
+           "q5": "ledger hash"}
+EXAMPLES = [
+    MinedExample("q1", "d0", ("d3", "d7"), (3.0, 1.0, 0.5)),
+    MinedExample("q1", "d1", ("d3", "d8"), (2.5, 1.0, 0.2)),
+    MinedExample("q2", "d2", ("d4", "d0"), (3.0, 2.0, 0.1)),   # d0 only as a negative
+    MinedExample("q3", "d5", ("d6", "d0"), (3.0, 1.5, 0.3)),   # d0 only as a negative
+    MinedExample("q4", "d9", ("d7", "d8"), (3.0, 1.0, 0.9)),
+    MinedExample("q5", "d11", ("d10", "d3"), (3.0, 0.4, 0.2)),
+]
+
+
+# ------------------------------------------------------------------------------- sets
+def test_split_examples_into_forget_touched_retain() -> None:
+    sets = split_examples(EXAMPLES, docs={"d0"}, queries={"q5"}, retain_size=3, neighbours={"d9"})
+    assert sets.forget_pairs == [("q1", "d0"), ("q5", "d11")]
+    assert [(e.query_id, e.negatives) for e in sets.touched] == [("q2", ("d4", "d4")), ("q3", ("d6", "d6"))]
+    assert sets.touched[0].teacher == (3.0, 2.0, 2.0)
+    assert sets.retain[:2] == sets.touched and sets.retain[2].positive == "d9"  # touched, then neighbours
+    assert len(sets.remaining) == 4 and all("d0" not in (e.positive, *e.negatives) for e in sets.remaining)
+    assert without_docs(EXAMPLES[0], {"d3", "d7"}) is None
+
+
+# ------------------------------------------------------------------------------- verification
+def test_auc_ks_and_relearn_gap_on_known_cases() -> None:
+    assert auc([2.0, 3.0], [1.0]) == 1.0 and auc([1.0], [2.0, 3.0]) == 0.0
+    assert auc([1.0, 1.0], [1.0]) == 0.5 and math.isnan(auc([], [1.0]))
+    assert mia_auc([0.9, 0.8, 0.7], [0.1, 0.2, 0.75]) == pytest.approx(8 / 9)
+    rng = np.random.default_rng(0)
+    same = ks_p(rng.normal(0, 1, 300), rng.normal(0, 1, 300))
+    shifted = ks_p(rng.normal(0, 1, 300), rng.normal(1, 1, 300))
+    assert same > 0.05 > shifted
+    assert relearn_gap([0.5, 0.7], [0.4, 0.4]) == pytest.approx(0.2)
+
+
+def test_probe_sees_membership_only_where_it_exists() -> None:
+    rng = np.random.default_rng(0)
+    members, nonmembers = rng.normal(1, 1, (200, 4)), rng.normal(-1, 1, (200, 4))
+    remembered, unseen = rng.normal(1, 1, (50, 4)), rng.normal(-1, 1, (50, 4))
+    assert probe_auc(members, nonmembers, remembered, unseen) > 0.9
+    forgotten = rng.normal(-1, 1, (50, 4))  # looks like never-seen documents
+    assert abs(probe_auc(members, nonmembers, forgotten, unseen) - 0.5) < 0.15
+
+
+def _fig(**kw: float) -> Figures:
+    base = dict(method="npo", ks_p=0.3, mia_auc=0.55, mia_auc_oracle=0.52, retain_ndcg10=0.70,
+                retain_ndcg10_original=0.705)
+    base.update(kw)
+    return Figures(**base)
+
+
+def test_verdict_says_yes_only_when_every_threshold_holds() -> None:
+    assert verdict(_fig()).verdict == "unlearned"
+    assert verdict(_fig(mia_auc=0.58)).failed == ["mia_gap"]            # gap 0.06 > 0.05
+    assert verdict(_fig(ks_p=0.01)).verdict == "not_unlearned"
+    assert verdict(_fig(retain_ndcg10=0.69)).failed == ["retain"]       # dropped 0.015 > 0.01
+    assert verdict(_fig(ks_p=math.nan)).verdict == "not_unlearned"     # not measured never passes
+    assert verdict(_fig(mia_auc=0.45, mia_auc_oracle=0.5)).verdict == "unlearned"  # |gap| counts
+    assert verdict(_fig(ks_p=0.04), Thresholds(ks_p=0.01)).verdict == "unlearned"
+
+
+def test_exact_only_for_retrain_and_sharded_with_proof() -> None:
+    assert verdict(_fig(method="retrain", exact=True, ks_p=0.0)).verdict == "exact"
+    assert verdict(_fig(method="sharded", exact=True)).verdict == "exact"
+    assert verdict(_fig(method="retrain", exact=False)).verdict == "unlearned"
+    assert verdict(_fig(method="grad_ascent", exact=True)).verdict == "unlearned"   # an approximate method
+    assert verdict(_fig(method="grad_ascent", exact=True, ks_p=0.0)).verdict == "not_unlearned"
+    d = verdict(_fig(probe_auc=math.nan)).to_dict()
+    assert d["probe_auc"] is None and d["verdict"] == "unlearned"
+
+
+# ------------------------------------------------------------------------------- methods on tiny models
+@pytest.fixture
+def bi_scorer(tiny_bert_dir: Path) -> BiEncoderScorer:
+    from sentence_transformers import SentenceTransformer
+
+    return BiEncoderScorer(SentenceTransformer(str(tiny_bert_dir), device="cpu"), max_length=32)
+
+
+@pytest.fixture
+def ce_scorer(tiny_bert_dir: Path) -> CrossEncoderScorer:
+    from sentence_transformers import CrossEncoder
+
+    from lethe.ranking.cross_encoder import CETrainConfig, Group, train_cross_encoder
+
+    ce = CrossEncoder(str(tiny_bert_dir), num_labels=1, device="cpu")
+    # a fresh head scores every pair alike: train it on the groups first, so there is something to forget
+    groups = [Group(QUERIES[e.query_id], TEXTS[e.positive], [TEXTS[d] for d in e.negatives]) for e in EXAMPLES]
+    train_cross_encoder(ce, groups, CETrainConfig(epochs=10, lr=5e-3, queries_per_step=6, max_length=32, warmup=0.0))
+    return CrossEncoderScorer(ce, max_length=32)
+
+
+def _task(scorer, sets, **kw) -> UnlearnTask:  # noqa: ANN001
+    return UnlearnTask(scorer.copy(), sets, QUERIES, TEXTS, reference=scorer, **kw)
+
+
+def _log_p(scorer, sets) -> float:  # noqa: ANN001
+    import torch
+
+    with torch.no_grad():
+        return float(log_p_target(group_scores(scorer, sets.forget, QUERIES, TEXTS), scorer.scale).mean())
+
+
+@pytest.mark.parametrize("kind", ["bi", "ce"])
+@pytest.mark.parametrize("name", ["grad_ascent", "grad_diff", "npo", "pdu"])
+def test_approximate_methods_lower_the_forget_probability(name: str, kind: str, bi_scorer, ce_scorer) -> None:  # noqa: ANN001
+    scorer = bi_scorer if kind == "bi" else ce_scorer
+    sets = split_examples(EXAMPLES, docs={"d0"}, retain_size=4)
+    task = _task(scorer, sets)
+    before = _log_p(task.scorer, sets)
+    cfg = UnlearnConfig(steps=8, lr=5e-3, forget_batch=2, retain_batch=4, pdu_lambda0=0.0, pdu_eta=0.0)
+    result = get_method(name).run(task, cfg)
+    assert result.method == name and not result.exact and len(result.losses) == 8
+    if name == "pdu":  # margin flattening: the forget groups' scores move toward equal
+        import torch
+
+        with torch.no_grad():
+            s0 = group_scores(scorer, sets.forget, QUERIES, TEXTS)
+            s1 = group_scores(result.scorer, sets.forget, QUERIES, TEXTS)
+        assert float((s1.max(-1).values - s1.mean(-1)).mean()) < float((s0.max(-1).values - s0.mean(-1)).mean())
+        assert result.info["lambdas"] == [0.0] * 8 and result.info["epsilon"] > 0
+    else:
+        assert _log_p(result.scorer, sets) < before
+    # the reference (original) is untouched
+    assert _log_p(scorer, sets) == pytest.approx(before, abs=1e-5)
+
+
+def test_pdu_dual_ascent_follows_the_retain_constraint(bi_scorer) -> None:  # noqa: ANN001
+    sets = split_examples(EXAMPLES, docs={"d0"}, retain_size=4)
+    cfg = UnlearnConfig(steps=6, lr=5e-3, forget_batch=2, retain_batch=4, pdu_lambda0=0.5, pdu_eta=2.0, pdu_tol=0.0)
+    info = get_method("pdu").run(_task(bi_scorer, sets), cfg).info
+    lam, eps = 0.5, info["epsilon"]
+    for got, r in zip(info["lambdas"], info["retain_losses"]):
+        lam = max(0.0, lam + 2.0 * (r - eps))
+        assert got == pytest.approx(lam)
+
+
+def test_relabel_pulls_forget_pairs_to_the_unseen_score(bi_scorer) -> None:  # noqa: ANN001
+    sets = split_examples(EXAMPLES, docs={"d0"}, retain_size=4)
+    target = -0.2
+    task = _task(bi_scorer, sets, unseen_target=target)
+    before = pair_scores(bi_scorer, sets.forget_pairs, QUERIES, TEXTS)
+    result = get_method("relabel").run(task, UnlearnConfig(steps=10, lr=5e-3, forget_batch=2, retain_batch=4))
+    after = pair_scores(result.scorer, sets.forget_pairs, QUERIES, TEXTS)
+    assert abs(after - target).mean() < abs(before - target).mean()
+    with pytest.raises(LetheError, match="m_unseen"):
+        get_method("relabel").run(_task(bi_scorer, sets))
+
+
+def test_retrain_uses_the_recipe_on_the_remaining_data(bi_scorer) -> None:  # noqa: ANN001
+    sets = split_examples(EXAMPLES, docs={"d0"})
+    seen: list[list[MinedExample]] = []
+
+    def recipe(examples: list[MinedExample]) -> BiEncoderScorer:
+        seen.append(examples)
+        return bi_scorer.copy()
+
+    result = get_method("retrain").run(_task(bi_scorer, sets, retrain=recipe))
+    assert result.exact and seen[0] == sets.remaining
+    with pytest.raises(LetheError, match="recipe"):
+        get_method("retrain").run(_task(bi_scorer, sets))
+
+
+def test_method_registry_and_errors(bi_scorer) -> None:  # noqa: ANN001
+    assert {"retrain", "grad_ascent", "grad_diff", "npo", "pdu", "relabel"} <= set(METHODS)
+    with pytest.raises(LetheError, match="unknown unlearning method"):
+        get_method("forget-harder")
+    nothing = split_examples(EXAMPLES, docs={"nope"})
+    with pytest.raises(LetheError, match="nothing to forget"):
+        get_method("grad_ascent").run(_task(bi_scorer, nothing))
