@@ -12,6 +12,7 @@ from lethe.embedding.train import EmbedTrainConfig, train_bi_encoder
 from lethe.pipelines.train import (
     listwise_groups,
     load_scores,
+    read_examples,
     score_pools,
     train_embedder,
     train_teacher,
@@ -56,6 +57,9 @@ def test_teacher_learns_and_is_registered_with_lineage(workspace, data) -> None:
     lineage = workspace.registry.lineage_of(ref)
     assert set(lineage.query_ids) == {"q1", "q2", "q3"}
     assert data.pool_docs() <= set(lineage.doc_ids)
+    recorded = read_examples(workspace, str(ref))  # the exact groups, kept for unlearning
+    assert recorded and {e.query_id for e in recorded} <= {"q1", "q2", "q3"}
+    assert {d for e in recorded for d in (e.positive, *e.negatives)} <= set(lineage.doc_ids)
     cache_ref, scores = score_pools(workspace, data, "teacher", show_progress=False)
     assert cache_ref.kind == "cache"
     assert [(rel, str(p)) for rel, p in workspace.registry.parents_of(cache_ref)] == [("teacher", "teacher@v1")]
@@ -98,6 +102,7 @@ def test_student_trains_registers_and_reloads_identically(workspace, data, cache
     assert relations == {"teacher": "teacher@v1", "cache": "teacher-scores@v1", "init": "tiny@v1"}
     lineage = workspace.registry.lineage_of(ref)
     assert {e.positive for e in examples} | {n for e in examples for n in e.negatives} <= set(lineage.doc_ids)
+    assert read_examples(workspace, str(ref)) == examples
     # a re-load of the saved version gives identical embeddings
     enc1 = workspace.encoder(str(ref))
     model2 = workspace.registry.load(ref)

@@ -117,3 +117,21 @@ def _keep(tn: float, tp: float, ratio: float | None, margin: float | None) -> bo
         return False
     return margin is None or tn < tp - margin
 
+
+
+def save_examples(path: str | Path, examples: Sequence[MinedExample]) -> None:
+    """Write training groups as JSON lines (an artifact's record of exactly what it was trained on)."""
+    rows = [json.dumps({"query_id": e.query_id, "positive": e.positive, "negatives": list(e.negatives),
+                        "teacher": list(e.teacher)}) for e in examples]
+    data = ("\n".join(rows) + "\n").encode() if rows else b""
+    atomic_write_bytes(path, lambda fh: fh.write(data))
+
+
+def load_examples(path: str | Path) -> list[MinedExample]:
+    """Read a file written by :func:`save_examples`."""
+    out = []
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            o = json.loads(line)
+            out.append(MinedExample(o["query_id"], o["positive"], tuple(o["negatives"]), tuple(o["teacher"])))
+    return out

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lethe.data import Dataset
-from lethe.embedding.pools import MinedExample, TeacherScores, build_pools, mine
+from lethe.embedding.pools import MinedExample, TeacherScores, build_pools, load_examples, mine, save_examples
 from lethe.embedding.train import EmbedTrainConfig, TrainResult, query_prompt, train_bi_encoder
 from lethe.errors import LetheError
 from lethe.pipelines.workspace import DEFAULT_ENCODER, Workspace
@@ -23,6 +23,8 @@ from lethe.ranking.cross_encoder import CETrainConfig, CrossEncoderReranker, Gro
 from lethe.registry import ArtifactRef, Lineage, ModelSpec
 
 Progress = Callable[[int, int, float], None]
+#: every trained model's payload keeps the exact groups it was trained on (unlearning reads them)
+EXAMPLES_FILE = "examples.jsonl"
 
 
 @dataclass
@@ -67,14 +69,21 @@ def training_data(ws: Workspace, ds: Dataset, split: str = "train", query_ids: S
 
 def listwise_groups(data: TrainingData, n_negatives: int = 7) -> tuple[list[Group], set[str]]:
     """Teacher training groups: each positive with the top non-judged pool candidates."""
-    groups, seen = [], set()
+    rows = listwise_rows(data, n_negatives)
+    groups = [Group(data.queries[r.query_id], data.texts[r.positive], [data.texts[d] for d in r.negatives])
+              for r in rows]
+    return groups, {d for r in rows for d in (r.positive, *r.negatives)}
+
+
+def listwise_rows(data: TrainingData, n_negatives: int = 7) -> list[MinedExample]:
+    """The teacher's training groups by id (no teacher scores: zeros), in training order."""
+    rows = []
     for q, pool in data.pools.items():
-        negs = [d for d in pool if d not in data.qrels[q]][:n_negatives]
+        negs = tuple(d for d in pool if d not in data.qrels[q])[:n_negatives]
         for p, rel in data.qrels[q].items():
             if rel > 0 and negs:
-                groups.append(Group(data.queries[q], data.texts[p], [data.texts[d] for d in negs]))
-                seen.update([p, *negs])
-    return groups, seen
+                rows.append(MinedExample(q, p, negs, (0.0,) * (1 + len(negs))))
+    return rows
 
 
 def train_teacher(ws: Workspace, data: TrainingData, name: str = "teacher", base: str = DEFAULT_ENCODER,
@@ -92,10 +101,19 @@ def train_teacher(ws: Workspace, data: TrainingData, name: str = "teacher", base
              "max_length": cfg.max_length}
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
+        save_examples(Path(tmp) / EXAMPLES_FILE, listwise_rows(data, n_negatives))
         ref = _register_or_derive(ws, ModelSpec(name=name, kind="cross_encoder", source="path:payload",
                                                 params={"max_length": cfg.max_length}),
                                   Path(tmp), data.lineage(seen | data.pool_docs()), {"init": base_ref}, extra)
     return ref, losses
+
+
+def read_examples(ws: Workspace, name: str) -> list[MinedExample]:
+    """The training groups recorded with a trained model (teacher or student)."""
+    path = ws.registry.resolve_path(ws.registry.get(name)) / EXAMPLES_FILE
+    if not path.exists():
+        raise LetheError(f"{name} has no recorded training groups ({path.name}); it cannot be unlearned exactly")
+    return load_examples(path)
 
 
 def teacher_reranker(ws: Workspace, teacher: str, batch_size: int = 32) -> CrossEncoderReranker:
@@ -200,6 +218,7 @@ def train_embedder(ws: Workspace, data: TrainingData, cache: str, cfg: EmbedTrai
         else:
             model.save(tmp)
             spec = ModelSpec(name=name, kind="bi_encoder", source="path:payload", params=params)
+        save_examples(Path(tmp) / EXAMPLES_FILE, examples)
         ref = _register_or_derive(ws, spec, Path(tmp), data.lineage(seen), parents, extra)
     return ref, result, examples
 
