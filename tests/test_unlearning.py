@@ -187,3 +187,47 @@ def test_method_registry_and_errors(bi_scorer) -> None:  # noqa: ANN001
     nothing = split_examples(EXAMPLES, docs={"nope"})
     with pytest.raises(LetheError, match="nothing to forget"):
         get_method("grad_ascent").run(_task(bi_scorer, nothing))
+
+
+# ------------------------------------------------------------------------------- sharded (SISA)
+def test_shards_partition_documents_by_owner() -> None:
+    from lethe.unlearning.sharded import assign_shards, shard_of
+
+    owners = {d.id: d.owners for d in make_docs()}
+    shards = assign_shards(EXAMPLES, 3, owners)
+    assert sum(len(v) for v in shards.values()) <= len(EXAMPLES)
+    for s, rows in shards.items():
+        for e in rows:  # every document a shard sees belongs to it
+            assert all(shard_of(owners[d][0], 3) == s for d in (e.positive, *e.negatives))
+    assert shard_of("u1", 8) == shard_of("u1", 8) and 0 <= shard_of("x", 8) < 8
+
+
+def test_sharded_forgets_exactly_by_retraining_only_affected_shards(bi_scorer) -> None:  # noqa: ANN001
+    import torch
+
+    from lethe.unlearning.methods import train_groups
+    from lethe.unlearning.sharded import ShardedModel
+
+    def recipe(scorer, examples):  # noqa: ANN001, ANN202
+        train_groups(scorer, examples, QUERIES, TEXTS, epochs=2, lr=5e-3, batch_size=2)
+
+    many = [MinedExample(f"q{i % 5 + 1}", d, (n,), (1.0, 0.0)) for i, (d, n) in
+            enumerate([(f"d{i}", f"d{(i * 5 + 3) % 12}") for i in range(12)])]
+    model = ShardedModel(bi_scorer, recipe, k=4, lora_r=2, lora_alpha=4)
+    model.fit(many)
+    trained = {s for s, sh in model.shards.items() if sh.delta}
+    assert trained and all(".lora" not in n for sh in model.shards.values() for n in sh.delta)
+    combined = model.combined()
+    names = dict(combined.module.named_parameters())
+    assert any(not torch.equal(names[n], dict(bi_scorer.module.named_parameters())[n])
+               for sh in model.shards.values() for n in sh.delta)
+    target = many[0].positive
+    before = {s: dict(sh.delta) for s, sh in model.shards.items()}
+    hit = model.affected([target])
+    sets = split_examples(many, docs={target})
+    result = get_method("sharded").run(UnlearnTask(bi_scorer.copy(), sets, QUERIES, TEXTS, sharded=model))
+    assert result.exact and result.info["shards_retrained"] == hit and len(hit) < 4
+    for s, sh in model.shards.items():
+        assert target not in sh.seen_docs
+        if s not in hit:  # untouched shards keep their exact weights
+            assert all(torch.equal(before[s][n], sh.delta[n]) for n in before[s])

@@ -75,6 +75,7 @@ class UnlearnTask:
     reference: Scorer | None = None
     unseen_target: float | None = None
     retrain: Callable[[list[MinedExample]], Scorer] | None = None
+    sharded: Any = None  # a ShardedModel trained on the same data (for ``sharded``)
 
 
 @dataclass
@@ -201,6 +202,60 @@ class Retrain(Method):
         scorer = task.retrain(list(task.sets.remaining))
         return UnlearnResult(scorer, self.name, time.perf_counter() - t0, True,
                              info={"examples": len(task.sets.remaining)})
+
+
+@register
+class Sharded(Method):
+    """SISA: retrain only the shards whose data held the forgotten items, recombine (exact)."""
+
+    name = "sharded"
+    exact = True
+
+    def run(self, task: UnlearnTask, cfg: UnlearnConfig | None = None) -> UnlearnResult:
+        if task.sharded is None:
+            raise LetheError("sharded needs the model trained as shards (task.sharded, a ShardedModel)")
+        t0 = time.perf_counter()
+        hit, _ = task.sharded.forget(task.sets.docs, task.sets.queries)
+        scorer = task.sharded.combined()
+        exact = task.sharded.proves_forgotten(task.sets.docs, task.sets.queries)
+        return UnlearnResult(scorer, self.name, time.perf_counter() - t0, exact,
+                             info={"shards_retrained": hit, "shards": task.sharded.k})
+
+
+def train_groups(scorer: Scorer, examples: Sequence[MinedExample], queries: Mapping[str, str],
+                 texts: Mapping[str, str], epochs: float = 1.0, lr: float = 2e-5, batch_size: int = 16,
+                 seed: int = 42, on_step: Callable[[int, int, float], None] | None = None) -> list[float]:
+    """The plain group recipe: InfoNCE over each (positive, negatives) group, AdamW, seeded order.
+
+    Used for the originals, the retrained oracles and the shards of the unlearning benchmark, so all
+    of them follow the same recipe and seeds.
+    """
+    import torch
+
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    params = [p for p in scorer.module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    steps = max(1, math.ceil(len(examples) * epochs / batch_size))
+    order: list[MinedExample] = []
+    losses: list[float] = []
+    scorer.module.train()
+    for step in range(steps):
+        if len(order) < batch_size:
+            more = list(examples)
+            rng.shuffle(more)
+            order += more
+        batch, order = order[:batch_size], order[batch_size:]
+        loss = infonce(group_scores(scorer, batch, queries, texts), scorer.scale)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(loss.detach()))
+        if on_step:
+            on_step(step + 1, steps, losses[-1])
+    scorer.module.eval()
+    return losses
 
 
 @register

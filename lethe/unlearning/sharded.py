@@ -1,0 +1,181 @@
+"""SISA-style exact unlearning (METHODS card B4): one LoRA adapter per shard, combined into one model.
+
+Documents are split into ``K`` shards by a hash of their owner (or of their id when they have none),
+so one user's deletion touches as few shards as possible. A shard trains only on groups whose
+positive *and* negatives are its own documents (negatives from other shards are cut out), so a
+document lives in exactly one shard's data. Each shard trains a LoRA adapter on the frozen base
+model; the served model is ``W0 + c * sum_k dW_k`` (``c = 1/K``: the average; ``c = 1``: the sum),
+one model at serving time. Forgetting retrains, from ``W0``, only the shards whose data held a
+forgotten document or query, then recombines: no component of the result has seen the data, and
+each shard's ``seen`` set proves it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lethe.embedding.pools import MinedExample
+from lethe.errors import LetheError
+from lethe.unlearning.scorers import Scorer
+from lethe.unlearning.sets import without_docs
+
+#: trains a scorer in place on groups (the model's own recipe; LoRA already attached by the caller)
+ShardRecipe = Callable[[Scorer, list[MinedExample]], None]
+
+
+def shard_of(key: str, k: int) -> int:
+    """Stable shard of an owner / doc id (sha256, not Python's salted ``hash``)."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % k
+
+
+def assign_shards(examples: Sequence[MinedExample], k: int,
+                  owners: Mapping[str, Sequence[str]] | None = None) -> dict[int, list[MinedExample]]:
+    """Groups per shard: a group goes to its positive's shard, keeping only same-shard negatives."""
+    owners = owners or {}
+
+    def doc_shard(d: str) -> int:
+        return shard_of(next(iter(owners.get(d, ())), d), k)
+
+    out: dict[int, list[MinedExample]] = {s: [] for s in range(k)}
+    for e in examples:
+        s = doc_shard(e.positive)
+        other = {n for n in e.negatives if doc_shard(n) != s}
+        cut = without_docs(e, other)
+        if cut is not None:
+            out[s].append(cut)
+    return out
+
+
+@dataclass
+class Shard:
+    """One shard: its training groups, the weight delta of its adapter, what it has seen."""
+
+    examples: list[MinedExample]
+    delta: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def seen_docs(self) -> set[str]:
+        return {d for e in self.examples for d in (e.positive, *e.negatives)}
+
+    @property
+    def seen_queries(self) -> set[str]:
+        return {e.query_id for e in self.examples}
+
+
+@dataclass
+class ShardedModel:
+    """``K`` shards over a frozen base scorer; :meth:`combined` is the served model."""
+
+    base: Scorer
+    recipe: ShardRecipe
+    k: int = 8
+    combine: str = "mean"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    shards: dict[int, Shard] = field(default_factory=dict)
+
+    def fit(self, examples: Sequence[MinedExample], owners: Mapping[str, Sequence[str]] | None = None) -> float:
+        """Train every shard; returns the seconds spent."""
+        t0 = time.perf_counter()
+        for s, rows in assign_shards(examples, self.k, owners).items():
+            self.shards[s] = Shard(rows)
+            self._train(s)
+        return time.perf_counter() - t0
+
+    def affected(self, docs: Iterable[str], queries: Iterable[str] = ()) -> list[int]:
+        """Shards whose data held any of ``docs`` or ``queries``."""
+        docs, queries = set(docs), set(queries)
+        return [s for s, sh in self.shards.items() if sh.seen_docs & docs or sh.seen_queries & queries]
+
+    def forget(self, docs: Iterable[str], queries: Iterable[str] = ()) -> tuple[list[int], float]:
+        """Drop the data from its shards and retrain them from the base; returns (shards, seconds)."""
+        docs, queries = set(docs), set(queries)
+        hit = self.affected(docs, queries)
+        t0 = time.perf_counter()
+        for s in hit:
+            kept = []
+            for e in self.shards[s].examples:
+                if e.positive in docs or e.query_id in queries:
+                    continue
+                cut = without_docs(e, docs)
+                if cut is not None:
+                    kept.append(cut)
+            self.shards[s] = Shard(kept)
+            self._train(s)
+        return hit, time.perf_counter() - t0
+
+    def proves_forgotten(self, docs: Iterable[str], queries: Iterable[str] = ()) -> bool:
+        """True when no shard's data holds any of ``docs`` / ``queries`` (the exactness proof)."""
+        return not self.affected(docs, queries)
+
+    def combined(self) -> Scorer:
+        """A copy of the base with ``c * sum_k dW_k`` added (``c`` from ``combine``)."""
+        import torch
+
+        if not self.shards:
+            raise LetheError("the sharded model has not been trained (call fit)")
+        out = self.base.copy()
+        c = 1.0 / len(self.shards) if self.combine == "mean" else 1.0
+        params = dict(out.module.named_parameters())
+        with torch.no_grad():
+            for shard in self.shards.values():
+                for name, d in shard.delta.items():
+                    params[name].add_(c * d)
+        return out
+
+    def _train(self, s: int) -> None:
+        """Train shard ``s``'s LoRA adapter from the frozen base; keep its merged weight delta."""
+        import torch
+        from peft import LoraConfig, get_peft_model
+
+        shard = self.shards[s]
+        if not shard.examples:
+            shard.delta = {}
+            return
+        t0 = time.perf_counter()
+        scorer = self.base.copy()
+        holder, attr = _slot(scorer)
+        inner = getattr(holder, attr)
+        w0 = {n: p.detach().clone() for n, p in inner.named_parameters()}
+        targets = _lora_targets(inner)
+        cfg = LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=0.0, target_modules=targets)
+        setattr(holder, attr, get_peft_model(inner, cfg))
+        self.recipe(scorer, shard.examples)
+        merged = getattr(holder, attr).merge_and_unload()
+        setattr(holder, attr, merged)
+        prefix = _prefix(scorer, merged)
+        with torch.no_grad():
+            shard.delta = {prefix + n: (p.detach() - w0[n]) for n, p in merged.named_parameters()
+                           if not torch.equal(p.detach(), w0[n])}
+        shard.seconds = time.perf_counter() - t0
+
+
+def _slot(scorer: Scorer) -> tuple[Any, str]:
+    """Where the transformers model sits inside the scorer's model."""
+    from lethe.embedding.llm import inner_transformer
+
+    if hasattr(scorer, "query_prompt"):  # bi-encoder: SentenceTransformer -> Transformer module -> auto_model
+        return inner_transformer(scorer.model)
+    return scorer.model, "model"  # CrossEncoder keeps its transformers model in .model
+
+
+def _prefix(scorer: Scorer, inner: Any) -> str:
+    """Name prefix of ``inner``'s parameters within ``scorer.module``."""
+    for name, mod in scorer.module.named_modules():
+        if mod is inner:
+            return f"{name}." if name else ""
+    raise LetheError("internal: the shard's model is not inside the scorer")
+
+
+def _lora_targets(model: Any) -> list[str]:
+    """Attention projections of BERT-like (query/key/value) or Llama-like (q/k/v/o_proj) models."""
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    for group in (["query", "key", "value"], ["q_proj", "k_proj", "v_proj", "o_proj"], ["q_lin", "k_lin", "v_lin"]):
+        if set(group) <= names:
+            return group
+    raise LetheError("no known attention projections to put LoRA on")
