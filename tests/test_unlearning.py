@@ -121,13 +121,14 @@ def _log_p(scorer, sets) -> float:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("kind", ["bi", "ce"])
-@pytest.mark.parametrize("name", ["grad_ascent", "grad_diff", "npo", "pdu"])
+@pytest.mark.parametrize("name", ["grad_ascent", "grad_diff", "npo", "pdu", "reglu"])
 def test_approximate_methods_lower_the_forget_probability(name: str, kind: str, bi_scorer, ce_scorer) -> None:  # noqa: ANN001
     scorer = bi_scorer if kind == "bi" else ce_scorer
     sets = split_examples(EXAMPLES, docs={"d0"}, retain_size=4)
     task = _task(scorer, sets)
     before = _log_p(task.scorer, sets)
-    cfg = UnlearnConfig(steps=8, lr=5e-3, forget_batch=2, retain_batch=4, pdu_lambda0=0.0, pdu_eta=0.0)
+    lr = 2e-2 if name == "reglu" else 5e-3  # a rank-8 adapter needs a larger step than full fine-tuning
+    cfg = UnlearnConfig(steps=8, lr=lr, forget_batch=2, retain_batch=4, pdu_lambda0=0.0, pdu_eta=0.0)
     result = get_method(name).run(task, cfg)
     assert result.method == name and not result.exact and len(result.losses) == 8
     if name == "pdu":  # margin flattening: the forget groups' scores move toward equal
@@ -142,6 +143,18 @@ def test_approximate_methods_lower_the_forget_probability(name: str, kind: str, 
         assert _log_p(result.scorer, sets) < before
     # the reference (original) is untouched
     assert _log_p(scorer, sets) == pytest.approx(before, abs=1e-5)
+
+
+def test_reglu_init_keeps_the_function_and_merges_back(bi_scorer) -> None:  # noqa: ANN001
+    sets = split_examples(EXAMPLES, docs={"d0"}, retain_size=4)
+    task = _task(bi_scorer, sets)
+    before = pair_scores(bi_scorer, sets.forget_pairs + [("q4", "d9")], QUERIES, TEXTS)
+    result = get_method("reglu").run(task, UnlearnConfig(steps=0))
+    after = pair_scores(result.scorer, sets.forget_pairs + [("q4", "d9")], QUERIES, TEXTS)
+    np.testing.assert_allclose(after, before, atol=1e-5)  # RILA's compensation: same function at step 0
+    names = [n for n, _ in result.scorer.module.named_parameters()]
+    assert names == [n for n, _ in bi_scorer.module.named_parameters()]  # adapter merged away
+    assert result.info["layers"] == 6  # query, key, value of the two layers
 
 
 def test_pdu_dual_ascent_follows_the_retain_constraint(bi_scorer) -> None:  # noqa: ANN001
@@ -181,9 +194,9 @@ def test_retrain_uses_the_recipe_on_the_remaining_data(bi_scorer) -> None:  # no
 
 
 def test_method_registry_and_errors(bi_scorer) -> None:  # noqa: ANN001
-    assert {"retrain", "grad_ascent", "grad_diff", "npo", "pdu", "relabel"} <= set(METHODS)
     with pytest.raises(LetheError, match="unknown unlearning method"):
         get_method("forget-harder")
+    assert {"retrain", "sharded", "grad_ascent", "grad_diff", "npo", "pdu", "relabel", "reglu"} <= set(METHODS)
     nothing = split_examples(EXAMPLES, docs={"nope"})
     with pytest.raises(LetheError, match="nothing to forget"):
         get_method("grad_ascent").run(_task(bi_scorer, nothing))

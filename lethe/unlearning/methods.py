@@ -31,6 +31,7 @@ from lethe.unlearning.scorers import Scorer, group_scores
 from lethe.unlearning.sets import UnlearnSets
 
 METHODS: dict[str, type[Method]] = {}
+EXTRA_MODULES = ("lethe.unlearning.reglu",)
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -41,6 +42,10 @@ def register(cls: type[Method]) -> type[Method]:
 
 def get_method(name: str) -> Method:
     """An instance of the registered method ``name``; raises listing the known ones."""
+    import importlib
+
+    for module in EXTRA_MODULES:  # methods that live in their own modules register on import
+        importlib.import_module(module)
     if name not in METHODS:
         raise LetheError(f"unknown unlearning method {name!r}; choose one of {', '.join(sorted(METHODS))}")
     return METHODS[name]()
