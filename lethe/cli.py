@@ -196,19 +196,30 @@ def forget(
     reason: Annotated[str, typer.Option(help="why (kept in the receipt)")] = "",
     resume: Annotated[bool, typer.Option("--resume", help="finish requests interrupted by a crash")] = False,
     crash_after: Annotated[str | None, typer.Option(hidden=True, help="test hook: crash after a step")] = None,
+    unlearn: Annotated[str | None, typer.Option(
+        help="also unlearn every model trained on the data: retrain | grad_ascent | grad_diff | npo | pdu | "
+             "relabel | reglu | fit")] = None,
+    unlearn_steps: Annotated[int, typer.Option(help="optimiser steps of an approximate method")] = 10,
+    unlearn_lr: Annotated[float, typer.Option(help="learning rate of an approximate method")] = 2e-5,
 ) -> None:
-    """Remove documents (or every document of an owner) from the store, every index and cache."""
+    """Remove documents (or every document of an owner) from the store, every index and cache —
+    and, with --unlearn, from the weights of every model trained on them."""
     from lethe.pipelines.forget import forget as run_forget
     from lethe.pipelines.forget import resume as run_resume
     from lethe.types import ForgetRequest
+    from lethe.unlearning.methods import UnlearnConfig, get_method
 
+    if unlearn is not None:
+        get_method(unlearn)  # a clear error before anything is touched
+    cfg = UnlearnConfig(steps=unlearn_steps, lr=unlearn_lr)
     with _workspace(home, show_progress=False) as ws:
         if resume:
-            reports = run_resume(ws, crash_after)
+            reports = run_resume(ws, crash_after, cfg)
             if not reports:
                 console.print("no pending request")
         else:
-            reports = [run_forget(ws, ForgetRequest(tuple(doc or ()), tuple(owner or ()), reason), crash_after)]
+            request = ForgetRequest(tuple(doc or ()), tuple(owner or ()), reason)
+            reports = [run_forget(ws, request, crash_after, unlearn, cfg)]
     for rep in reports:
         _print_receipt(rep)
 
@@ -222,6 +233,9 @@ def _print_receipt(rep) -> None:  # noqa: ANN001
                   f"{r['n_queries']} queries; removed from indexes {r['removed_from_indexes']}")
     if r["models_still_trained_on_data"]:
         console.print(f"[yellow]models still trained on this data: {r['models_still_trained_on_data']}")
+    console.print(f"models: {r['model_level']}")
+    for m in r.get("unlearning", []):
+        console.print(f"  {m['model']} -> {m.get('new', '-')}: {m.get('method', '-')} ({m.get('level')})")
     console.print_json(json.dumps(r["verification"]))
 
 

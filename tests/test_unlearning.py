@@ -244,3 +244,46 @@ def test_sharded_forgets_exactly_by_retraining_only_affected_shards(bi_scorer) -
         assert target not in sh.seen_docs
         if s not in hit:  # untouched shards keep their exact weights
             assert all(torch.equal(before[s][n], sh.delta[n]) for n in before[s])
+
+
+# ------------------------------------------------------------------------------- ULD and FIT
+@pytest.mark.parametrize("kind", ["bi", "ce"])
+def test_uld_suppresses_through_an_assistant_and_leaves_the_target(kind: str, bi_scorer, ce_scorer) -> None:  # noqa: ANN001
+    import torch
+
+    from lethe.unlearning.uld import ULD, ULDConfig, ULDScorer
+
+    scorer = bi_scorer if kind == "bi" else ce_scorer
+    sets = split_examples(EXAMPLES, docs={"d0"}, retain_size=4)
+    task = _task(scorer, sets)
+    weights = {n: p.detach().clone() for n, p in task.scorer.module.named_parameters()}
+    result = ULD(ULDConfig(layers=1, alpha=1.0, retain_weight=1.0, lora_r=2, lora_alpha=4)).run(
+        task, UnlearnConfig(steps=10, lr=2e-2, forget_batch=2, retain_batch=4))
+    served = result.scorer
+    assert isinstance(served, ULDScorer) and result.info["output_only"]
+    assert all(torch.equal(weights[n], p) for n, p in served.target.module.named_parameters())
+    assert _log_p(served, sets) < _log_p(served.target, sets)  # the assistant remembered d0: subtracted
+    assert len(list(served.assistant.module.parameters())) < len(list(served.target.module.parameters()))
+    fig = verdict(_fig(method="uld", output_only=True))
+    assert fig.verdict == "suppressed"  # never "unlearned": the weights still hold the data
+    if kind == "bi":
+        assert served.embed_docs(["a doc"]).shape[1] == 2 * served.target.embed_docs(["a doc"]).shape[1]
+
+
+def test_fit_handles_a_stream_with_filtering_importance_and_layers(bi_scorer) -> None:  # noqa: ANN001
+    from lethe.unlearning.fit import FIT, FITConfig, layer_attribution
+
+    method = FIT(FITConfig(tau=0.999, epsilon=1e9, top_layers=1))
+    cfg = UnlearnConfig(steps=6, lr=5e-3, forget_batch=2, retain_batch=4)
+    first = split_examples(EXAMPLES, docs={"d0"}, retain_size=4)
+    task = _task(bi_scorer, first)
+    assert len(layer_attribution(task, first.forget)) == 2
+    before = _log_p(task.scorer, first)
+    r1 = method.run(task, cfg)
+    assert r1.info["loss"] in ("npo+retain", "npo", "random_label") and len(r1.info["layers"]) == 1
+    assert _log_p(r1.scorer, first) < before and len(method.state.memory) == 1
+    # the same document asked again: a near-duplicate of memory whose removal changes little -> filtered
+    again = split_examples(EXAMPLES, docs={"d0"}, retain_size=4)
+    r2 = method.run(UnlearnTask(r1.scorer, again, QUERIES, TEXTS, reference=bi_scorer), cfg)
+    assert r2.info["filtered_out"] == 1 and r2.losses == [] and len(method.state.history) == 2
+    assert all(p.requires_grad for p in r1.scorer.module.parameters())  # layers unfrozen afterwards

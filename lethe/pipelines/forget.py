@@ -20,6 +20,7 @@ from lethe.pipelines.workspace import IndexInfo, Workspace
 from lethe.retrieval.bm25 import BM25Index
 from lethe.retrieval.dense import DenseIndex
 from lethe.types import ForgetRequest
+from lethe.unlearning.methods import UnlearnConfig
 
 #: at most this many forgotten documents are searched with their own text during verification
 OWN_TEXT_PROBES = 20
@@ -40,8 +41,13 @@ class ForgetReport:
     steps_run: list[str] = field(default_factory=list)
 
 
-def forget(ws: Workspace, request: ForgetRequest, crash_after: str | None = None) -> ForgetReport:
-    """Forget ``request`` everywhere in the workspace (see module docs)."""
+def forget(ws: Workspace, request: ForgetRequest, crash_after: str | None = None,
+           unlearn: str | None = None, unlearn_cfg: UnlearnConfig | None = None) -> ForgetReport:
+    """Forget ``request`` everywhere in the workspace (see module docs).
+
+    ``unlearn`` names a weight-unlearning method (``lethe.unlearning``) to run on every model that
+    saw the data; without it models are only listed as still trained on the data.
+    """
     rid = ws.ledger.request_id(request.doc_ids, request.owners)
     done = ws.ledger.receipt(rid)
     if done is not None:
@@ -51,10 +57,11 @@ def forget(ws: Workspace, request: ForgetRequest, crash_after: str | None = None
             "doc_hashes": ws.ledger.hash_ids(request.doc_ids),
             "owner_hashes": ws.ledger.hash_ids(request.owners, "owner"),
             "reason": request.reason})
-    return _run(ws, rid, request, crash_after)
+    return _run(ws, rid, request, crash_after, unlearn, unlearn_cfg)
 
 
-def resume(ws: Workspace, crash_after: str | None = None) -> list[ForgetReport]:
+def resume(ws: Workspace, crash_after: str | None = None,
+           unlearn_cfg: UnlearnConfig | None = None) -> list[ForgetReport]:
     """Finish every pending request (after a crash); finished steps are not redone."""
     reports = []
     for rid in ws.ledger.pending_requests():
@@ -62,7 +69,7 @@ def resume(ws: Workspace, crash_after: str | None = None) -> list[ForgetReport]:
         if plan is None:
             raise ForgetError(f"request {rid} crashed before it was resolved; submit it again")
         req = ForgetRequest(tuple(plan["request_docs"]), tuple(plan["request_owners"]), plan["reason"])
-        reports.append(_run(ws, rid, req, crash_after))
+        reports.append(_run(ws, rid, req, crash_after, plan.get("unlearn"), unlearn_cfg))
     return reports
 
 
@@ -77,10 +84,12 @@ def _step(ws: Workspace, rid: str, name: str, ran: list[str], crash_after: str |
     return result
 
 
-def _run(ws: Workspace, rid: str, request: ForgetRequest, crash_after: str | None) -> ForgetReport:
+def _run(ws: Workspace, rid: str, request: ForgetRequest, crash_after: str | None,
+         unlearn: str | None = None, unlearn_cfg: UnlearnConfig | None = None) -> ForgetReport:
     ran: list[str] = []
-    plan = _step(ws, rid, "resolve", ran, crash_after, lambda: _resolve(ws, request))
+    plan = _step(ws, rid, "resolve", ran, crash_after, lambda: _resolve(ws, request, unlearn))
     ids, qids = plan["doc_ids"], plan["query_ids"]
+    models = _unlearn_models(ws, rid, plan, ran, crash_after, unlearn_cfg) if plan.get("unlearn") else []
     indexes = [i for i in ws.indexes() if i.ref.name in plan["indexes"]]
     _step(ws, rid, "store", ran, crash_after, lambda: {
         "docs_removed": ws.store.delete(ids), "queries_removed": ws.store.delete_queries(qids)})
@@ -90,14 +99,51 @@ def _run(ws: Workspace, rid: str, request: ForgetRequest, crash_after: str | Non
                     lambda info=info: _delete_from_index(ws, info, ids))
         removed[info.ref.name] = res.get("removed", 0)
     _step(ws, rid, "cache", ran, crash_after, lambda: {"vectors_purged": ws.cache.purge(plan["hashes"])})
+    reindexed = _finish_models(ws, rid, models, ran, crash_after)
+    names = set(plan["indexes"]) | set(reindexed.values())
+    indexes = [i for i in ws.indexes() if i.ref.name in names]
     checks = _step(ws, rid, "verify", ran, crash_after, lambda: verify_request(ws, plan, indexes))
-    receipt = _receipt(ws, rid, request, plan, removed, checks)
+    receipt = _receipt(ws, rid, request, plan, removed, checks, models, reindexed)
     ws.ledger.append(rid, "receipt", receipt)
     ws.ledger.clear_journal(rid)
     return ForgetReport(rid, receipt["level"], receipt=receipt, steps_run=ran + ["receipt"])
 
 
-def _resolve(ws: Workspace, request: ForgetRequest) -> dict[str, Any]:
+def _unlearn_models(ws: Workspace, rid: str, plan: dict[str, Any], ran: list[str], crash_after: str | None,
+                    cfg: UnlearnConfig | None) -> list[dict[str, Any]]:
+    """One journaled step per affected model, parents first, before the store step (texts still there)."""
+    from lethe.pipelines.unlearn import unlearn_model
+
+    replaced: dict[str, str] = {}
+    out = []
+    for model in plan["models"]:
+        res = _step(ws, rid, f"model:{model}", ran, crash_after,
+                    lambda m=model: unlearn_model(ws, rid, m, plan, plan["unlearn"], cfg, dict(replaced)))
+        if res.get("new"):
+            replaced[res["model"]] = res["new"]
+        out.append(res)
+    return out
+
+
+def _finish_models(ws: Workspace, rid: str, models: list[dict[str, Any]], ran: list[str],
+                   crash_after: str | None) -> dict[str, str]:
+    """Re-embed the dense indexes of replaced encoders, then retire (destroy) every replaced version."""
+    from lethe.pipelines.unlearn import reindex_for
+
+    reindexed: dict[str, str] = {}
+    for res in models:
+        if res.get("new") and ws.registry.get(res["new"]).kind == "bi_encoder":
+            done = _step(ws, rid, f"reindex:{res['model']}", ran, crash_after,
+                         lambda r=res: reindex_for(ws, rid, r["model"], r["new"]))
+            reindexed.update(done)
+    olds = [r["model"] for r in models if r.get("new")]
+    if olds:
+        _step(ws, rid, "retire", ran, crash_after,
+              lambda: {"retired": [str(ws.registry.retire(m, request_id=rid)) for m in olds]})
+    return reindexed
+
+
+def _resolve(ws: Workspace, request: ForgetRequest, unlearn: str | None = None) -> dict[str, Any]:
     owned = [d for o in request.owners for d in ws.store.docs_of_owner(o)]
     ids = list(dict.fromkeys([*request.doc_ids, *owned]))
     qids = sorted({q for o in request.owners for q in ws.store.queries_of_owner(o)})
@@ -115,6 +161,7 @@ def _resolve(ws: Workspace, request: ForgetRequest) -> dict[str, Any]:
         "indexes": sorted({i.ref.name for i in holders} | {a.name for a in affected if a.kind == "index"}),
         "models": [str(a) for a in affected if a.kind != "index"],
         "artifacts_before": [str(a) for a in affected],
+        "unlearn": unlearn,
         "started_at": time.time(),
     }
 
@@ -193,8 +240,23 @@ def verify_request(ws: Workspace, plan: dict[str, Any], indexes: list[IndexInfo]
 
 
 def _receipt(ws: Workspace, rid: str, request: ForgetRequest, plan: dict[str, Any],
-             removed: dict[str, int], checks: dict[str, Any]) -> dict[str, Any]:
+             removed: dict[str, int], checks: dict[str, Any], models: list[dict[str, Any]] | None = None,
+             reindexed: dict[str, str] | None = None) -> dict[str, Any]:
+    from lethe.pipelines.unlearn import summary
+
     level = "deleted" if checks["all_passed"] else "incomplete"
+    models = models or []
+    handled = {m["model"] for m in models if m.get("level") in ("exact", "approximate", "unchanged",
+                                                                "unchanged_function")}
+    still = [m for m in plan["models"] if m not in handled]
+    if not plan["models"]:
+        model_level = "no model saw the data"
+    elif not models:
+        model_level = "not reached: weight unlearning not run"
+    elif still:
+        model_level = f"not reached: {len(still)} model(s) could not be unlearned"
+    else:
+        model_level = summary(models)
     return {
         "request_id": rid, "reason": request.reason, "level": level,
         "doc_hashes": ws.ledger.hash_ids(plan["doc_ids"]),
@@ -202,9 +264,8 @@ def _receipt(ws: Workspace, rid: str, request: ForgetRequest, plan: dict[str, An
         "query_hashes": ws.ledger.hash_ids(plan["query_ids"], "query"),
         "n_docs": len(plan["doc_ids"]), "n_queries": len(plan["query_ids"]),
         "removed_from_indexes": removed, "artifacts_before": plan["artifacts_before"],
-        "models_still_trained_on_data": plan["models"],
-        "model_level": ("not reached: weight unlearning not run" if plan["models"]
-                        else "no model saw the data"),
+        "models_still_trained_on_data": still,
+        "model_level": model_level, "unlearning": models, "reindexed": reindexed or {},
         "verification": checks, "started_at": plan["started_at"], "finished_at": time.time(),
     }
 

@@ -216,6 +216,14 @@ class DocStore:
             out.update(self.conn.execute(f"SELECT id, hash FROM docs WHERE id IN ({marks})", chunk))
         return out
 
+    def query_texts(self, query_ids: Iterable[str]) -> dict[str, str]:
+        """``{query id: text}`` for the stored queries among ``query_ids``."""
+        out: dict[str, str] = {}
+        for chunk in _chunks(list(dict.fromkeys(query_ids)), 500):
+            marks = ",".join("?" * len(chunk))
+            out.update(self.conn.execute(f"SELECT id, text FROM queries WHERE id IN ({marks})", chunk).fetchall())
+        return out
+
     def docs_of_owner(self, owner_id: str) -> list[str]:
         """Ids of the documents ``owner_id`` owns (one of possibly several owners)."""
         sql = "SELECT doc_id FROM doc_owners WHERE owner_id=? ORDER BY doc_id"

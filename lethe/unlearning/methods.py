@@ -31,7 +31,7 @@ from lethe.unlearning.scorers import Scorer, group_scores
 from lethe.unlearning.sets import UnlearnSets
 
 METHODS: dict[str, type[Method]] = {}
-EXTRA_MODULES = ("lethe.unlearning.reglu",)
+EXTRA_MODULES = ("lethe.unlearning.reglu", "lethe.unlearning.uld", "lethe.unlearning.fit")
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -100,6 +100,7 @@ class Method:
 
     name: ClassVar[str] = ""
     exact: ClassVar[bool] = False
+    output_only: ClassVar[bool] = False
 
     def run(self, task: UnlearnTask, cfg: UnlearnConfig | None = None) -> UnlearnResult:
         cfg = cfg or UnlearnConfig()

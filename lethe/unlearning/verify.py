@@ -15,7 +15,8 @@ bi-encoder, the cross-encoder and tests on constructed cases:
 * retain utility (nDCG@10) and wall time vs retraining.
 
 The verdict is ``exact`` only for methods that never let the data in (``retrain``, ``sharded``) *and*
-whose lineage proves it, ``unlearned`` only when every threshold holds, ``not_unlearned`` otherwise.
+whose lineage proves it, ``unlearned`` only when every threshold holds (``suppressed`` instead for
+output-level methods such as ULD, whose weights still hold the data), ``not_unlearned`` otherwise.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class Figures:
     seconds: float = math.nan
     seconds_retrain: float = math.nan
     exact: bool = False
+    output_only: bool = False  # e.g. ULD: scores suppressed, weights unchanged
     verdict: str = ""
     failed: list[str] = field(default_factory=list)
 
@@ -131,7 +133,7 @@ def verdict(fig: Figures, thresholds: Thresholds | None = None) -> Figures:
     if fig.exact and fig.method in EXACT_METHODS:
         fig.verdict = "exact"
     elif not fig.failed:
-        fig.verdict = "unlearned"
+        fig.verdict = "suppressed" if fig.output_only else "unlearned"
     else:
         fig.verdict = "not_unlearned"
     return fig

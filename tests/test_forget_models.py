@@ -1,0 +1,83 @@
+"""`lethe forget --unlearn`: every model that saw the data, parents first, journaled, with resume."""
+
+from __future__ import annotations
+
+import pytest
+
+from lethe.embedding.train import EmbedTrainConfig
+from lethe.pipelines.forget import InjectedCrash, forget, resume
+from lethe.pipelines.train import read_examples, score_pools, train_embedder, train_teacher, training_data
+from lethe.ranking.cross_encoder import CETrainConfig
+from lethe.types import ForgetRequest
+from lethe.unlearning.methods import UnlearnConfig
+from tests.test_train import tiny_dataset
+
+CFG = UnlearnConfig(steps=2, lr=1e-3, forget_batch=2, retain_batch=2)
+
+
+@pytest.fixture
+def trained(workspace):  # noqa: ANN201
+    """Teacher -> score cache -> student, and a dense index built with the student."""
+    data = training_data(workspace, tiny_dataset(), "train", pool_depth=8)
+    train_teacher(workspace, data, "teacher", "tiny", CETrainConfig(epochs=1, lr=1e-3, queries_per_step=3,
+                                                                    max_length=32), n_negatives=3)
+    cache, _ = score_pools(workspace, data, "teacher", show_progress=False)
+    cfg = EmbedTrainConfig(recipe="dse", epochs=1, lr=1e-3, batch_size=3, max_length=32)
+    student, _, _ = train_embedder(workspace, data, str(cache), cfg, "student", "tiny", n_negatives=2, ratio=None)
+    workspace.model_index(str(student))
+    return workspace
+
+
+def _active(ws, name: str) -> str:  # noqa: ANN001
+    return str(ws.registry.get(name))
+
+
+def test_forget_with_unlearning_replaces_every_model(trained) -> None:  # noqa: ANN001
+    ws = trained
+    old_paths = {m: ws.registry.resolve_path(ws.registry.get(m)) for m in ("teacher", "student")}
+    rep = forget(ws, ForgetRequest(("d0",)), unlearn="grad_diff", unlearn_cfg=CFG)
+    r = rep.receipt
+    assert rep.level == "deleted" and r["models_still_trained_on_data"] == []
+    by_model = {m["model"]: m for m in r["unlearning"]}
+    assert by_model["teacher@v1"]["new"] == "teacher@v2" and by_model["teacher@v1"]["level"] == "approximate"
+    assert by_model["teacher-scores@v1"]["level"] == "exact"
+    assert by_model["teacher-scores@v1"]["rescored_by"] == "teacher@v2"  # teacher before its cache
+    assert by_model["student@v1"]["new"] == "student@v2"
+    steps = rep.steps_run
+    assert steps.index("model:teacher@v1") < steps.index("model:teacher-scores@v1") < steps.index("model:student@v1")
+    assert steps.index("model:student@v1") < steps.index("store") < steps.index("reindex:student@v1")
+    assert r["model_level"].startswith("approximate")  # never "unlearned" without an oracle
+    # old weights destroyed, new versions active, lineage free of d0, groups recorded without it
+    for m, path in old_paths.items():
+        assert not path.exists() and not ws.registry.get(f"{m}@v1").active
+        assert "d0" not in ws.registry.lineage_of(_active(ws, m)).doc_ids
+        assert all("d0" not in (e.positive, *e.negatives) for e in read_examples(ws, _active(ws, m)))
+    # the student's dense index was re-embedded with the new student and the old one retired
+    assert r["reindexed"] == {"dense-student-v1": "dense-student-v2"}
+    names = {i.ref.name for i in ws.indexes()}
+    assert "dense-student-v2" in names and "dense-student-v1" not in names
+    assert r["verification"]["all_passed"] and "dense-student-v2" in r["verification"]["indexes"]
+    assert forget(ws, ForgetRequest(("d0",)), unlearn="grad_diff").noop
+
+
+def test_forget_without_unlearning_still_lists_the_models(trained) -> None:  # noqa: ANN001
+    r = forget(trained, ForgetRequest(("d0",))).receipt
+    assert set(r["models_still_trained_on_data"]) >= {"teacher@v1", "teacher-scores@v1", "student@v1"}
+    assert r["model_level"] == "not reached: weight unlearning not run"
+
+
+@pytest.mark.parametrize("step", ["resolve", "model:teacher@v1", "model:teacher-scores@v1", "model:student@v1",
+                                  "store", "reindex:student@v1", "retire", "verify"])
+def test_crash_at_each_model_step_then_resume(trained, step: str) -> None:  # noqa: ANN001
+    ws = trained
+    with pytest.raises(InjectedCrash):
+        forget(ws, ForgetRequest(("d0",)), crash_after=step, unlearn="grad_diff", unlearn_cfg=CFG)
+    if step == "resolve":
+        assert ws.registry.get("teacher").version == 1
+    reports = resume(ws, unlearn_cfg=CFG)
+    assert len(reports) == 1
+    rep = reports[0]
+    assert step not in rep.steps_run  # finished steps are not redone
+    assert rep.level == "deleted" and rep.receipt["models_still_trained_on_data"] == []
+    assert _active(ws, "teacher") == "teacher@v2" and _active(ws, "student") == "student@v2"  # no double versions
+    assert not ws.ledger.pending_requests()
