@@ -172,7 +172,7 @@ class FIT(Method):
                 kept.append(e)
                 continue
             rest = groups[:i] + groups[i + 1 :]
-            delta = abs(base - _forget_loss(task, rest)) if rest else float("inf")
+            delta = abs(base - (_forget_loss(task, rest) if rest else 0.0))
             if delta > self.fcfg.epsilon:
                 kept.append(e)
         return kept, len(groups) - len(kept)
