@@ -60,6 +60,17 @@ def test_forget_with_unlearning_replaces_every_model(trained) -> None:  # noqa: 
     assert forget(ws, ForgetRequest(("d0",)), unlearn="grad_diff").noop
 
 
+def test_forget_with_retrain_is_exact_and_bad_methods_are_refused(trained) -> None:  # noqa: ANN001
+    from lethe.errors import ForgetError
+
+    with pytest.raises(ForgetError, match="cannot replace registry models"):
+        forget(trained, ForgetRequest(("d0",)), unlearn="uld")
+    assert not trained.ledger.pending_requests()  # refused before anything was touched
+    rep = forget(trained, ForgetRequest(("d0",)), unlearn="retrain")
+    assert rep.receipt["model_level"] == "exact"
+    assert {m["level"] for m in rep.receipt["unlearning"]} == {"exact"}
+
+
 def test_forget_without_unlearning_still_lists_the_models(trained) -> None:  # noqa: ANN001
     r = forget(trained, ForgetRequest(("d0",))).receipt
     assert set(r["models_still_trained_on_data"]) >= {"teacher@v1", "teacher-scores@v1", "student@v1"}

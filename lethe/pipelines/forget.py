@@ -48,6 +48,12 @@ def forget(ws: Workspace, request: ForgetRequest, crash_after: str | None = None
     ``unlearn`` names a weight-unlearning method (``lethe.unlearning``) to run on every model that
     saw the data; without it models are only listed as still trained on the data.
     """
+    if unlearn is not None:
+        from lethe.pipelines.unlearn import PIPELINE_METHODS
+
+        if unlearn not in PIPELINE_METHODS:
+            raise ForgetError(f"--unlearn {unlearn!r} cannot replace registry models here; choose one of "
+                              f"{', '.join(PIPELINE_METHODS)}")
     rid = ws.ledger.request_id(request.doc_ids, request.owners)
     done = ws.ledger.receipt(rid)
     if done is not None:
@@ -246,8 +252,7 @@ def _receipt(ws: Workspace, rid: str, request: ForgetRequest, plan: dict[str, An
 
     level = "deleted" if checks["all_passed"] else "incomplete"
     models = models or []
-    handled = {m["model"] for m in models if m.get("level") in ("exact", "approximate", "unchanged",
-                                                                "unchanged_function")}
+    handled = {m["model"] for m in models if m.get("level") in ("exact", "approximate", "unchanged")}
     still = [m for m in plan["models"] if m not in handled]
     if not plan["models"]:
         model_level = "no model saw the data"

@@ -25,16 +25,19 @@ from typing import Any
 
 import numpy as np
 
-from lethe.embedding.pools import TeacherScores, save_examples
+from lethe.embedding.pools import MinedExample, TeacherScores, save_examples
 from lethe.errors import ForgetError, LetheError
 from lethe.pipelines.train import EXAMPLES_FILE, load_scores, read_examples
 from lethe.pipelines.workspace import Workspace
 from lethe.registry import ArtifactRef, Lineage
-from lethe.unlearning.methods import UnlearnConfig, UnlearnTask, get_method, train_groups
+from lethe.unlearning.methods import UnlearnConfig, UnlearnTask, get_method
 from lethe.unlearning.scorers import BiEncoderScorer, CrossEncoderScorer, Scorer, pair_scores
 from lethe.unlearning.sets import split_examples
 
 EXACT = ("retrain",)
+#: methods that produce a plain model of the same kind (``sharded`` needs a shard-trained model and
+#: ``uld`` serves two models, so neither replaces a registry version here)
+PIPELINE_METHODS = ("retrain", "grad_ascent", "grad_diff", "npo", "pdu", "relabel", "reglu", "fit")
 
 
 def scorer_of(ws: Workspace, ref: ArtifactRef) -> Scorer:
@@ -62,26 +65,27 @@ def unlearn_model(ws: Workspace, rid: str, model: str, plan: dict[str, Any], met
     sets = split_examples(examples, plan["doc_ids"], plan["query_ids"])
     if not sets.forget and not sets.touched:
         return {"model": model, "level": "unchanged", "why": "its training groups never used the data"}
+    if not sets.forget and method != "retrain":
+        return {"model": model, "level": "not_unlearned", "touched_groups": len(sets.touched),
+                "why": "the data was only a negative in its groups; only retrain removes that influence"}
     texts = _texts(ws, sets)
     queries = _queries(ws, sets)
     original = scorer_of(ws, ref)
     task = UnlearnTask(original.copy(), sets, queries, texts, reference=original,
-                       retrain=lambda rows: _retrain(ws, ref, rows, queries, texts))
+                       retrain=lambda rows: _retrain(ws, ref, rows, queries, texts, replaced))
     if method == "relabel":
         task.unseen_target = _unseen_target(ws, original, sets, queries, texts, ref)
-    if not sets.forget:  # only touched as a negative: drop it from the groups, keep the model's function
-        method_used, result = "retrain" if method == "retrain" else "none", None
-    else:
-        method_used = method
-        result = get_method(method).run(task, cfg or UnlearnConfig())
+    result = get_method(method).run(task, cfg or UnlearnConfig()) if sets.forget else get_method(
+        "retrain").run(task)
+    method_used = result.method
     before = pair_scores(original, sets.forget_pairs, queries, texts) if sets.forget else np.zeros(0)
-    scorer = result.scorer if result is not None else original
+    scorer = result.scorer
     after = pair_scores(scorer, sets.forget_pairs, queries, texts) if sets.forget else np.zeros(0)
     new = _register(ws, rid, ref, scorer, sets, method_used, plan)
     return {"model": model, "new": str(new), "method": method_used,
-            "level": "exact" if method_used in EXACT else ("unchanged_function" if result is None else "approximate"),
+            "level": "exact" if result.exact and method_used in EXACT else "approximate",
             "forget_groups": len(sets.forget), "touched_groups": len(sets.touched),
-            "seconds": round(result.seconds, 2) if result else 0.0,
+            "seconds": round(result.seconds, 2),
             "forget_score_mean_before": float(before.mean()) if len(before) else None,
             "forget_score_mean_after": float(after.mean()) if len(after) else None}
 
@@ -118,25 +122,44 @@ def _unseen_target(ws: Workspace, scorer: Scorer, sets: Any, queries: dict[str, 
     return float(np.mean(list(best.values())))
 
 
-def _retrain(ws: Workspace, ref: ArtifactRef, rows: list, queries: dict[str, str], texts: dict[str, str]) -> Scorer:
-    """The oracle recipe from the model's init parent: the plain group recipe with its recorded settings."""
-    init = dict((rel, str(p)) for rel, p in ws.registry.parents_of(ref)).get("init")
-    if init is None:
+def _retrain(ws: Workspace, ref: ArtifactRef, rows: list, queries: dict[str, str], texts: dict[str, str],
+             replaced: dict[str, str] | None = None) -> Scorer:
+    """The oracle: the model's own recipe and seeds (from its manifest), from its init model, on ``rows``.
+
+    A student's teacher scores come from the cache's version as of now (re-scored by an unlearned
+    teacher when the teacher was replaced earlier in this request).
+    """
+    from lethe.embedding.train import EmbedTrainConfig, train_bi_encoder
+    from lethe.ranking.cross_encoder import CETrainConfig, Group, train_cross_encoder
+
+    parents = {rel: str(p) for rel, p in ws.registry.parents_of(ref)}
+    if "init" not in parents:
         raise ForgetError(f"{ref} has no recorded init model to retrain from")
-    base = scorer_of(ws, ws.registry.get(init))
+    init = ws.registry.get(parents["init"])
+    train = dict((ref.manifest.get("extra", {}) or {}).get("train", {}) or {})
+    queries.update(ws.store.query_texts({e.query_id for e in rows} - set(queries)))
+    texts.update({d.id: d.contents for d in ws.store.get_many({d for e in rows for d in (e.positive, *e.negatives)})})
+    train.pop("max_seconds", None)  # the oracle runs the whole recipe
     if ref.kind == "cross_encoder":
         from sentence_transformers import CrossEncoder
 
-        base = CrossEncoderScorer(CrossEncoder(str(ws.registry.resolve_path(ws.registry.get(init))), num_labels=1,
-                                               device="cpu"), max_length=base.max_length)
-    train = (ref.manifest.get("extra", {}) or {}).get("train", {}) or {}
-    need = {e.query_id for e in rows}
-    queries.update(ws.store.query_texts(need - set(queries)))
-    texts.update({d.id: d.contents for d in ws.store.get_many({d for e in rows for d in (e.positive, *e.negatives)})})
-    train_groups(base, rows, queries, texts, epochs=float(train.get("epochs", 1.0)), lr=float(train.get("lr", 2e-5)),
-                 batch_size=int(train.get("batch_size", train.get("queries_per_step", 16))),
-                 seed=int(train.get("seed", 42)))
-    return base
+        model = CrossEncoder(str(ws.registry.resolve_path(init)), num_labels=1, device="cpu")
+        cfg = CETrainConfig(**{k: v for k, v in train.items() if k in CETrainConfig.__dataclass_fields__})
+        groups = [Group(queries[e.query_id], texts[e.positive], [texts[d] for d in e.negatives]) for e in rows]
+        train_cross_encoder(model, groups, cfg)
+        return CrossEncoderScorer(model, max_length=cfg.max_length)
+    model = ws.registry.load(init)
+    cfg = EmbedTrainConfig(**{k: v for k, v in train.items() if k in EmbedTrainConfig.__dataclass_fields__})
+    cache = parents.get("cache")
+    if cache is not None:
+        current = (replaced or {}).get(cache, cache)
+        scores = load_scores(ws, current).scores
+        rows = [MinedExample(e.query_id, e.positive, e.negatives,
+                             tuple(scores.get(e.query_id, {}).get(d, t) for d, t in
+                                   zip((e.positive, *e.negatives), e.teacher))) for e in rows]
+    train_bi_encoder(model, rows, queries, texts, cfg)
+    return BiEncoderScorer(model, max_length=cfg.max_length, query_prompt=(ref.manifest.get("params") or {}).get(
+        "query_prompt"))
 
 
 def _register(ws: Workspace, rid: str, ref: ArtifactRef, scorer: Scorer, sets: Any, method: str,
