@@ -302,3 +302,31 @@ def test_listwise_lora_training_registers_lineage_and_reloads(workspace, tiny_ll
     assert torch.allclose(torch.tensor([h.score for h in a]), torch.tensor([h.score for h in b]))
     with pytest.raises(LetheError, match="not a reranker"):
         load_reranker(workspace, "bm25")
+
+
+@pytest.mark.parametrize("method", ["grad_diff", "retrain"])
+def test_forget_relabels_the_listwise_reranker(workspace, tiny_llama: Path, tmp_path: Path, method: str) -> None:
+    from lethe.data import Dataset
+    from lethe.pipelines.forget import forget
+    from lethe.pipelines.rerank import listwise_examples, read_labels, train_listwise_reranker
+    from lethe.registry import ModelSpec
+    from lethe.types import ForgetRequest
+
+    llm_dir = tmp_path / "llm"
+    shutil.copytree(tiny_llama, llm_dir)
+    workspace.registry.register(ModelSpec(name="tiny-llm", kind="llm", source=f"path:{llm_dir}"))
+    ds = Dataset("toy", {d.id: d for d in make_docs()}, {q.id: q for q in make_queries()},
+                 {"train": {"q1": {"d0": 1}, "q2": {"d2": 1}}})
+    run = {"q1": ["d3", "d0", "d6", "d5"], "q2": ["d4", "d6", "d2"]}
+    examples = listwise_examples(workspace, ds, run, {}, "train")
+    cfg = ListwiseTrainConfig(epochs=1, lr=1e-3, grad_accum=1, passage_tokens=8, lora_r=4, lora_alpha=8)
+    ref, _ = train_listwise_reranker(workspace, ds, examples, "listwise", base="tiny-llm", cfg=cfg)
+    rep = forget(workspace, ForgetRequest(("d6",)), unlearn=method)
+    step = next(m for m in rep.receipt["unlearning"] if m["model"] == str(ref))
+    assert step["new"] == "listwise@v2" and step["edited_lists"] == 2
+    assert step["level"] == ("exact" if method == "retrain" else "approximate")
+    labels = read_labels(workspace, "listwise@v2")
+    assert [r["doc_ids"] for r in labels] == [["d3", "d0", "d5"], ["d4", "d2"]]
+    assert [r["order"] for r in labels] == [[1, 0, 2], [1, 0]]  # the teacher's order, d6 cut out
+    assert "d6" not in workspace.registry.lineage_of("listwise@v2").doc_ids
+    assert not workspace.registry.get("listwise@v1").active and rep.receipt["models_still_trained_on_data"] == []

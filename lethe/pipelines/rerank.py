@@ -151,3 +151,80 @@ def read_labels(ws: Workspace, name: str) -> list[dict[str, Any]]:
     if not path.exists():
         raise LetheError(f"{name} has no stored listwise labels ({path})")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def relabel_listwise(ws: Workspace, name: str, doc_ids: Sequence[str], query_ids: Sequence[str], rid: str,
+                     method: str = "relabel", cfg: ListwiseTrainConfig | None = None,
+                     retain: int = 8) -> tuple[ArtifactRef, dict[str, Any]]:
+    """Forget documents in a listwise reranker by relabelling (METHODS card 3, "our setting").
+
+    Every stored training list that contained a forgotten document loses it (identifiers renumbered,
+    the teacher's order otherwise kept); lists of forgotten queries are dropped. ``relabel`` continues
+    training the current adapter on the edited lists (plus ``retain`` unchanged ones) with the same
+    importance-aware loss — approximate; ``retrain`` trains a fresh adapter from the base on all the
+    edited labels — exact. The texts are read from the store, so this runs before the store step.
+    """
+    from lethe.pipelines.train import _jsonable
+
+    ref = ws.registry.get(name)
+    docs, gone_q = set(doc_ids), set(query_ids)
+    edited, unchanged = [], []
+    for row in read_labels(ws, str(ref)):
+        if row["query_id"] in gone_q:
+            continue
+        keep = [i for i, d in enumerate(row["doc_ids"]) if d not in docs]
+        if len(keep) == len(row["doc_ids"]):
+            unchanged.append(row)
+            continue
+        if len(keep) < 2:
+            continue
+        new_index = {old: new for new, old in enumerate(keep)}
+        edited.append({"query_id": row["query_id"], "doc_ids": [row["doc_ids"][i] for i in keep],
+                       "order": [new_index[i] for i in row["order"] if i in new_index]})
+    params = ref.manifest.get("params", {}) or {}
+    train_cfg = cfg or ListwiseTrainConfig(**{k: v for k, v in ((ref.manifest.get("extra") or {}).get("train") or {})
+                                              .items() if k in ListwiseTrainConfig.__dataclass_fields__})
+    rows = edited + unchanged if method == "retrain" else edited + unchanged[:retain]
+    examples = _rows_to_examples(ws, rows)
+    window = params.get("window")
+    if window:
+        examples = [w for ex in examples for w in window_examples(ex, window, params.get("step") or window)]
+    if method == "retrain":
+        base_ref = ws.registry.get(ref.manifest.get("base_ref") or ref.manifest.get("base"))
+        model, tokenizer = ws.registry.load(base_ref)
+        model, losses = train_listwise(model, tokenizer, examples, train_cfg) if examples else (model, [])
+    else:
+        model, tokenizer = ws.registry.load(ref)
+        for n, p in model.named_parameters():
+            p.requires_grad_("lora_" in n)
+        model, losses = train_listwise(model, tokenizer, examples, train_cfg, prepare=False) if edited else (model,
+                                                                                                             [])
+    without = Lineage(doc_ids=sorted(docs), query_ids=sorted(gone_q))
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        if ref.kind == "llm":
+            tokenizer.save_pretrained(tmp)
+        _write_label_rows(Path(tmp) / "labels.jsonl", edited + unchanged)
+        new = ws.registry.derive(ref, payload_dir=Path(tmp), relation="unlearned_from", forget_request=rid,
+                                 without=without, params=params,
+                                 extra={"unlearning": {"method": method, "request": rid},
+                                        "train": _jsonable(train_cfg.__dict__)})
+    return new, {"edited_lists": len(edited), "steps": len(losses), "exact": method == "retrain"}
+
+
+def _rows_to_examples(ws: Workspace, rows: Sequence[Mapping[str, Any]]) -> list[ListwiseExample]:
+    queries = ws.store.query_texts({r["query_id"] for r in rows})
+    texts = doc_texts(ws)({d for r in rows for d in r["doc_ids"]})
+    out = []
+    for r in rows:
+        if r["query_id"] not in queries or any(d not in texts for d in r["doc_ids"]):
+            continue
+        out.append(ListwiseExample(queries[r["query_id"]], [texts[d] for d in r["doc_ids"]], list(r["order"]),
+                                   list(r["doc_ids"]), r["query_id"]))
+    return out
+
+
+def _write_label_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    with path.open("w") as f:
+        for r in rows:
+            f.write(json.dumps({"query_id": r["query_id"], "doc_ids": r["doc_ids"], "order": r["order"]}) + "\n")

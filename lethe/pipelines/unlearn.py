@@ -56,6 +56,8 @@ def unlearn_model(ws: Workspace, rid: str, model: str, plan: dict[str, Any], met
     ref = ws.registry.get(model)
     if ref.kind == "cache":
         return _unlearn_cache(ws, rid, ref, plan, replaced or {})
+    if ref.kind in ("adapter", "llm"):
+        return _unlearn_listwise(ws, rid, ref, plan, method)
     if ref.kind not in ("cross_encoder", "bi_encoder"):
         return {"model": model, "level": "not_unlearned", "why": f"no unlearning path for kind {ref.kind}"}
     try:
@@ -88,6 +90,20 @@ def unlearn_model(ws: Workspace, rid: str, model: str, plan: dict[str, Any], met
             "seconds": round(result.seconds, 2),
             "forget_score_mean_before": float(before.mean()) if len(before) else None,
             "forget_score_mean_after": float(after.mean()) if len(after) else None}
+
+
+def _unlearn_listwise(ws: Workspace, rid: str, ref: ArtifactRef, plan: dict[str, Any], method: str) -> dict[str, Any]:
+    """A listwise LLM reranker: relabel its stored lists without the data (``retrain``: exact)."""
+    from lethe.pipelines.rerank import read_labels, relabel_listwise
+
+    try:
+        read_labels(ws, str(ref))
+    except LetheError as exc:
+        return {"model": str(ref), "level": "not_unlearned", "why": str(exc)}
+    how = "retrain" if method == "retrain" else "relabel"
+    new, info = relabel_listwise(ws, str(ref), plan["doc_ids"], plan["query_ids"], rid, how)
+    return {"model": str(ref), "new": str(new), "method": f"listwise-{how}",
+            "level": "exact" if info["exact"] else "approximate", **info}
 
 
 def _texts(ws: Workspace, sets: Any) -> dict[str, str]:

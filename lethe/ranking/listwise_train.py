@@ -131,10 +131,12 @@ def prepare_model(model: Any, cfg: ListwiseTrainConfig) -> Any:
 
 
 def train_listwise(model: Any, tokenizer: Any, examples: Sequence[ListwiseExample], cfg: ListwiseTrainConfig,
-                   on_step: Callable[[int, int, float], None] | None = None) -> tuple[Any, list[float]]:
+                   on_step: Callable[[int, int, float], None] | None = None,
+                   prepare: bool = True) -> tuple[Any, list[float]]:
     """Train on ``examples`` (one sequence per forward, ``grad_accum`` per optimizer step).
 
-    Returns the (possibly peft-wrapped) model and the loss of each optimizer step.
+    ``prepare=False`` continues training a model whose trainable parameters are already set (e.g.
+    a loaded adapter). Returns the (possibly peft-wrapped) model and the loss of each optimizer step.
     """
     import torch
 
@@ -144,7 +146,8 @@ def train_listwise(model: Any, tokenizer: Any, examples: Sequence[ListwiseExampl
         raise LetheError("no listwise training examples")
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
-    model = prepare_model(model, cfg)
+    if prepare:
+        model = prepare_model(model, cfg)
     model.train()
     encoded = [encode_example(tokenizer, ex, cfg) for ex in examples]
     steps = max(1, math.ceil(len(encoded) * cfg.epochs / cfg.grad_accum))
