@@ -85,7 +85,7 @@ def train_models(ws: Workspace, ds: Dataset, args: argparse.Namespace, passage_t
     for name, window in (("listwise-full", None), ("listwise-sliding", args.window)):
         if _has(ws, name):
             continue
-        cfg = ListwiseTrainConfig(epochs=args.train_epochs, lr=2e-4, grad_accum=4, passage_tokens=passage_tokens,
+        cfg = ListwiseTrainConfig(epochs=args.train_epochs, lr=2e-4, grad_accum=2, passage_tokens=passage_tokens,
                                   max_seconds=args.train_minutes * 60)
         on_step, close = progress_bar(name)
         t0 = time.perf_counter()
@@ -115,7 +115,7 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=None, help="default: 10 at depth 20, 20 at depth 100")
     ap.add_argument("--step", type=int, default=None, help="default: window / 2")
     ap.add_argument("--queries", type=int, default=20, help="fixed-seed sample of test queries (0: all)")
-    ap.add_argument("--passage-tokens", type=int, default=80)
+    ap.add_argument("--passage-tokens", type=int, default=48)
     ap.add_argument("--home", default=None, help="workspace (default: temp); reuse it to transfer trained models")
     ap.add_argument("--train-queries", type=int, default=200)
     ap.add_argument("--train-minutes", type=float, default=12, help="per listwise model")
