@@ -86,7 +86,7 @@ def train_models(ws: Workspace, ds: Dataset, args: argparse.Namespace, passage_t
         if _has(ws, name):
             continue
         cfg = ListwiseTrainConfig(epochs=args.train_epochs, lr=2e-4, grad_accum=2, passage_tokens=passage_tokens,
-                                  max_seconds=args.train_minutes * 60)
+                                  max_seconds=args.train_minutes * 60, shuffle_inputs=args.shuffle_inputs)
         on_step, close = progress_bar(name)
         t0 = time.perf_counter()
         train_listwise_reranker(ws, ds, examples, name, DEFAULT_LLM, cfg, window, args.step, on_step)
@@ -121,6 +121,7 @@ def main() -> None:
     ap.add_argument("--train-minutes", type=float, default=12, help="per listwise model")
     ap.add_argument("--train-epochs", type=float, default=1.0)
     ap.add_argument("--ce-minutes", type=float, default=4)
+    ap.add_argument("--shuffle-inputs", action="store_true", help="train listwise models on shuffled candidate lists")
     ap.add_argument("--systems", default="cross_encoder,qlm,full,sliding,first_token,full_trained,sliding_trained")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

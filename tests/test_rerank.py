@@ -172,6 +172,18 @@ def test_window_examples_restrict_the_target_order() -> None:
         ListwiseExample("q", ["a", "b"], [0, 0])
 
 
+def test_shuffled_inputs_keep_the_target_ranking_of_documents() -> None:
+    import random
+
+    from lethe.ranking.listwise_train import shuffled
+
+    ex = ListwiseExample("q", [f"p{i}" for i in range(8)], [5, 0, 3, 1, 4, 2, 7, 6], [f"d{i}" for i in range(8)])
+    out = shuffled(ex, random.Random(3))
+    assert out.passages != ex.passages and sorted(out.doc_ids) == sorted(ex.doc_ids)
+    assert [out.doc_ids[i] for i in out.order] == [ex.doc_ids[i] for i in ex.order]
+    assert [out.passages[i] for i in out.order] == [ex.passages[i] for i in ex.order]
+
+
 # ------------------------------------------------------------------------------- rerankers
 @pytest.mark.parametrize("mode", ["full", "sliding", "first_token"])
 def test_listwise_modes_return_permutations_with_costs(llm, mode: str) -> None:  # noqa: ANN001
@@ -252,11 +264,13 @@ def test_reranked_pipeline_and_run(workspace, llm) -> None:  # noqa: ANN001
 
 
 # ------------------------------------------------------------------------------- training
-def test_listwise_training_lowers_the_loss(llm) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_listwise_training_lowers_the_loss(llm, shuffle: bool) -> None:  # noqa: ANN001
     model, tok = llm
     passages = [TEXT_OF[f"d{i}"] for i in range(4)]
     examples = [ListwiseExample("fox", passages, [1, 0, 3, 2]), ListwiseExample("cardano", passages, [2, 3, 0, 1])]
-    cfg = ListwiseTrainConfig(epochs=20, lr=1e-2, grad_accum=2, passage_tokens=8, lora_r=0, warmup=0.0)
+    cfg = ListwiseTrainConfig(epochs=20, lr=1e-2, grad_accum=2, passage_tokens=8, lora_r=0, warmup=0.0,
+                              shuffle_inputs=shuffle)
     model, losses = train_listwise(model, tok, examples, cfg)
     assert len(losses) == 20 and np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
 

@@ -48,6 +48,7 @@ class ListwiseTrainConfig:
     weighted: bool = True
     lora_r: int = 16
     lora_alpha: int = 32
+    shuffle_inputs: bool = False  # present each training list in a random order (see :func:`shuffled`)
     warmup: float = 0.1
     seed: int = 42
     max_seconds: float | None = None
@@ -115,6 +116,19 @@ def window_examples(ex: ListwiseExample, window: int, step: int) -> list[Listwis
     return out
 
 
+def shuffled(ex: ListwiseExample, rng: random.Random) -> ListwiseExample:
+    """``ex`` with its candidates in a random input order and the same target ranking of documents.
+
+    Training on first-stage order teaches a small model to copy it (most labels are then nearly the
+    identity); shuffled inputs make copying useless, so the label has to be learned from the texts.
+    """
+    perm = list(range(len(ex.passages)))
+    rng.shuffle(perm)
+    where = {old: new for new, old in enumerate(perm)}
+    return ListwiseExample(ex.query, [ex.passages[i] for i in perm], [where[i] for i in ex.order],
+                           [ex.doc_ids[i] for i in perm] if ex.doc_ids else None, ex.query_id)
+
+
 def prepare_model(model: Any, cfg: ListwiseTrainConfig) -> Any:
     """LoRA-wrap ``model`` (``cfg.lora_r > 0``) or make every weight trainable."""
     if cfg.lora_r <= 0:
@@ -149,6 +163,8 @@ def train_listwise(model: Any, tokenizer: Any, examples: Sequence[ListwiseExampl
     if prepare:
         model = prepare_model(model, cfg)
     model.train()
+    if cfg.shuffle_inputs:
+        examples = [shuffled(ex, rng) for ex in examples]
     encoded = [encode_example(tokenizer, ex, cfg) for ex in examples]
     steps = max(1, math.ceil(len(encoded) * cfg.epochs / cfg.grad_accum))
     opt, sched = make_optimizer(model, cfg.lr, 0.0, steps, cfg.warmup)
