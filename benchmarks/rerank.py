@@ -121,7 +121,8 @@ def main() -> None:
     ap.add_argument("--train-minutes", type=float, default=12, help="per listwise model")
     ap.add_argument("--train-epochs", type=float, default=1.0)
     ap.add_argument("--ce-minutes", type=float, default=4)
-    ap.add_argument("--shuffle-inputs", action="store_true", help="train listwise models on shuffled candidate lists")
+    ap.add_argument("--shuffle-inputs", type=float, nargs="?", const=1.0, default=0.0,
+                    help="fraction of training lists shown in a shuffled order (flag alone: all)")
     ap.add_argument("--systems", default="cross_encoder,qlm,full,sliding,first_token,full_trained,sliding_trained")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

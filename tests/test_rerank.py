@@ -264,8 +264,8 @@ def test_reranked_pipeline_and_run(workspace, llm) -> None:  # noqa: ANN001
 
 
 # ------------------------------------------------------------------------------- training
-@pytest.mark.parametrize("shuffle", [False, True])
-def test_listwise_training_lowers_the_loss(llm, shuffle: bool) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("shuffle", [False, True, 0.5])
+def test_listwise_training_lowers_the_loss(llm, shuffle: float) -> None:  # noqa: ANN001
     model, tok = llm
     passages = [TEXT_OF[f"d{i}"] for i in range(4)]
     examples = [ListwiseExample("fox", passages, [1, 0, 3, 2]), ListwiseExample("cardano", passages, [2, 3, 0, 1])]

@@ -48,7 +48,8 @@ class ListwiseTrainConfig:
     weighted: bool = True
     lora_r: int = 16
     lora_alpha: int = 32
-    shuffle_inputs: bool = False  # present each training list in a random order (see :func:`shuffled`)
+    # fraction of training lists presented in a random order (see :func:`shuffled`); True means all
+    shuffle_inputs: float | bool = False
     warmup: float = 0.1
     seed: int = 42
     max_seconds: float | None = None
@@ -164,7 +165,8 @@ def train_listwise(model: Any, tokenizer: Any, examples: Sequence[ListwiseExampl
         model = prepare_model(model, cfg)
     model.train()
     if cfg.shuffle_inputs:
-        examples = [shuffled(ex, rng) for ex in examples]
+        frac = float(cfg.shuffle_inputs)
+        examples = [shuffled(ex, rng) if rng.random() < frac else ex for ex in examples]
     encoded = [encode_example(tokenizer, ex, cfg) for ex in examples]
     steps = max(1, math.ceil(len(encoded) * cfg.epochs / cfg.grad_accum))
     opt, sched = make_optimizer(model, cfg.lr, 0.0, steps, cfg.warmup)
