@@ -19,6 +19,7 @@ from pathlib import Path
 
 from lethe.data import Dataset, load_dataset
 from lethe.embedding.train import EmbedTrainConfig
+from lethe.errors import RegistryError
 from lethe.pipelines.evaluate import evaluate, evaluate_retriever
 from lethe.pipelines.train import (
     model_eval,
@@ -30,6 +31,7 @@ from lethe.pipelines.train import (
 )
 from lethe.pipelines.workspace import Workspace
 from lethe.ranking import CETrainConfig
+from lethe.registry import ArtifactRef
 from lethe.retrieval.fusion import FusionRetriever
 
 INSTRUCTIONS = {
@@ -90,13 +92,18 @@ def main() -> None:
         out["train_queries_used"] = len(train_q)
         td = training_data(ws, ds, "train", train_q, pool_depth=args.pool_depth)
 
-        cfg = CETrainConfig(epochs=args.teacher_epochs, lr=7e-5, max_length=128, queries_per_step=8,
-                            max_seconds=args.teacher_minutes * 60)
-        on_step, close = progress_bar("teacher")
-        t0 = time.perf_counter()
-        teacher, losses = train_teacher(ws, td, "teacher", "minilm", cfg, n_negatives=3, on_step=on_step)
-        close()
-        out["train_s_teacher"] = round(time.perf_counter() - t0, 1)
+        reused: list[str] = []
+        teacher = _existing(ws, "teacher")
+        if teacher is None:
+            cfg = CETrainConfig(epochs=args.teacher_epochs, lr=7e-5, max_length=128, queries_per_step=8,
+                                max_seconds=args.teacher_minutes * 60)
+            on_step, close = progress_bar("teacher")
+            t0 = time.perf_counter()
+            teacher, losses = train_teacher(ws, td, "teacher", "minilm", cfg, n_negatives=3, on_step=on_step)
+            close()
+            out["train_s_teacher"] = round(time.perf_counter() - t0, 1)
+        else:
+            reused.append(str(teacher))
         rq = list(test_qrels)
         if args.rerank_queries:
             rq = random.Random(0).sample(rq, min(args.rerank_queries, len(rq)))
@@ -105,19 +112,29 @@ def main() -> None:
         ce_only, fused = teacher_rerank_eval(ws, ds, str(teacher), fusion, rq, args.rerank_depth)
         out["ndcg10_teacher_rerank"], out["ndcg10_teacher_fusion"] = ce_only, fused
         out["rerank_s_per_query"] = round((time.perf_counter() - t0) / len(rq), 2)
-        cache, _ = score_pools(ws, td, str(teacher), fusion=fusion)
+        cache = _existing(ws, "teacher-scores")
+        if cache is None:
+            cache, _ = score_pools(ws, td, str(teacher), fusion=fusion)
+        else:
+            reused.append(str(cache))
 
         instruction = INSTRUCTIONS.get(ds.name, DEFAULT_INSTRUCTION)
         for recipe in ("dse", "lganna"):
             scfg = EmbedTrainConfig(recipe=recipe, epochs=args.student_epochs, lr=3e-5, batch_size=16,
                                     max_length=256, max_seconds=args.student_minutes * 60,
                                     instruction=instruction if recipe == "lganna" else None)
-            on_step, close = progress_bar(recipe)
-            ref, result, mined = train_embedder(ws, td, str(cache), scfg, f"{recipe}-{ds.name}", "minilm",
-                                                args.negatives, 0.95, on_step=on_step)
-            close()
-            out[f"train_s_{recipe}"] = round(result.seconds, 1)
-            out[f"examples_{recipe}"] = len(mined)
+            ref = _existing(ws, f"{recipe}-{ds.name}")
+            if ref is None:
+                on_step, close = progress_bar(recipe)
+                ref, result, mined = train_embedder(ws, td, str(cache), scfg, f"{recipe}-{ds.name}", "minilm",
+                                                    args.negatives, 0.95, on_step=on_step)
+                close()
+                out[f"train_s_{recipe}"] = round(result.seconds, 1)
+                out[f"examples_{recipe}"] = len(mined)
+            else:  # figures of the earlier run, from the model's manifest
+                reused.append(str(ref))
+                out[f"train_s_{recipe}"] = ref.manifest.get("extra", {}).get("seconds")
+                out[f"examples_{recipe}"] = ref.manifest.get("extra", {}).get("examples")
             out[f"ndcg10_{recipe}"] = model_eval(ws, ds, str(ref), "test")["nDCG@10"]
             out[f"model_{recipe}"] = str(ref)
         best = max(("dse", "lganna"), key=lambda r: out[f"ndcg10_{r}"])
@@ -130,8 +147,18 @@ def main() -> None:
         out["hybrid"] = hybrid
         out["ndcg10_hybrid_best"] = max(hybrid.values())
         out["hybrid_best_student"] = best
+        out["reused"] = reused
     out["wall_s"] = round(time.perf_counter() - t_all, 1)
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}))
+
+
+def _existing(ws: Workspace, name: str) -> ArtifactRef | None:
+    """The active ``name`` in a reused ``--home`` (a run killed part-way resumes after its last model)."""
+    try:
+        ref = ws.registry.get(name)
+    except RegistryError:
+        return None
+    return ref if ref.active else None
 
 
 def teacher_rerank_eval(ws: Workspace, ds: Dataset, teacher: str, fusion: dict, qids: list[str],
