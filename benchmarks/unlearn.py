@@ -190,14 +190,16 @@ def main() -> None:  # noqa: C901
             fig.mia_auc_oracle, fig.mia_auc_original = ref_oracle.mia_auc, ref_original.mia_auc
             fig.probe_auc_oracle = ref_oracle.probe_auc
             fig.retain_ndcg10_original, fig.retain_ndcg10_oracle = ref_original.retain_ndcg10, ref_oracle.retain_ndcg10
+            fig.original_passes = key != "original" and results["original"]["original_passes_thresholds"]
             d = verdict(fig).to_dict()
             log(fig.method, json.dumps(d))
             return d
 
-        results: dict = {"original": finish(ref_original)}
+        results: dict = {"original": {"original_passes_thresholds": False}}
+        results["original"] = finish(ref_original)
         # the original is the baseline, not an unlearned model: if it passes the thresholds, the
-        # forget set left too little trace for the verdict to mean anything at this scale
-        results["original"]["original_passes_thresholds"] = results["original"]["verdict"] == "unlearned"
+        # forget set left too little trace for the verdict to mean anything (methods: "inconclusive")
+        results["original"]["original_passes_thresholds"] = not results["original"]["failed"]
         results["original"]["verdict"] = "baseline"
         m_unseen = float(np.mean(pair_scores(original, unseen_pairs, queries, texts)))
         for name in args.methods.split(","):

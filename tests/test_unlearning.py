@@ -76,6 +76,8 @@ def test_verdict_says_yes_only_when_every_threshold_holds() -> None:
     assert verdict(_fig(ks_p=math.nan)).verdict == "not_unlearned"     # not measured never passes
     assert verdict(_fig(mia_auc=0.45, mia_auc_oracle=0.5)).verdict == "unlearned"  # |gap| counts
     assert verdict(_fig(ks_p=0.04), Thresholds(ks_p=0.01)).verdict == "unlearned"
+    assert verdict(_fig(original_passes=True)).verdict == "inconclusive"   # the original passes too
+    assert verdict(_fig(ks_p=0.01, original_passes=True)).verdict == "not_unlearned"
 
 
 def test_exact_only_for_retrain_and_sharded_with_proof() -> None:

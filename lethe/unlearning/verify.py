@@ -16,7 +16,9 @@ bi-encoder, the cross-encoder and tests on constructed cases:
 
 The verdict is ``exact`` only for methods that never let the data in (``retrain``, ``sharded``) *and*
 whose lineage proves it, ``unlearned`` only when every threshold holds (``suppressed`` instead for
-output-level methods such as ULD, whose weights still hold the data), ``not_unlearned`` otherwise.
+output-level methods such as ULD, whose weights still hold the data), ``not_unlearned`` otherwise —
+and ``inconclusive`` instead of ``unlearned`` when the original model passes the same thresholds: the
+forget set then left too little trace for the test to mean anything.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class Figures:
     seconds_retrain: float = math.nan
     exact: bool = False
     output_only: bool = False  # e.g. ULD: scores suppressed, weights unchanged
+    original_passes: bool = False  # the original model itself meets every threshold (see :func:`verdict`)
     verdict: str = ""
     failed: list[str] = field(default_factory=list)
 
@@ -132,6 +135,8 @@ def verdict(fig: Figures, thresholds: Thresholds | None = None) -> Figures:
     fig.failed = [k for k, ok in checks.items() if not ok]
     if fig.exact and fig.method in EXACT_METHODS:
         fig.verdict = "exact"
+    elif not fig.failed and fig.original_passes:
+        fig.verdict = "inconclusive"  # the test cannot tell this model from one that never unlearned
     elif not fig.failed:
         fig.verdict = "suppressed" if fig.output_only else "unlearned"
     else:
