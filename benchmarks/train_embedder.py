@@ -66,6 +66,8 @@ def main() -> None:
     ap.add_argument("--rerank-depth", type=int, default=100)
     ap.add_argument("--rerank-queries", type=int, default=0, help="0: all test queries")
     ap.add_argument("--negatives", type=int, default=7)
+    ap.add_argument("--student-batch", type=int, default=16,
+                    help="queries per student step (each with a positive and --negatives negatives)")
     ap.add_argument("--pool-depth", type=int, default=20)
     ap.add_argument("--train-queries", type=int, default=0,
                     help="train on a seeded sample of N train queries (0: all); scoring pools costs time per query")
@@ -120,7 +122,7 @@ def main() -> None:
 
         instruction = INSTRUCTIONS.get(ds.name, DEFAULT_INSTRUCTION)
         for recipe in ("dse", "lganna"):
-            scfg = EmbedTrainConfig(recipe=recipe, epochs=args.student_epochs, lr=3e-5, batch_size=16,
+            scfg = EmbedTrainConfig(recipe=recipe, epochs=args.student_epochs, lr=3e-5, batch_size=args.student_batch,
                                     max_length=256, max_seconds=args.student_minutes * 60,
                                     instruction=instruction if recipe == "lganna" else None)
             ref = _existing(ws, f"{recipe}-{ds.name}")
@@ -131,8 +133,10 @@ def main() -> None:
                 close()
                 out[f"train_s_{recipe}"] = round(result.seconds, 1)
                 out[f"examples_{recipe}"] = len(mined)
+                out[f"batch_{recipe}"] = args.student_batch
             else:  # figures of the earlier run, from the model's manifest
                 reused.append(str(ref))
+                out[f"batch_{recipe}"] = ref.manifest.get("extra", {}).get("train", {}).get("batch_size")
                 out[f"train_s_{recipe}"] = ref.manifest.get("extra", {}).get("seconds")
                 out[f"examples_{recipe}"] = ref.manifest.get("extra", {}).get("examples")
             out[f"ndcg10_{recipe}"] = model_eval(ws, ds, str(ref), "test")["nDCG@10"]
