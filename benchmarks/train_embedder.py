@@ -136,9 +136,9 @@ def main() -> None:
                 out[f"batch_{recipe}"] = args.student_batch
             else:  # figures of the earlier run, from the model's manifest
                 reused.append(str(ref))
-                out[f"batch_{recipe}"] = ref.manifest.get("extra", {}).get("train", {}).get("batch_size")
-                out[f"train_s_{recipe}"] = ref.manifest.get("extra", {}).get("seconds")
-                out[f"examples_{recipe}"] = ref.manifest.get("extra", {}).get("examples")
+                extra = ref.manifest.get("extra", {})
+                out[f"batch_{recipe}"] = extra.get("train", {}).get("batch_size")
+                out[f"train_s_{recipe}"], out[f"examples_{recipe}"] = extra.get("seconds"), extra.get("examples")
             out[f"ndcg10_{recipe}"] = model_eval(ws, ds, str(ref), "test")["nDCG@10"]
             out[f"model_{recipe}"] = str(ref)
         best = max(("dse", "lganna"), key=lambda r: out[f"ndcg10_{r}"])
