@@ -50,9 +50,10 @@ def test_pools_and_groups(data) -> None:
 
 
 def test_teacher_learns_and_is_registered_with_lineage(workspace, data) -> None:
-    cfg = CETrainConfig(epochs=12, lr=2e-3, queries_per_step=3, max_length=32, warmup=0.0)
+    # the tiny tokenizer (and so the pools) differ from session to session: a clear margin, not a tie-breaker
+    cfg = CETrainConfig(epochs=20, lr=5e-3, queries_per_step=3, max_length=32, warmup=0.0)
     ref, losses = train_teacher(workspace, data, name="teacher", base="tiny", cfg=cfg, n_negatives=3)
-    assert mean(losses[-4:]) < mean(losses[:4])
+    assert mean(losses[-4:]) < mean(losses[:4]) - 0.2
     assert ref.kind == "cross_encoder" and str(ref) == "teacher@v1"
     lineage = workspace.registry.lineage_of(ref)
     assert set(lineage.query_ids) == {"q1", "q2", "q3"}
@@ -146,3 +147,22 @@ def test_llm_embedder_with_lora_trains_and_reloads(tmp_path, workspace) -> None:
     probe = ["staking rewards", "bone health"]
     with torch.no_grad():
         np.testing.assert_allclose(loaded.encode(probe), model.encode(probe), atol=1e-6)
+
+
+def test_instruction_is_left_out_of_mean_pooling_in_training_and_serving(workspace, data, cache) -> None:
+    from lethe.embedding.train import _embed
+
+    cfg = EmbedTrainConfig(recipe="lganna", epochs=2, lr=1e-3, batch_size=3, max_length=32, warmup=0.0,
+                           instruction="Given a question, retrieve answers")
+    ref, _, _ = train_embedder(workspace, data, cache, cfg, name="student-instr", base="tiny",
+                               n_negatives=2, ratio=None)
+    enc = workspace.encoder(str(ref))
+    pooling = [m for m in enc.model if hasattr(m, "include_prompt")]
+    assert pooling and not pooling[0].include_prompt  # saved with the model
+    queries = ["cardano staking rewards", "vitamin d"]
+    served = enc.encode_queries(queries)
+    with torch.no_grad():  # the training forward pass embeds queries exactly as serving does
+        trained = torch.nn.functional.normalize(_embed(enc.model, queries, 128, enc.query_prompt), dim=-1)
+    np.testing.assert_allclose(served, trained.numpy(), atol=1e-5)
+    pooling[0].include_prompt = True  # pooling the instruction too gives other vectors: the flag does something
+    assert not np.allclose(enc.encode_queries(queries), served, atol=1e-4)

@@ -48,6 +48,7 @@ class EmbedTrainConfig:
     tau_teacher: float | None = None  # teacher temperature (KL); None: 1 for logits, 0.1 for [0,1] scores
     kl_weight: float = 1.0      # lganna: weight of the KL term (InfoNCE weight 1)
     instruction: str | None = None
+    pool_instruction: bool = False  # mean pooling: include the instruction's tokens (default: excluded)
     n_examples: int = 0         # lganna: few-shot (query, positive) examples in the query prompt
     example_chars: int = 200
     seed: int = 42
@@ -98,6 +99,8 @@ def train_bi_encoder(model: Any, examples: Sequence[MinedExample], queries: Mapp
     opt, sched = make_optimizer(model, cfg.lr, cfg.weight_decay, steps, cfg.warmup)
     shots = few_shot_pool(examples, queries, texts, cfg.example_chars) if cfg.n_examples else []
     result, order, t0 = TrainResult(), [], time.perf_counter()
+    if cfg.instruction:
+        set_prompt_pooling(model, cfg.pool_instruction)
     model.train()
     for step in range(steps):
         if len(order) < cfg.batch_size:
@@ -139,10 +142,12 @@ def _step_loss(model: Any, batch: Sequence[MinedExample], queries: Mapping[str, 
     import torch
 
     k = len(batch[0].negatives)
-    q_texts = [_with_prompt(queries[e.query_id], cfg, shots, rng) for e in batch]
-    columns = [q_texts, [texts[e.positive] for e in batch]]
-    columns += [[texts[e.negatives[j]] for e in batch] for j in range(k)]
-    emb = [_embed(model, col, cfg.max_length) for col in columns]
+    if shots:  # a different prefix per query: the prefix is part of the text (and of the pooling)
+        q_texts, prompt = [_with_prompt(queries[e.query_id], cfg, shots, rng) for e in batch], None
+    else:  # one prompt for the batch, passed as such so pooling can leave its tokens out (as at inference)
+        q_texts, prompt = [queries[e.query_id] for e in batch], query_prompt(cfg)
+    columns = [[texts[e.positive] for e in batch]] + [[texts[e.negatives[j]] for e in batch] for j in range(k)]
+    emb = [_embed(model, q_texts, cfg.max_length, prompt)] + [_embed(model, col, cfg.max_length) for col in columns]
     teacher = torch.tensor([e.teacher for e in batch], dtype=emb[0].dtype)
     infonce = losses["infonce"].compute_loss_from_embeddings(emb, None)
     if cfg.alpha >= 1.0 and cfg.recipe == "dse":
@@ -165,11 +170,35 @@ def _with_prompt(query: str, cfg: EmbedTrainConfig, shots: list[tuple[str, str]]
     return f"{prefix}{query}" if prefix else query
 
 
-def _embed(model: Any, texts: list[str], max_length: int):  # noqa: ANN202
+def set_prompt_pooling(model: Any, include: bool) -> bool:
+    """Make mean pooling include (or leave out) prompt tokens; True when the model has such a pooling.
+
+    A mean-pooled encoder that was not trained with instructions loses much of its query signal to a long
+    instruction (MiniLM on NFCorpus: nDCG@10 0.316 without, 0.232 with the instruction pooled, 0.302
+    with it left out), so the instruction recipe pools only the query's own tokens, as INSTRUCTOR and
+    GritLM do. The flag is saved in the pooling config, so the registered model behaves the same.
+    """
+    found = False
+    for module in model:
+        if not hasattr(module, "include_prompt"):
+            continue
+        mode = getattr(module, "pooling_mode", None)
+        if mode is None and hasattr(module, "get_pooling_mode_str"):  # sentence-transformers < 5
+            mode = module.get_pooling_mode_str()
+        if mode in (None, "mean", "weightedmean", "mean_sqrt_len_tokens"):
+            module.include_prompt = include
+            found = True
+    return found
+
+
+def _embed(model: Any, texts: list[str], max_length: int, prompt: str | None = None):  # noqa: ANN202
     old = model.max_seq_length
     model.max_seq_length = min(old or max_length, max_length)
     try:
-        features = model.tokenize(texts)
+        if hasattr(model, "preprocess"):
+            features = model.preprocess(texts, prompt=prompt)
+        else:  # sentence-transformers < 5: no prompt-aware tokenisation
+            features = model.tokenize([f"{prompt}{t}" for t in texts] if prompt else texts)
     finally:
         model.max_seq_length = old
     device = next(model.parameters()).device

@@ -92,8 +92,11 @@ def train_teacher(ws: Workspace, data: TrainingData, name: str = "teacher", base
     """Train a cross-encoder from ``base`` (a registry bi-encoder or cross-encoder) and register it."""
     from sentence_transformers import CrossEncoder
 
+    import torch
+
     cfg = cfg or CETrainConfig()
     base_ref = _ensure(ws, base)
+    torch.manual_seed(cfg.seed)  # a new classification head is drawn at load: the same seed, the same teacher
     model = CrossEncoder(str(ws.registry.resolve_path(base_ref)), num_labels=1, device="cpu")
     groups, seen = listwise_groups(data, n_negatives)
     losses = train_cross_encoder(model, groups, cfg, on_step)
