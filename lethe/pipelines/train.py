@@ -90,9 +90,8 @@ def train_teacher(ws: Workspace, data: TrainingData, name: str = "teacher", base
                   cfg: CETrainConfig | None = None, n_negatives: int = 7,
                   on_step: Progress | None = None) -> tuple[ArtifactRef, list[float]]:
     """Train a cross-encoder from ``base`` (a registry bi-encoder or cross-encoder) and register it."""
-    from sentence_transformers import CrossEncoder
-
     import torch
+    from sentence_transformers import CrossEncoder
 
     cfg = cfg or CETrainConfig()
     base_ref = _ensure(ws, base)
