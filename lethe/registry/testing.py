@@ -27,16 +27,25 @@ def _corpus(corpus: Sequence[str]) -> list[str]:
 
 
 def train_wordpiece(corpus: Sequence[str], vocab_size: int = 500) -> Any:
-    """A BERT-style ``transformers.BertTokenizerFast`` whose WordPiece vocab is learnt on corpus."""
+    """A BERT-style ``transformers.BertTokenizerFast`` whose WordPiece vocab is learnt on corpus.
+
+    The vocab is built here, deterministically (specials, characters, ``##`` continuations, then the
+    most frequent words, ties by spelling), rather than with ``WordPieceTrainer``, whose tie-breaking
+    changes from run to run: the same corpus must give the same tiny model in every test session.
+    """
+    from collections import Counter
+
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from tokenizers.trainers import WordPieceTrainer
     from transformers import BertTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(_corpus(corpus), WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=list(BERT_SPECIALS), show_progress=False))
+    normalizer, pre = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    words = Counter(w for text in _corpus(corpus) for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for w in words for c in w})
+    vocab = list(BERT_SPECIALS) + chars + [f"##{c}" for c in chars]
+    vocab += [w for w, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])) if len(w) > 1]
+    vocab = list(dict.fromkeys(vocab))[: max(vocab_size, len(BERT_SPECIALS) + 2 * len(chars))]
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer = normalizer, pre
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",

@@ -1,18 +1,22 @@
 """SISA-style exact unlearning (METHODS card B4): one LoRA adapter per shard, combined into one model.
 
 Documents are split into ``K`` shards by a hash of their owner (or of their id when they have none),
-so one user's deletion touches as few shards as possible. A shard trains only on groups whose
-positive *and* negatives are its own documents (negatives from other shards are cut out), so a
-document lives in exactly one shard's data. Each shard trains a LoRA adapter on the frozen base
-model; the served model is ``W0 + c * sum_k dW_k`` (``c = 1/K``: the average; ``c = 1``: the sum),
-one model at serving time. Forgetting retrains, from ``W0``, only the shards whose data held a
-forgotten document or query, then recombines: no component of the result has seen the data, and
-each shard's ``seen`` set proves it.
+so one user's deletion touches as few shards as possible. A group goes to its positive's shard; a
+negative that belongs to another shard is replaced by one of this shard's own documents (seeded per
+group), so no group is lost and a document lives in exactly one shard's data. (Cutting foreign
+negatives instead dropped about two thirds of the groups of a collection without owners, where 7 of
+8 negatives are foreign on average, and the sharded model fell 0.02 nDCG@10 behind the unsharded.)
+Each shard trains a LoRA adapter on the frozen base model; the served model is
+``W0 + c * sum_k dW_k`` (``c = 1/K``: the average; ``c = 1``: the sum), one model at serving time.
+Forgetting retrains, from ``W0``, only the shards whose data held a forgotten document or query,
+then recombines: no component of the result has seen the data, and each shard's ``seen`` set
+proves it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +25,6 @@ from typing import Any
 from lethe.embedding.pools import MinedExample
 from lethe.errors import LetheError
 from lethe.unlearning.scorers import Scorer
-from lethe.unlearning.sets import without_docs
 
 #: trains a scorer in place on groups (the model's own recipe; LoRA already attached by the caller)
 ShardRecipe = Callable[[Scorer, list[MinedExample]], None]
@@ -34,20 +37,49 @@ def shard_of(key: str, k: int) -> int:
 
 def assign_shards(examples: Sequence[MinedExample], k: int,
                   owners: Mapping[str, Sequence[str]] | None = None) -> dict[int, list[MinedExample]]:
-    """Groups per shard: a group goes to its positive's shard, keeping only same-shard negatives."""
+    """Groups per shard: a group goes to its positive's shard; foreign negatives are replaced by the
+    shard's own documents (see :func:`refill`)."""
     owners = owners or {}
 
     def doc_shard(d: str) -> int:
         return shard_of(next(iter(owners.get(d, ())), d), k)
 
+    docs = {d for e in examples for d in (e.positive, *e.negatives)}
+    pools: dict[int, list[str]] = {s: [] for s in range(k)}
+    for d in sorted(docs):
+        pools[doc_shard(d)].append(d)
     out: dict[int, list[MinedExample]] = {s: [] for s in range(k)}
     for e in examples:
         s = doc_shard(e.positive)
-        other = {n for n in e.negatives if doc_shard(n) != s}
-        cut = without_docs(e, other)
-        if cut is not None:
-            out[s].append(cut)
+        foreign = {n for n in e.negatives if doc_shard(n) != s}
+        row = refill(e, foreign, pools[s])
+        if row is not None:
+            out[s].append(row)
     return out
+
+
+def refill(example: MinedExample, drop: set[str], pool: Sequence[str]) -> MinedExample | None:
+    """``example`` with the negatives in ``drop`` replaced by documents drawn from ``pool``.
+
+    The draw is seeded by the group (the same group gets the same documents on every run); a drawn
+    document takes the group's lowest teacher score (a random document ranks below mined negatives).
+    Where ``pool`` runs short, the remaining negatives are repeated; None only
+    when no negative at all is left.
+    """
+    if not drop.intersection(example.negatives):
+        return example
+    keep = [(d, t) for d, t in zip(example.negatives, example.teacher[1:]) if d not in drop]
+    used = {example.positive, *example.negatives} | drop
+    free = [d for d in pool if d not in used]
+    want = len(example.negatives) - len(keep)
+    rng = random.Random(f"{example.query_id}\t{example.positive}")
+    low = min(example.teacher)
+    keep += [(d, low) for d in rng.sample(free, min(want, len(free)))]
+    if not keep:
+        return None
+    padded = [keep[i % len(keep)] for i in range(len(example.negatives))]
+    return MinedExample(example.query_id, example.positive, tuple(d for d, _ in padded),
+                        (example.teacher[0], *(t for _, t in padded)))
 
 
 @dataclass
@@ -99,12 +131,13 @@ class ShardedModel:
         t0 = time.perf_counter()
         for s in hit:
             kept = []
+            pool = sorted(self.shards[s].seen_docs - docs)
             for e in self.shards[s].examples:
                 if e.positive in docs or e.query_id in queries:
                     continue
-                cut = without_docs(e, docs)
-                if cut is not None:
-                    kept.append(cut)
+                row = refill(e, docs, pool)
+                if row is not None:
+                    kept.append(row)
             self.shards[s] = Shard(kept)
             self._train(s)
         return hit, time.perf_counter() - t0
