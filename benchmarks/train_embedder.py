@@ -36,7 +36,10 @@ from lethe.retrieval.fusion import FusionRetriever
 
 INSTRUCTIONS = {
     "scifact": "Given a scientific claim, retrieve documents that support or refute the claim",
-    "nfcorpus": "Given a question, retrieve relevant documents that best answer the question",
+    # chosen on 400 NFCorpus *train* queries with the base MiniLM (instruction left out of pooling):
+    # nDCG@10 0.333, vs 0.325 for the generic "Given a question, retrieve relevant documents that best
+    # answer the question" (0.345 with no instruction: a model not trained with instructions pays for them)
+    "nfcorpus": "Find medical research on the topic",
 }
 DEFAULT_INSTRUCTION = "Given a question, retrieve answers that best answer the question"
 
