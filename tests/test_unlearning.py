@@ -217,6 +217,25 @@ def test_shards_partition_documents_by_owner() -> None:
     assert shard_of("u1", 8) == shard_of("u1", 8) and 0 <= shard_of("x", 8) < 8
 
 
+def test_refill_replaces_foreign_negatives_with_own_documents() -> None:
+    from lethe.unlearning.sharded import assign_shards, refill
+
+    e = EXAMPLES[0]  # q1: d0 > (d3, d7)
+    row = refill(e, {"d3"}, ["d0", "d3", "d7", "d20", "d21"])
+    assert row.positive == "d0" and len(row.negatives) == 2 and "d3" not in row.negatives
+    assert "d7" in row.negatives and set(row.negatives) <= {"d7", "d20", "d21"}
+    assert row.teacher == (3.0, *(0.5 if d == "d7" else min(e.teacher) for d in row.negatives))
+    assert refill(e, {"d3"}, ["d0", "d3", "d7", "d20", "d21"]) == row  # seeded by the group
+    assert refill(e, {"d3"}, []).negatives == ("d7", "d7")  # nothing to draw: repeat what is left
+    assert refill(e, {"d3", "d7"}, []) is None
+    assert refill(e, {"zz"}, []) is e
+    # with enough documents per shard no group is lost and every group keeps its size
+    many = [MinedExample(f"q{i}", f"p{i}", (f"n{i}a", f"n{i}b", f"n{i}c"), (1.0, 0.5, 0.4, 0.3)) for i in range(40)]
+    shards = assign_shards(many, 4)
+    assert sum(len(v) for v in shards.values()) == len(many)
+    assert all(len(e.negatives) == 3 for rows in shards.values() for e in rows)
+
+
 def test_sharded_forgets_exactly_by_retraining_only_affected_shards(bi_scorer) -> None:  # noqa: ANN001
     import torch
 
