@@ -74,6 +74,7 @@ def main() -> None:
     ap.add_argument("--pool-depth", type=int, default=20)
     ap.add_argument("--train-queries", type=int, default=0,
                     help="train on a seeded sample of N train queries (0: all); scoring pools costs time per query")
+    ap.add_argument("--student-lr", type=float, default=3e-5)
     ap.add_argument("--retrain", default="",
                     help="comma-separated recipes to train again (a new version) in a reused --home")
     args = ap.parse_args()
@@ -125,7 +126,8 @@ def main() -> None:
 
         instruction = INSTRUCTIONS.get(ds.name, DEFAULT_INSTRUCTION)
         for recipe in ("dse", "lganna"):
-            scfg = EmbedTrainConfig(recipe=recipe, epochs=args.student_epochs, lr=3e-5, batch_size=args.student_batch,
+            scfg = EmbedTrainConfig(recipe=recipe, epochs=args.student_epochs, lr=args.student_lr,
+                                    batch_size=args.student_batch,
                                     max_length=256, max_seconds=args.student_minutes * 60,
                                     instruction=instruction if recipe == "lganna" else None)
             ref = None if recipe in retrain else _existing(ws, f"{recipe}-{ds.name}")
@@ -136,11 +138,12 @@ def main() -> None:
                 close()
                 out[f"train_s_{recipe}"] = round(result.seconds, 1)
                 out[f"examples_{recipe}"] = len(mined)
-                out[f"batch_{recipe}"] = args.student_batch
+                out[f"batch_{recipe}"], out[f"lr_{recipe}"] = args.student_batch, args.student_lr
             else:  # figures of the earlier run, from the model's manifest
                 reused.append(str(ref))
                 extra = ref.manifest.get("extra", {})
                 out[f"batch_{recipe}"] = extra.get("train", {}).get("batch_size")
+                out[f"lr_{recipe}"] = extra.get("train", {}).get("lr")
                 out[f"train_s_{recipe}"], out[f"examples_{recipe}"] = extra.get("seconds"), extra.get("examples")
             out[f"ndcg10_{recipe}"] = model_eval(ws, ds, str(ref), "test")["nDCG@10"]
             out[f"model_{recipe}"] = str(ref)
