@@ -159,7 +159,8 @@ def main() -> None:
         out["hybrid_best_student"] = best
         out["reused"] = reused
     out["wall_s"] = round(time.perf_counter() - t_all, 1)
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}))
+    rounded = {k: round(v, 4) if isinstance(v, float) and not k.startswith("lr_") else v for k, v in out.items()}
+    print(json.dumps(rounded))
 
 
 def teacher_figures(ws: Workspace, ds: Dataset, teacher: str, fusion: dict, qids: list[str],
