@@ -91,6 +91,7 @@ def main() -> None:  # noqa: C901
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--shards", type=int, default=8)
     ap.add_argument("--combine", choices=("mean", "sum"), default="mean", help="how shard adapters are merged")
+    ap.add_argument("--shard-lr", type=float, default=None, help="LoRA learning rate of a shard (default: 10 x --lr)")
     ap.add_argument("--steps", type=int, default=5, help="optimiser steps of the approximate methods")
     ap.add_argument("--unlearn-lr", type=float, default=3e-5)
     ap.add_argument("--eval-queries", type=int, default=60)
@@ -207,8 +208,9 @@ def main() -> None:  # noqa: C901
                 results[name] = finish(Figures(**{**ref_oracle.__dict__, "method": "retrain"}), "oracle")
                 continue
             if name == "sharded":
-                model = ShardedModel(minilm(args.max_length), lambda sc, rows: train_groups(
-                    sc, rows, queries, texts, args.epochs, args.lr * 10, args.batch, seed=42), k=args.shards,
+                shard_lr = args.shard_lr or args.lr * 10
+                model = ShardedModel(minilm(args.max_length), lambda sc, rows, lr=shard_lr: train_groups(
+                    sc, rows, queries, texts, args.epochs, lr, args.batch, seed=42), k=args.shards,
                                      combine=args.combine)
                 fit_s = model.fit(groups, owners)
                 unsharded = figures("sharded_before", model.combined(), fit_s)
@@ -220,7 +222,7 @@ def main() -> None:  # noqa: C901
                 exact = model.proves_forgotten(docs, qset)
                 fig = figures(name, model.combined(), float(np.mean(per_request)), exact=exact)
                 d = finish(fig)
-                d.update(combine=args.combine, shards=args.shards, seconds_fit=round(fit_s, 1),
+                d.update(combine=args.combine, shards=args.shards, shard_lr=shard_lr, seconds_fit=round(fit_s, 1),
                          retain_ndcg10_sharded_before=round(unsharded.retain_ndcg10, 4),
                          seconds_per_request=[round(x, 1) for x in per_request])
                 results[name] = d
