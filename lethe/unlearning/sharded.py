@@ -25,6 +25,7 @@ from typing import Any
 from lethe.embedding.pools import MinedExample
 from lethe.errors import LetheError
 from lethe.unlearning.scorers import Scorer
+from lethe.unlearning.sets import without_docs
 
 #: trains a scorer in place on groups (the model's own recipe; LoRA already attached by the caller)
 ShardRecipe = Callable[[Scorer, list[MinedExample]], None]
@@ -63,23 +64,21 @@ def refill(example: MinedExample, drop: set[str], pool: Sequence[str]) -> MinedE
 
     The draw is seeded by the group (the same group gets the same documents on every run); a drawn
     document takes the group's lowest teacher score (a random document ranks below mined negatives).
-    Where ``pool`` runs short, the remaining negatives are repeated; None only
-    when no negative at all is left.
+    Where ``pool`` runs short, :func:`without_docs` cuts the rest and repeats what is left (None when
+    no negative is left).
     """
-    if not drop.intersection(example.negatives):
+    dropped = [d for d in example.negatives if d in drop]
+    if not dropped:
         return example
-    keep = [(d, t) for d, t in zip(example.negatives, example.teacher[1:]) if d not in drop]
-    used = {example.positive, *example.negatives} | drop
-    free = [d for d in pool if d not in used]
-    want = len(example.negatives) - len(keep)
+    used = {example.positive, *example.negatives}
+    free = [d for d in pool if d not in used and d not in drop]
     rng = random.Random(f"{example.query_id}\t{example.positive}")
+    swap = dict(zip(dropped, rng.sample(free, min(len(dropped), len(free)))))
     low = min(example.teacher)
-    keep += [(d, low) for d in rng.sample(free, min(want, len(free)))]
-    if not keep:
-        return None
-    padded = [keep[i % len(keep)] for i in range(len(example.negatives))]
-    return MinedExample(example.query_id, example.positive, tuple(d for d, _ in padded),
-                        (example.teacher[0], *(t for _, t in padded)))
+    replaced = MinedExample(example.query_id, example.positive, tuple(swap.get(d, d) for d in example.negatives),
+                            (example.teacher[0], *(low if d in swap else t
+                                                   for d, t in zip(example.negatives, example.teacher[1:]))))
+    return without_docs(replaced, drop)
 
 
 @dataclass
