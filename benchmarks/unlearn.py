@@ -91,7 +91,10 @@ def main() -> None:  # noqa: C901
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--shards", type=int, default=8)
     ap.add_argument("--combine", choices=("mean", "sum"), default="mean", help="how shard adapters are merged")
-    ap.add_argument("--shard-lr", type=float, default=None, help="LoRA learning rate of a shard (default: 10 x --lr)")
+    ap.add_argument("--shard-lr", type=float, default=None,
+                    help="learning rate of a shard (default: 10 x --lr for LoRA, 3 x --lr for full-weight shards)")
+    ap.add_argument("--shard-lora-r", type=int, default=8,
+                    help="LoRA rank of a shard's adapter; 0: each shard fine-tunes every weight (full-size deltas)")
     ap.add_argument("--steps", type=int, default=5, help="optimiser steps of the approximate methods")
     ap.add_argument("--unlearn-lr", type=float, default=3e-5)
     ap.add_argument("--eval-queries", type=int, default=60)
@@ -208,10 +211,10 @@ def main() -> None:  # noqa: C901
                 results[name] = finish(Figures(**{**ref_oracle.__dict__, "method": "retrain"}), "oracle")
                 continue
             if name == "sharded":
-                shard_lr = args.shard_lr or args.lr * 10
+                shard_lr = args.shard_lr or args.lr * (10 if args.shard_lora_r > 0 else 3)
                 model = ShardedModel(minilm(args.max_length), lambda sc, rows, lr=shard_lr: train_groups(
                     sc, rows, queries, texts, args.epochs, lr, args.batch, seed=42), k=args.shards,
-                                     combine=args.combine)
+                                     combine=args.combine, lora_r=args.shard_lora_r)
                 fit_s = model.fit(groups, owners)
                 unsharded = figures("sharded_before", model.combined(), fit_s)
                 per_request = []
@@ -222,7 +225,8 @@ def main() -> None:  # noqa: C901
                 exact = model.proves_forgotten(docs, qset)
                 fig = figures(name, model.combined(), float(np.mean(per_request)), exact=exact)
                 d = finish(fig)
-                d.update(combine=args.combine, shards=args.shards, shard_lr=shard_lr, seconds_fit=round(fit_s, 1),
+                d.update(combine=args.combine, shards=args.shards, shard_lr=shard_lr, shard_lora_r=args.shard_lora_r,
+                         seconds_fit=round(fit_s, 1),
                          retain_ndcg10_sharded_before=round(unsharded.retain_ndcg10, 4),
                          seconds_per_request=[round(x, 1) for x in per_request])
                 results[name] = d

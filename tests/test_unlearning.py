@@ -267,6 +267,33 @@ def test_sharded_forgets_exactly_by_retraining_only_affected_shards(bi_scorer) -
             assert all(torch.equal(before[s][n], sh.delta[n]) for n in before[s])
 
 
+def test_full_weight_shards_merge_to_the_base_plus_the_mean_delta(bi_scorer) -> None:  # noqa: ANN001
+    import torch
+
+    from lethe.unlearning.methods import train_groups
+    from lethe.unlearning.sharded import ShardedModel
+
+    def recipe(scorer, examples):  # noqa: ANN001, ANN202
+        train_groups(scorer, examples, QUERIES, TEXTS, epochs=1, lr=5e-3, batch_size=2)
+
+    many = [MinedExample(f"q{i % 5 + 1}", f"d{i}", (f"d{(i * 5 + 3) % 12}",), (1.0, 0.0)) for i in range(12)]
+    model = ShardedModel(bi_scorer, recipe, k=3, lora_r=0)
+    model.fit(many)
+    deltas = [sh.delta for sh in model.shards.values() if sh.delta]
+    assert len(deltas) >= 2
+    # every weight trains, not only the attention projections a LoRA adapter would reach
+    assert any("intermediate" in n or "output.dense" in n for d in deltas for n in d)
+    base = dict(bi_scorer.module.named_parameters())
+    merged = dict(model.combined().module.named_parameters())
+    name = next(iter(deltas[0]))
+    expected = base[name] + sum(sh.delta.get(name, torch.zeros_like(base[name]))
+                                for sh in model.shards.values()) / len(model.shards)
+    assert torch.allclose(merged[name], expected, atol=1e-6)
+    target = many[0].positive
+    hit, _ = model.forget([target])
+    assert hit and model.proves_forgotten([target])
+
+
 # ------------------------------------------------------------------------------- ULD and FIT
 @pytest.mark.parametrize("kind", ["bi", "ce"])
 def test_uld_suppresses_through_an_assistant_and_leaves_the_target(kind: str, bi_scorer, ce_scorer) -> None:  # noqa: ANN001

@@ -6,8 +6,11 @@ negative that belongs to another shard is replaced by one of this shard's own do
 group), so no group is lost and a document lives in exactly one shard's data. (Cutting foreign
 negatives instead dropped about two thirds of the groups of a collection without owners, where 7 of
 8 negatives are foreign on average, and the sharded model fell 0.02 nDCG@10 behind the unsharded.)
-Each shard trains a LoRA adapter on the frozen base model; the served model is
-``W0 + c * sum_k dW_k`` (``c = 1/K``: the average; ``c = 1``: the sum), one model at serving time.
+Each shard trains a LoRA adapter on the frozen base model (``lora_r=0``: every weight, a full-size
+delta per shard); the served model is ``W0 + c * sum_k dW_k`` (``c = 1/K``: the average; ``c = 1``:
+the sum), one model at serving time. On SciFact (K=8, ~43 groups and 6 steps a shard) merged LoRA
+shards stayed 0.013-0.03 nDCG@10 below the fully fine-tuned unsharded model whatever the rate, rank
+or targets; averaged full-weight deltas came within 0.01 (benchmarks/RESULTS.md).
 Forgetting retrains, from ``W0``, only the shards whose data held a forgotten document or query,
 then recombines: no component of the result has seen the data, and each shard's ``seen`` set
 proves it.
@@ -106,9 +109,18 @@ class ShardedModel:
     recipe: ShardRecipe
     k: int = 8
     combine: str = "mean"
-    lora_r: int = 8
+    lora_r: int = 8             # 0: each shard fine-tunes every weight (a full-size delta per shard)
     lora_alpha: int = 16
+    lora_targets: str = "attention"  # or "all-linear"
     shards: dict[int, Shard] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.combine not in ("mean", "sum"):
+            raise LetheError(f"combine must be 'mean' or 'sum', not {self.combine!r}")
+        if self.lora_targets not in ("attention", "all-linear"):
+            raise LetheError(f"lora_targets must be 'attention' or 'all-linear', not {self.lora_targets!r}")
+        if self.k < 1:
+            raise LetheError(f"k must be at least 1, not {self.k}")
 
     def fit(self, examples: Sequence[MinedExample], owners: Mapping[str, Sequence[str]] | None = None) -> float:
         """Train every shard; returns the seconds spent."""
@@ -161,9 +173,9 @@ class ShardedModel:
         return out
 
     def _train(self, s: int) -> None:
-        """Train shard ``s``'s LoRA adapter from the frozen base; keep its merged weight delta."""
+        """Train shard ``s`` from the frozen base (a LoRA adapter, or every weight when ``lora_r=0``);
+        keep its weight delta."""
         import torch
-        from peft import LoraConfig, get_peft_model
 
         shard = self.shards[s]
         if not shard.examples:
@@ -171,20 +183,32 @@ class ShardedModel:
             return
         t0 = time.perf_counter()
         scorer = self.base.copy()
+        if self.lora_r <= 0:
+            w0 = {n: p.detach().clone() for n, p in scorer.module.named_parameters()}
+            self.recipe(scorer, shard.examples)
+            trained, prefix = scorer.module, ""
+        else:
+            trained, prefix, w0 = self._train_lora(scorer, shard.examples)
+        with torch.no_grad():
+            shard.delta = {prefix + n: (p.detach() - w0[n]) for n, p in trained.named_parameters()
+                           if not torch.equal(p.detach(), w0[n])}
+        shard.seconds = time.perf_counter() - t0
+
+    def _train_lora(self, scorer: Scorer, rows: list[MinedExample]) -> tuple[Any, str, dict[str, Any]]:
+        """Attach LoRA to the scorer's transformer, run the recipe, merge; (merged model, its name prefix,
+        its weights before training)."""
+        from peft import LoraConfig, get_peft_model
+
         holder, attr = _slot(scorer)
         inner = getattr(holder, attr)
         w0 = {n: p.detach().clone() for n, p in inner.named_parameters()}
-        targets = _lora_targets(inner)
+        targets = _lora_targets(inner) if self.lora_targets == "attention" else "all-linear"
         cfg = LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=0.0, target_modules=targets)
         setattr(holder, attr, get_peft_model(inner, cfg))
-        self.recipe(scorer, shard.examples)
+        self.recipe(scorer, rows)
         merged = getattr(holder, attr).merge_and_unload()
         setattr(holder, attr, merged)
-        prefix = _prefix(scorer, merged)
-        with torch.no_grad():
-            shard.delta = {prefix + n: (p.detach() - w0[n]) for n, p in merged.named_parameters()
-                           if not torch.equal(p.detach(), w0[n])}
-        shard.seconds = time.perf_counter() - t0
+        return merged, _prefix(scorer, merged), w0
 
 
 def _slot(scorer: Scorer) -> tuple[Any, str]:
