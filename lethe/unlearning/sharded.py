@@ -10,7 +10,7 @@ Each shard trains a LoRA adapter on the frozen base model (``lora_r=0``: every w
 delta per shard); the served model is ``W0 + c * sum_k dW_k`` (``c = 1/K``: the average; ``c = 1``:
 the sum), one model at serving time. On SciFact (K=8, ~43 groups and 6 steps a shard) merged LoRA
 shards stayed 0.013-0.03 nDCG@10 below the fully fine-tuned unsharded model whatever the rate, rank
-or targets; averaged full-weight deltas came within 0.01 (benchmarks/RESULTS.md).
+or targets; averaged full-weight deltas scored 0.007-0.017 below it (benchmarks/RESULTS.md).
 Forgetting retrains, from ``W0``, only the shards whose data held a forgotten document or query,
 then recombines: no component of the result has seen the data, and each shard's ``seen`` set
 proves it.
