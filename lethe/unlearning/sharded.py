@@ -30,7 +30,7 @@ from lethe.errors import LetheError
 from lethe.unlearning.scorers import Scorer
 from lethe.unlearning.sets import without_docs
 
-#: trains a scorer in place on groups (the model's own recipe; LoRA already attached by the caller)
+#: trains a scorer in place on groups (the model's own recipe; any LoRA adapter is attached by the caller)
 ShardRecipe = Callable[[Scorer, list[MinedExample]], None]
 
 
