@@ -95,6 +95,8 @@ def main() -> None:  # noqa: C901
                     help="learning rate of a shard (default: 10 x --lr for LoRA, 3 x --lr for full-weight shards)")
     ap.add_argument("--shard-lora-r", type=int, default=8,
                     help="LoRA rank of a shard's adapter; 0: each shard fine-tunes every weight (full-size deltas)")
+    ap.add_argument("--shard-slices", type=int, default=1,
+                    help="SISA slices per shard: a request retrains a shard from the slice that held the data")
     ap.add_argument("--steps", type=int, default=5, help="optimiser steps of the approximate methods")
     ap.add_argument("--unlearn-lr", type=float, default=3e-5)
     ap.add_argument("--eval-queries", type=int, default=60)
@@ -214,18 +216,21 @@ def main() -> None:  # noqa: C901
                 shard_lr = args.shard_lr or args.lr * (10 if args.shard_lora_r > 0 else 3)
                 model = ShardedModel(minilm(args.max_length), lambda sc, rows, lr=shard_lr: train_groups(
                     sc, rows, queries, texts, args.epochs, lr, args.batch, seed=42), k=args.shards,
-                                     combine=args.combine, lora_r=args.shard_lora_r)
+                                     combine=args.combine, lora_r=args.shard_lora_r,
+                                     slices=args.shard_slices)
                 fit_s = model.fit(groups, owners)
                 unsharded = figures("sharded_before", model.combined(), fit_s)
-                per_request = []
+                per_request, stages = [], []
                 for rdocs, rq in requests:
                     t0 = time.perf_counter()
-                    model.forget(rdocs, rq)
+                    hit, _ = model.forget(rdocs, rq)
                     per_request.append(time.perf_counter() - t0)
+                    stages.append(sum(model.shards[s].stages_trained for s in hit))
                 exact = model.proves_forgotten(docs, qset)
                 fig = figures(name, model.combined(), float(np.mean(per_request)), exact=exact)
                 d = finish(fig)
                 d.update(combine=args.combine, shards=args.shards, shard_lr=shard_lr, shard_lora_r=args.shard_lora_r,
+                         shard_slices=args.shard_slices, slices_retrained_per_request=stages,
                          seconds_fit=round(fit_s, 1),
                          retain_ndcg10_sharded_before=round(unsharded.retain_ndcg10, 4),
                          seconds_per_request=[round(x, 1) for x in per_request])

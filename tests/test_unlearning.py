@@ -294,6 +294,40 @@ def test_full_weight_shards_merge_to_the_base_plus_the_mean_delta(bi_scorer) -> 
     assert hit and model.proves_forgotten([target])
 
 
+def test_sliced_shards_restart_from_the_checkpoint_before_the_slice(bi_scorer) -> None:  # noqa: ANN001
+    import torch
+
+    from lethe.unlearning.methods import train_groups
+    from lethe.unlearning.sharded import ShardedModel
+
+    def recipe(scorer, examples):  # noqa: ANN001, ANN202
+        train_groups(scorer, examples, QUERIES, TEXTS, epochs=1, lr=5e-3, batch_size=2)
+
+    many = [MinedExample(f"q{i % 5 + 1}", f"d{i}", (f"d{(i * 5 + 3) % 12}",), (1.0, 0.0)) for i in range(12)]
+    owners = {f"d{i}": (f"u{i % 6}",) for i in range(12)}
+    model = ShardedModel(bi_scorer, recipe, k=1, slices=3, lora_r=0)
+    model.fit(many, owners)
+    shard = model.shards[0]
+    assert len(shard.slices) == len(shard.checkpoints) == 3
+    assert sorted(e.positive for e in shard.examples) == sorted(e.positive for e in many)
+    for rows in shard.slices:  # one owner's groups sit in one slice
+        assert all(owners[e.positive][0] not in {owners[x.positive][0] for x in other}
+                   for other in shard.slices if other is not rows for e in rows)
+    # the document whose first appearance is latest: forgetting it keeps the checkpoints before it
+    target = max((e.positive for e in many), key=lambda d: shard.first_slice_holding({d}, set()))
+    first = shard.first_slice_holding({target}, set())
+    assert first >= 1
+    before = [dict(c) for c in shard.checkpoints]
+    model.forget([target])
+    assert model.proves_forgotten([target]) and len(shard.checkpoints) == 3
+    for i in range(first):  # trained on slices that never held the document: kept bit for bit
+        assert all(torch.equal(before[i][n], shard.checkpoints[i][n]) for n in before[i])
+    assert shard.stages_trained == sum(1 for rows in shard.slices[first:] if rows)
+    assert any(not torch.equal(before[-1][n], shard.delta[n]) for n in before[-1])
+    with pytest.raises(LetheError, match="slices"):
+        ShardedModel(bi_scorer, recipe, slices=0)
+
+
 # ------------------------------------------------------------------------------- ULD and FIT
 @pytest.mark.parametrize("kind", ["bi", "ce"])
 def test_uld_suppresses_through_an_assistant_and_leaves_the_target(kind: str, bi_scorer, ce_scorer) -> None:  # noqa: ANN001

@@ -86,11 +86,21 @@ def refill(example: MinedExample, drop: set[str], pool: Sequence[str]) -> MinedE
 
 @dataclass
 class Shard:
-    """One shard: its training groups, the weight delta of its adapter, what it has seen."""
+    """One shard: its training groups in slices (trained in order), the weight delta after each slice
+    (the checkpoints; the last is the shard's delta), what it has seen."""
 
-    examples: list[MinedExample]
-    delta: dict[str, Any] = field(default_factory=dict)
+    slices: list[list[MinedExample]]
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    stages_trained: int = 0  # slices trained by the last fit / forget
+
+    @property
+    def examples(self) -> list[MinedExample]:
+        return [e for rows in self.slices for e in rows]
+
+    @property
+    def delta(self) -> dict[str, Any]:
+        return self.checkpoints[-1] if self.checkpoints else {}
 
     @property
     def seen_docs(self) -> set[str]:
@@ -100,10 +110,18 @@ class Shard:
     def seen_queries(self) -> set[str]:
         return {e.query_id for e in self.examples}
 
+    def first_slice_holding(self, docs: set[str], queries: set[str]) -> int | None:
+        """Index of the first slice whose groups hold any of ``docs`` / ``queries`` (None: none)."""
+        for i, rows in enumerate(self.slices):
+            if any(e.query_id in queries or docs & {e.positive, *e.negatives} for e in rows):
+                return i
+        return None
+
 
 @dataclass
 class ShardedModel:
-    """``K`` shards over a frozen base scorer; :meth:`combined` is the served model."""
+    """``K`` shards over a frozen base scorer, each fed in ``slices`` checkpointed slices;
+    :meth:`combined` is the served model."""
 
     base: Scorer
     recipe: ShardRecipe
@@ -112,7 +130,9 @@ class ShardedModel:
     lora_r: int = 8             # 0: each shard fine-tunes every weight (a full-size delta per shard)
     lora_alpha: int = 16
     lora_targets: str = "attention"  # or "all-linear"
+    slices: int = 1             # SISA slices per shard: forgetting restarts from the slice that held the data
     shards: dict[int, Shard] = field(default_factory=dict)
+    owners: dict[str, Sequence[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.combine not in ("mean", "sum"):
@@ -121,13 +141,16 @@ class ShardedModel:
             raise LetheError(f"lora_targets must be 'attention' or 'all-linear', not {self.lora_targets!r}")
         if self.k < 1:
             raise LetheError(f"k must be at least 1, not {self.k}")
+        if self.slices < 1:
+            raise LetheError(f"slices must be at least 1, not {self.slices}")
 
     def fit(self, examples: Sequence[MinedExample], owners: Mapping[str, Sequence[str]] | None = None) -> float:
-        """Train every shard; returns the seconds spent."""
+        """Train every shard, slice after slice; returns the seconds spent."""
         t0 = time.perf_counter()
-        for s, rows in assign_shards(examples, self.k, owners).items():
-            self.shards[s] = Shard(rows)
-            self._train(s)
+        self.owners = dict(owners or {})
+        for s, rows in assign_shards(examples, self.k, self.owners).items():
+            self.shards[s] = Shard(self._slice(rows))
+            self._train(s, 0)
         return time.perf_counter() - t0
 
     def affected(self, docs: Iterable[str], queries: Iterable[str] = ()) -> list[int]:
@@ -136,21 +159,22 @@ class ShardedModel:
         return [s for s, sh in self.shards.items() if sh.seen_docs & docs or sh.seen_queries & queries]
 
     def forget(self, docs: Iterable[str], queries: Iterable[str] = ()) -> tuple[list[int], float]:
-        """Drop the data from its shards and retrain them from the base; returns (shards, seconds)."""
+        """Drop the data from its shards and retrain each from the checkpoint before the first slice
+        that held it (from the base when that is the first slice); returns (shards, seconds)."""
         docs, queries = set(docs), set(queries)
         hit = self.affected(docs, queries)
         t0 = time.perf_counter()
         for s in hit:
-            kept = []
-            pool = sorted(self.shards[s].seen_docs - docs)
-            for e in self.shards[s].examples:
-                if e.positive in docs or e.query_id in queries:
-                    continue
-                row = refill(e, docs, pool)
-                if row is not None:
-                    kept.append(row)
-            self.shards[s] = Shard(kept)
-            self._train(s)
+            shard = self.shards[s]
+            first = shard.first_slice_holding(docs, queries)
+            assert first is not None  # affected => some slice holds the data
+            pool = sorted(shard.seen_docs - docs)
+            for i in range(first, len(shard.slices)):
+                shard.slices[i] = [row for e in shard.slices[i]
+                                   if e.positive not in docs and e.query_id not in queries
+                                   and (row := refill(e, docs, pool)) is not None]
+            del shard.checkpoints[first:]
+            self._train(s, first)
         return hit, time.perf_counter() - t0
 
     def proves_forgotten(self, docs: Iterable[str], queries: Iterable[str] = ()) -> bool:
@@ -159,40 +183,63 @@ class ShardedModel:
 
     def combined(self) -> Scorer:
         """A copy of the base with ``c * sum_k dW_k`` added (``c`` from ``combine``)."""
-        import torch
-
         if not self.shards:
             raise LetheError("the sharded model has not been trained (call fit)")
-        out = self.base.copy()
         c = 1.0 / len(self.shards) if self.combine == "mean" else 1.0
+        return self._with_deltas([(c, shard.delta) for shard in self.shards.values()])
+
+    def _slice(self, rows: list[MinedExample]) -> list[list[MinedExample]]:
+        """Split a shard's groups into slices by a hash of the positive's owner (one owner's groups in
+        one slice, so their deletion restarts the shard from one checkpoint)."""
+        out: list[list[MinedExample]] = [[] for _ in range(self.slices)]
+        for e in rows:
+            key = next(iter(self.owners.get(e.positive, ())), e.positive)
+            out[shard_of(f"slice\t{key}", self.slices)].append(e)
+        return out
+
+    def _with_deltas(self, parts: list[tuple[float, dict[str, Any]]]) -> Scorer:
+        """A copy of the base with ``sum c * delta`` added."""
+        import torch
+
+        out = self.base.copy()
         params = dict(out.module.named_parameters())
         with torch.no_grad():
-            for shard in self.shards.values():
-                for name, d in shard.delta.items():
+            for c, delta in parts:
+                for name, d in delta.items():
                     params[name].add_(c * d)
         return out
 
-    def _train(self, s: int) -> None:
-        """Train shard ``s`` from the frozen base (a LoRA adapter, or every weight when ``lora_r=0``);
-        keep its weight delta."""
+    def _train(self, s: int, first: int) -> None:
+        """Train shard ``s`` from slice ``first`` on, starting from the checkpoint before it (the base
+        for slice 0): each slice a LoRA adapter, or every weight when ``lora_r=0``; checkpoint the
+        shard's delta after each slice."""
+        shard = self.shards[s]
+        t0 = time.perf_counter()
+        shard.stages_trained = 0
+        for i in range(first, len(shard.slices)):
+            prev = shard.checkpoints[i - 1] if i else {}
+            if not shard.slices[i]:
+                shard.checkpoints.append(dict(prev))
+                continue
+            step = self._train_slice(self._with_deltas([(1.0, prev)]), shard.slices[i])
+            shard.checkpoints.append({n: prev.get(n, 0) + d for n, d in step.items()}
+                                     | {n: d for n, d in prev.items() if n not in step})
+            shard.stages_trained += 1
+        shard.seconds = time.perf_counter() - t0
+
+    def _train_slice(self, scorer: Scorer, rows: list[MinedExample]) -> dict[str, Any]:
+        """Run the recipe on ``rows`` from the scorer's weights; the weight change it made."""
         import torch
 
-        shard = self.shards[s]
-        if not shard.examples:
-            shard.delta = {}
-            return
-        t0 = time.perf_counter()
-        scorer = self.base.copy()
         if self.lora_r <= 0:
             w0 = {n: p.detach().clone() for n, p in scorer.module.named_parameters()}
-            self.recipe(scorer, shard.examples)
+            self.recipe(scorer, rows)
             trained, prefix = scorer.module, ""
         else:
-            trained, prefix, w0 = self._train_lora(scorer, shard.examples)
+            trained, prefix, w0 = self._train_lora(scorer, rows)
         with torch.no_grad():
-            shard.delta = {prefix + n: (p.detach() - w0[n]) for n, p in trained.named_parameters()
-                           if not torch.equal(p.detach(), w0[n])}
-        shard.seconds = time.perf_counter() - t0
+            return {prefix + n: (p.detach() - w0[n]) for n, p in trained.named_parameters()
+                    if not torch.equal(p.detach(), w0[n])}
 
     def _train_lora(self, scorer: Scorer, rows: list[MinedExample]) -> tuple[Any, str, dict[str, Any]]:
         """Attach LoRA to the scorer's transformer, run the recipe, merge; (merged model, its name prefix,
