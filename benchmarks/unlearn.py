@@ -218,7 +218,7 @@ def main() -> None:  # noqa: C901
                     sc, rows, queries, texts, args.epochs, lr, args.batch, seed=42), k=args.shards,
                                      combine=args.combine, lora_r=args.shard_lora_r,
                                      slices=args.shard_slices)
-                fit_s = model.fit(groups, owners)
+                fit_s = model.fit(groups, owners, {q.id: q.owners for q in ds.queries.values()})
                 unsharded = figures("sharded_before", model.combined(), fit_s)
                 per_request, stages = [], []
                 for rdocs, rq in requests:

@@ -217,6 +217,29 @@ def test_shards_partition_documents_by_owner() -> None:
     assert shard_of("u1", 8) == shard_of("u1", 8) and 0 <= shard_of("x", 8) < 8
 
 
+def test_a_group_shared_by_two_owners_goes_with_the_heavier_one() -> None:
+    from lethe.unlearning.sharded import assign_shards, group_keys, shard_of
+
+    # u1 asks q1-q3 (answered by a, b, c) and answers v's q4; c also answers q5 and q6 of w
+    rows = [("q1", "da"), ("q2", "db"), ("q3", "dc"), ("q4", "du1"), ("q5", "dc2"), ("q6", "dc3")]
+    ex = [MinedExample(q, d, ("dx",), (1.0, 0.0)) for q, d in rows]
+    owners = {"da": ("a",), "db": ("b",), "dc": ("c",), "du1": ("u1",), "dc2": ("c",), "dc3": ("c",), "dx": ("x",)}
+    query_owners = {"q1": ("u1",), "q2": ("u1",), "q3": ("u1",), "q4": ("v",), "q5": ("w",), "q6": ("w",)}
+    # weights: u1 4, c 3, w 2, a/b/v 1: u1's questions stay with u1 except c's answer (c weighs 3 < 4)
+    assert group_keys(ex, owners, query_owners) == ["u1", "u1", "u1", "u1", "c", "c"]
+    assert group_keys(ex, owners) == ["a", "b", "c", "u1", "c", "c"]  # no query owners: the answerer
+    assert group_keys([MinedExample("q", "d9", ("dx",), (1.0, 0.0))]) == ["d9"]  # no owners: the doc
+    k = 64
+    shards = assign_shards(ex, k, owners, query_owners)
+    homes = {e.query_id: s for s, es in shards.items() for e in es}
+    assert homes["q1"] == homes["q2"] == homes["q3"] == homes["q4"] == shard_of("u1", k)
+    assert homes["q5"] == homes["q6"] == shard_of("c", k)
+    doc_home = {e.positive: homes[e.query_id] for es in shards.values() for e in es} | {"dx": shard_of("x", k)}
+    for s, es in shards.items():  # every negative a shard sees lives in that shard
+        assert all(doc_home[n] == s for e in es for n in e.negatives)
+    assert sum(len(es) for es in shards.values()) == len(ex)
+
+
 def test_refill_replaces_foreign_negatives_with_own_documents() -> None:
     from lethe.unlearning.sharded import assign_shards, refill
 

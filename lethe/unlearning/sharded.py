@@ -1,19 +1,22 @@
-"""SISA-style exact unlearning (METHODS card B4): one LoRA adapter per shard, combined into one model.
+"""SISA exact unlearning (METHODS card B4): K shards, each fed in checkpointed slices, merged into one model.
 
-Documents are split into ``K`` shards by a hash of their owner (or of their id when they have none),
-so one user's deletion touches as few shards as possible. A group goes to its positive's shard; a
-negative that belongs to another shard is replaced by one of this shard's own documents (seeded per
-group), so no group is lost and a document lives in exactly one shard's data. (Cutting foreign
-negatives instead dropped about two thirds of the groups of a collection without owners, where 7 of
-8 negatives are foreign on average, and the sharded model fell 0.02 nDCG@10 behind the unsharded.)
-Each shard trains a LoRA adapter on the frozen base model (``lora_r=0``: every weight, a full-size
-delta per shard); the served model is ``W0 + c * sum_k dW_k`` (``c = 1/K``: the average; ``c = 1``:
-the sum), one model at serving time. On SciFact (K=8, ~43 groups and 6 steps a shard) merged LoRA
-shards stayed 0.013-0.03 nDCG@10 below the fully fine-tuned unsharded model whatever the rate, rank
-or targets; averaged full-weight deltas scored 0.007-0.017 below it (benchmarks/RESULTS.md).
-Forgetting retrains, from ``W0``, only the shards whose data held a forgotten document or query,
-then recombines: no component of the result has seen the data, and each shard's ``seen`` set
-proves it.
+Groups are split into ``K`` shards by a hash of an owner, so one user's deletion touches as few shards
+as possible: the positive's owner (its id when it has none), or, when the query has an owner too, the
+one of the two involved in more groups (:func:`group_keys`). A document lives in the shard of the
+groups it is the positive of; a negative that lives in another shard is replaced by one of this
+shard's own documents (seeded per group), so no group is lost and a document is seen by one shard.
+(Cutting foreign negatives instead dropped about two thirds of the groups of a collection without
+owners, where 7 of 8 negatives are foreign on average, and the sharded model fell 0.02 nDCG@10 behind
+the unsharded.) Within a shard the groups are split into ``slices`` by the same owner hash and trained
+slice after slice, checkpointing the shard's weight delta after each.
+Each slice trains a LoRA adapter on the weights so far (``lora_r=0``: every weight); the served model
+is ``W0 + c * sum_k dW_k`` (``c = 1/K``: the average; ``c = 1``: the sum), one model at serving time.
+On SciFact (K=8, ~43 groups and 6 steps a shard) merged LoRA shards stayed 0.013-0.03 nDCG@10 below
+the fully fine-tuned unsharded model whatever the rate, rank or targets; averaged full-weight deltas
+scored 0.007-0.017 below it (benchmarks/RESULTS.md).
+Forgetting retrains only the shards whose data held a forgotten document or query, each from the
+checkpoint before the first slice that held it (from ``W0`` for the first slice), then recombines: no
+component of the result has seen the data, and each shard's ``seen`` set proves it.
 """
 
 from __future__ import annotations
@@ -39,13 +42,45 @@ def shard_of(key: str, k: int) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % k
 
 
-def assign_shards(examples: Sequence[MinedExample], k: int,
-                  owners: Mapping[str, Sequence[str]] | None = None) -> dict[int, list[MinedExample]]:
-    """Groups per shard: a group goes to its positive's shard; foreign negatives are replaced by the
-    shard's own documents (see :func:`refill`)."""
+def group_keys(examples: Sequence[MinedExample], owners: Mapping[str, Sequence[str]] | None = None,
+               query_owners: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+    """The owner that places each group: its positive's owner (the doc id when it has none) or, when
+    the query has an owner too, whichever of the two is involved in more groups (ties: the larger id).
+
+    A group holds the data of both owners, so a request from either retrains the shard that holds it.
+    Placing it with the heavier contributor gathers a prolific user's groups in one shard: on the
+    cardano benchmark a user who answered 19 questions and asked 7 (answered by 7 others) touched 5
+    shards when every group followed its answerer, 2 this way.
+    """
+    owners, query_owners = owners or {}, query_owners or {}
+
+    def first(m: Mapping[str, Sequence[str]], key: str) -> str | None:
+        return next(iter(m.get(key, ())), None)
+
+    pairs = [(first(query_owners, e.query_id), first(owners, e.positive) or e.positive) for e in examples]
+    weight: dict[str, int] = {}
+    for asker, answerer in pairs:
+        for o in {asker, answerer} - {None}:
+            weight[o] = weight.get(o, 0) + 1
+    return [answerer if asker is None else max((asker, answerer), key=lambda o: (weight[o], o))
+            for asker, answerer in pairs]
+
+
+def assign_shards(examples: Sequence[MinedExample], k: int, owners: Mapping[str, Sequence[str]] | None = None,
+                  query_owners: Mapping[str, Sequence[str]] | None = None) -> dict[int, list[MinedExample]]:
+    """Groups per shard: a group goes to the shard of its key owner (:func:`group_keys`); a document
+    lives in the shard of the groups it is the positive of (most of them, if they differ) or else of
+    its owner, and foreign negatives are replaced by the shard's own documents (see :func:`refill`)."""
     owners = owners or {}
+    homes = [shard_of(key, k) for key in group_keys(examples, owners, query_owners)]
+    votes: dict[str, dict[int, int]] = {}
+    for e, s in zip(examples, homes):
+        votes.setdefault(e.positive, {}).setdefault(s, 0)
+        votes[e.positive][s] += 1
 
     def doc_shard(d: str) -> int:
+        if d in votes:
+            return max(sorted(votes[d]), key=lambda s: votes[d][s])
         return shard_of(next(iter(owners.get(d, ())), d), k)
 
     docs = {d for e in examples for d in (e.positive, *e.negatives)}
@@ -53,8 +88,7 @@ def assign_shards(examples: Sequence[MinedExample], k: int,
     for d in sorted(docs):
         pools[doc_shard(d)].append(d)
     out: dict[int, list[MinedExample]] = {s: [] for s in range(k)}
-    for e in examples:
-        s = doc_shard(e.positive)
+    for e, s in zip(examples, homes):
         foreign = {n for n in e.negatives if doc_shard(n) != s}
         row = refill(e, foreign, pools[s])
         if row is not None:
@@ -132,7 +166,6 @@ class ShardedModel:
     lora_targets: str = "attention"  # or "all-linear"
     slices: int = 1             # SISA slices per shard: forgetting restarts from the slice that held the data
     shards: dict[int, Shard] = field(default_factory=dict)
-    owners: dict[str, Sequence[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.combine not in ("mean", "sum"):
@@ -144,12 +177,14 @@ class ShardedModel:
         if self.slices < 1:
             raise LetheError(f"slices must be at least 1, not {self.slices}")
 
-    def fit(self, examples: Sequence[MinedExample], owners: Mapping[str, Sequence[str]] | None = None) -> float:
-        """Train every shard, slice after slice; returns the seconds spent."""
+    def fit(self, examples: Sequence[MinedExample], owners: Mapping[str, Sequence[str]] | None = None,
+            query_owners: Mapping[str, Sequence[str]] | None = None) -> float:
+        """Train every shard, slice after slice; returns the seconds spent. ``owners`` (doc id -> owners)
+        and ``query_owners`` (query id -> owners) decide where each group goes (:func:`assign_shards`)."""
         t0 = time.perf_counter()
-        self.owners = dict(owners or {})
-        for s, rows in assign_shards(examples, self.k, self.owners).items():
-            self.shards[s] = Shard(self._slice(rows))
+        keys = {(e.query_id, e.positive): key for e, key in zip(examples, group_keys(examples, owners, query_owners))}
+        for s, rows in assign_shards(examples, self.k, owners, query_owners).items():
+            self.shards[s] = Shard(self._slice(rows, keys))
             self._train(s, 0)
         return time.perf_counter() - t0
 
@@ -188,13 +223,12 @@ class ShardedModel:
         c = 1.0 / len(self.shards) if self.combine == "mean" else 1.0
         return self._with_deltas([(c, shard.delta) for shard in self.shards.values()])
 
-    def _slice(self, rows: list[MinedExample]) -> list[list[MinedExample]]:
-        """Split a shard's groups into slices by a hash of the positive's owner (one owner's groups in
-        one slice, so their deletion restarts the shard from one checkpoint)."""
+    def _slice(self, rows: list[MinedExample], keys: Mapping[tuple[str, str], str]) -> list[list[MinedExample]]:
+        """Split a shard's groups into slices by a hash of their key owner (one owner's groups in one
+        slice, so their deletion restarts the shard from one checkpoint); ``keys``: by (query, positive)."""
         out: list[list[MinedExample]] = [[] for _ in range(self.slices)]
         for e in rows:
-            key = next(iter(self.owners.get(e.positive, ())), e.positive)
-            out[shard_of(f"slice\t{key}", self.slices)].append(e)
+            out[shard_of(f"slice\t{keys[(e.query_id, e.positive)]}", self.slices)].append(e)
         return out
 
     def _with_deltas(self, parts: list[tuple[float, dict[str, Any]]]) -> Scorer:
