@@ -324,7 +324,7 @@ def test_sliced_shards_restart_from_the_checkpoint_before_the_slice(bi_scorer) -
     from lethe.unlearning.sharded import ShardedModel
 
     def recipe(scorer, examples):  # noqa: ANN001, ANN202
-        train_groups(scorer, examples, QUERIES, TEXTS, epochs=1, lr=5e-3, batch_size=2)
+        train_groups(scorer, examples, QUERIES, TEXTS, epochs=1, lr=5e-3, batch_size=2, stable_order=True)
 
     many = [MinedExample(f"q{i % 5 + 1}", f"d{i}", (f"d{(i * 5 + 3) % 12}",), (1.0, 0.0)) for i in range(12)]
     owners = {f"d{i}": (f"u{i % 6}",) for i in range(12)}
@@ -392,3 +392,14 @@ def test_fit_handles_a_stream_with_filtering_importance_and_layers(bi_scorer) ->
     r2 = method.run(UnlearnTask(r1.scorer, again, QUERIES, TEXTS, reference=bi_scorer), cfg)
     assert r2.info["filtered_out"] == 1 and r2.losses == [] and len(method.state.history) == 2
     assert all(p.requires_grad for p in r1.scorer.module.parameters())  # layers unfrozen afterwards
+
+
+def test_epoch_order_is_a_deletion_stable_shuffle() -> None:
+    from lethe.unlearning.methods import epoch_order
+
+    many = [MinedExample(f"q{i}", f"d{i}", ("n",), (1.0, 0.0)) for i in range(30)]
+    first = epoch_order(many, 42, 0)
+    assert sorted(first, key=many.index) == many and first != many  # a permutation, not the identity
+    assert epoch_order(many, 42, 0) == first and epoch_order(many, 42, 1) != first and epoch_order(many, 7, 0) != first
+    gone = many[11]
+    assert epoch_order([e for e in many if e is not gone], 42, 0) == [e for e in first if e is not gone]

@@ -18,6 +18,7 @@ candidate-score matrix ``S`` (column 0 = the group's positive):
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import time
@@ -230,11 +231,15 @@ class Sharded(Method):
 
 def train_groups(scorer: Scorer, examples: Sequence[MinedExample], queries: Mapping[str, str],
                  texts: Mapping[str, str], epochs: float = 1.0, lr: float = 2e-5, batch_size: int = 16,
-                 seed: int = 42, on_step: Callable[[int, int, float], None] | None = None) -> list[float]:
+                 seed: int = 42, on_step: Callable[[int, int, float], None] | None = None,
+                 stable_order: bool = False) -> list[float]:
     """The plain group recipe: InfoNCE over each (positive, negatives) group, AdamW, seeded order.
 
     Used for the originals, the retrained oracles and the shards of the unlearning benchmark, so all
-    of them follow the same recipe and seeds.
+    of them follow the same recipe and seeds. ``stable_order``: each epoch's order sorts the groups by
+    a seeded hash of (epoch, query, positive) instead of shuffling the list, so removing a group leaves
+    the others in the same relative order (a retrained SISA shard then differs from the old one by
+    the deletion, not by a new draw of the order).
     """
     import torch
 
@@ -246,11 +251,16 @@ def train_groups(scorer: Scorer, examples: Sequence[MinedExample], queries: Mapp
     order: list[MinedExample] = []
     losses: list[float] = []
     scorer.module.train()
+    epoch = 0
     for step in range(steps):
         if len(order) < batch_size:
             more = list(examples)
-            rng.shuffle(more)
+            if stable_order:
+                more = epoch_order(more, seed, epoch)
+            else:
+                rng.shuffle(more)
             order += more
+            epoch += 1
         batch, order = order[:batch_size], order[batch_size:]
         loss = infonce(group_scores(scorer, batch, queries, texts), scorer.scale)
         loss.backward()
@@ -262,6 +272,15 @@ def train_groups(scorer: Scorer, examples: Sequence[MinedExample], queries: Mapp
             on_step(step + 1, steps, losses[-1])
     scorer.module.eval()
     return losses
+
+
+def epoch_order(examples: Sequence[MinedExample], seed: int, epoch: int) -> list[MinedExample]:
+    """Groups sorted by a seeded hash of (epoch, query, positive): a deletion-stable shuffle (removing
+    a group leaves the others in the same relative order; see ``train_groups(stable_order=True)``)."""
+    def key(e: MinedExample) -> bytes:
+        return hashlib.sha256(f"{seed}\t{epoch}\t{e.query_id}\t{e.positive}".encode()).digest()
+
+    return sorted(examples, key=key)
 
 
 @register
