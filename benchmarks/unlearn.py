@@ -101,7 +101,7 @@ def main() -> None:  # noqa: C901
                     help="SISA slices per shard: a request retrains a shard from the slice that held the data")
     ap.add_argument("--steps", type=int, default=5, help="optimiser steps of the approximate methods")
     ap.add_argument("--unlearn-lr", type=float, default=3e-5)
-    ap.add_argument("--eval-queries", type=int, default=60)
+    ap.add_argument("--eval-queries", type=int, default=300, help="test queries for retain nDCG@10")
     ap.add_argument("--relearn-steps", type=int, default=3)
     ap.add_argument("--plot", action="store_true")
     args = ap.parse_args()
