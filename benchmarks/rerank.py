@@ -85,8 +85,9 @@ def train_models(ws: Workspace, ds: Dataset, args: argparse.Namespace, passage_t
     for name, window in (("listwise-full", None), ("listwise-sliding", args.window)):
         if _has(ws, name):
             continue
-        cfg = ListwiseTrainConfig(epochs=args.train_epochs, lr=2e-4, grad_accum=2, passage_tokens=passage_tokens,
-                                  max_seconds=args.train_minutes * 60, shuffle_inputs=args.shuffle_inputs)
+        cfg = ListwiseTrainConfig(epochs=args.train_epochs, lr=args.train_lr, grad_accum=2,
+                                  passage_tokens=passage_tokens, max_seconds=args.train_minutes * 60,
+                                  shuffle_inputs=args.shuffle_inputs, lora_layers=args.lora_layers)
         on_step, close = progress_bar(name)
         t0 = time.perf_counter()
         train_listwise_reranker(ws, ds, examples, name, DEFAULT_LLM, cfg, window, args.step, on_step)
@@ -120,6 +121,9 @@ def main() -> None:
     ap.add_argument("--train-queries", type=int, default=200)
     ap.add_argument("--train-minutes", type=float, default=12, help="per listwise model")
     ap.add_argument("--train-epochs", type=float, default=1.0)
+    ap.add_argument("--train-lr", type=float, default=2e-4, help="listwise LoRA learning rate")
+    ap.add_argument("--lora-layers", type=int, default=0,
+                    help="LoRA in the top N decoder layers only (0: all); the frozen layers below need no backward")
     ap.add_argument("--ce-minutes", type=float, default=4)
     ap.add_argument("--shuffle-inputs", type=float, nargs="?", const=1.0, default=0.0,
                     help="fraction of training lists shown in a shuffled order (flag alone: all)")

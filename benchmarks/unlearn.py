@@ -17,12 +17,14 @@ method. ``--plot`` writes forget efficacy vs retain utility to benchmarks/result
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +35,15 @@ from lethe.embedding.pools import MinedExample
 from lethe.pipelines.evaluate import evaluate
 from lethe.pipelines.workspace import Workspace
 from lethe.registry import sources
-from lethe.unlearning.methods import UnlearnConfig, UnlearnTask, get_method, train_groups
+from lethe.unlearning.methods import UnlearnConfig, UnlearnTask, calibrated_targets, get_method, train_groups
 from lethe.unlearning.scorers import BiEncoderScorer, pair_scores
 from lethe.unlearning.sets import split_examples
 from lethe.unlearning.sharded import ShardedModel
 from lethe.unlearning.verify import Figures, ks_p, mia_auc, probe_auc, relearn_gap, verdict
 
+# Learning-rate multipliers: a rank-r adapter (reglu, uld's assistant) needs larger steps than full fine-tuning;
+# relabel regresses onto targets, so its steps stop where the targets are (ascent methods have no such floor).
+LR_SCALE = {"reglu": 10.0, "uld": 10.0, "relabel": 3.0}
 APPROX = ("grad_ascent", "grad_diff", "npo", "pdu", "relabel", "reglu", "uld", "fit")
 
 
@@ -76,6 +81,28 @@ def retain_ndcg(scorer: BiEncoderScorer, run: dict[str, list[str]], queries: dic
     return evaluate(out, qrels, ["nDCG@10"])[0]["nDCG@10"]
 
 
+def cached(args: argparse.Namespace, name: str,
+           make: Callable[[], tuple[BiEncoderScorer, float]]) -> tuple[BiEncoderScorer, float]:
+    """``make()``, or the model and seconds ``--cache`` kept from an earlier run with the same settings."""
+    if not args.cache:
+        return make()
+    from sentence_transformers import SentenceTransformer
+
+    keys = ("data", "forget_frac", "forget_users", "train_queries", "negatives", "depth", "max_length", "batch",
+            "lr", "epochs")
+    tag = hashlib.sha256(json.dumps({k: getattr(args, k) for k in keys}, sort_keys=True).encode()).hexdigest()[:12]
+    path = Path(args.cache) / f"{tag}-{name}"
+    if (path / "seconds.json").exists():
+        model = SentenceTransformer(str(path), device="cpu")
+        return BiEncoderScorer(model, max_length=args.max_length), json.loads((path / "seconds.json").read_text())
+    scorer, seconds = make()
+    tmp = path.with_name(path.name + ".tmp")
+    scorer.model.save(str(tmp))
+    (tmp / "seconds.json").write_text(json.dumps(seconds))
+    tmp.rename(path)
+    return scorer, seconds
+
+
 def main() -> None:  # noqa: C901
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", required=True)
@@ -103,7 +130,16 @@ def main() -> None:  # noqa: C901
     ap.add_argument("--unlearn-lr", type=float, default=3e-5)
     ap.add_argument("--eval-queries", type=int, default=300, help="test queries for retain nDCG@10")
     ap.add_argument("--relearn-steps", type=int, default=3)
+    ap.add_argument("--relabel-target", choices=("calibrated", "test", "heldout"), default="calibrated",
+                    help="relabel's targets: per pair, the base model's score plus the gain training gave held-out "
+                         "train-split pairs (calibrated_targets); or one level, the original's mean score on "
+                         "never-seen relevant test pairs (test) or on held-out train-split pairs (heldout)")
+    ap.add_argument("--calibration-pairs", type=int, default=64,
+                    help="held-out train-split pairs on which relabel measures the gain of training")
     ap.add_argument("--plot", action="store_true")
+    ap.add_argument("--cache", default=None,
+                    help="directory to keep / reuse the original and oracle models between runs (development "
+                         "only: their seconds are then those of the run that trained them)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
@@ -148,8 +184,9 @@ def main() -> None:  # noqa: C901
             train_groups(sc, rows, queries, texts, args.epochs, args.lr, args.batch, seed=42)
             return sc, time.perf_counter() - t0
 
-        original, out["seconds_original"] = train(groups)
-        oracle, seconds_retrain = train(sets.remaining)
+        original, out["seconds_original"] = cached(args, "original", lambda: train(groups))
+        oracle, seconds_retrain = cached(args, "oracle", lambda: train(sets.remaining))
+        out["models_cached"] = bool(args.cache)
         log(f"original {out['seconds_original']:.0f}s, oracle {seconds_retrain:.0f}s")
         # ---- evaluation material, shared by every model
         test_qrels = ds.split_qrels("test")
@@ -161,6 +198,12 @@ def main() -> None:  # noqa: C901
         unseen_pairs = [(q, d) for q in sorted(test_qrels) for d, r in test_qrels[q].items()
                         if r > 0 and d not in seen_docs and q not in set(train_q)][:300]
         unseen_docs = sorted({d for _, d in unseen_pairs})
+        # relevant pairs of the same kind as the training data that no model saw: train-split queries left
+        # out of the training sample (the calibration set a deployment holds back when it trains)
+        train_qrels, used = ds.split_qrels("train"), set(train_q)
+        heldout_pairs = [(q, d) for q in sorted(train_qrels) if q not in used and q in queries
+                         for d, r in train_qrels[q].items() if r > 0 and d in texts and d not in seen_docs
+                         and d not in docs][:300]
         members = sorted({e.positive for e in sets.remaining})
         rng2 = random.Random(2)
         probe_members = rng2.sample(members, min(200, len(members)))
@@ -184,9 +227,11 @@ def main() -> None:  # noqa: C901
             train_groups(attacked, related, queries, texts, epochs=epochs, lr=args.lr, batch_size=args.batch, seed=7)
             relearned[name] = pair_scores(attacked, forget_pairs, queries, texts)
             forget_scores[name] = f_scores
+            unseen_scores[name] = u_scores
             return fig
 
         forget_scores: dict[str, np.ndarray] = {}
+        unseen_scores: dict[str, np.ndarray] = {}
         relearned: dict[str, np.ndarray] = {}
         ref_oracle = figures("oracle", oracle, seconds_retrain, exact=True)
         ref_original = figures("original", original, out["seconds_original"])
@@ -209,7 +254,28 @@ def main() -> None:  # noqa: C901
         # forget set left too little trace for the verdict to mean anything (methods: "inconclusive")
         results["original"]["original_passes_thresholds"] = not results["original"]["failed"]
         results["original"]["verdict"] = "baseline"
-        m_unseen = float(np.mean(pair_scores(original, unseen_pairs, queries, texts)))
+        m_test = float(np.mean(pair_scores(original, unseen_pairs, queries, texts)))
+        m_heldout = float(np.mean(pair_scores(original, heldout_pairs, queries, texts))) if heldout_pairs else m_test
+        m_unseen = m_heldout if args.relabel_target == "heldout" else m_test
+        o_heldout = pair_scores(oracle, heldout_pairs, queries, texts)
+        base = minilm(args.max_length)  # W0, the model every recipe starts from
+        b_forget = pair_scores(base, forget_pairs, queries, texts)
+        b_heldout = pair_scores(base, heldout_pairs, queries, texts)
+        gain = m_heldout - float(np.mean(b_heldout)) if heldout_pairs else float("nan")
+        out["calibration"] = {
+            "heldout_pairs": len(heldout_pairs), "test_pairs": len(unseen_pairs),
+            "m_test_original": round(m_test, 4), "m_heldout_original": round(m_heldout, 4),
+            "m_forget_original": round(float(np.mean(forget_scores["original"])), 4),
+            "m_forget_oracle": round(float(np.mean(forget_scores["oracle"])), 4),
+            "m_heldout_oracle": round(float(np.mean(o_heldout)), 4) if len(o_heldout) else None,
+            "mia_oracle_vs_heldout": round(mia_auc(forget_scores["oracle"], o_heldout), 4) if len(o_heldout) else None,
+            "m_forget_base": round(float(np.mean(b_forget)), 4), "m_heldout_base": round(float(np.mean(b_heldout)), 4),
+            "gain_heldout": round(gain, 4),
+            "m_forget_predicted": round(float(np.mean(b_forget)) + gain, 4),
+            "ks_p_predicted_vs_oracle": round(ks_p(b_forget + gain, forget_scores["oracle"]), 4),
+            "mia_predicted": round(mia_auc(b_forget + gain, unseen_scores["original"]), 4),
+        }
+        log(json.dumps(out["calibration"]))
         for name in args.methods.split(","):
             if name == "retrain":
                 results[name] = finish(Figures(**{**ref_oracle.__dict__, "method": "retrain"}), "oracle")
@@ -244,11 +310,19 @@ def main() -> None:  # noqa: C901
                 results[name] = d
                 continue
             task = UnlearnTask(original.copy(), sets, queries, texts, reference=original, unseen_target=m_unseen)
-            cfg = UnlearnConfig(steps=args.steps, lr=args.unlearn_lr * (10 if name in ("reglu", "uld") else 1),
+            t_cal = 0.0
+            if name == "relabel" and args.relabel_target == "calibrated":
+                t0 = time.perf_counter()  # part of the method's work: counted in its seconds
+                task.pair_targets, _ = calibrated_targets(minilm(args.max_length), original, forget_pairs,
+                                                          heldout_pairs[: args.calibration_pairs], queries, texts)
+                t_cal = time.perf_counter() - t0
+            cfg = UnlearnConfig(steps=args.steps, lr=args.unlearn_lr * LR_SCALE.get(name, 1.0),
                                 forget_batch=8, retain_batch=8)
             res = get_method(name).run(task, cfg)
             only = bool(res.info.get("output_only", False))
-            results[name] = finish(figures(name, res.scorer, res.seconds, output_only=only))
+            results[name] = finish(figures(name, res.scorer, res.seconds + t_cal, output_only=only))
+            if name == "relabel":
+                results[name].update(relabel_target=args.relabel_target, seconds_calibration=round(t_cal, 2))
         out["methods"] = results
         if args.plot:
             out["plot"] = plot(results, Path(args.data).name)

@@ -60,6 +60,17 @@ def test_forget_with_unlearning_replaces_every_model(trained) -> None:  # noqa: 
     assert forget(ws, ForgetRequest(("d0",)), unlearn="grad_diff").noop
 
 
+def test_relabel_calibrates_per_pair_targets_from_a_bi_encoders_init_model(trained) -> None:  # noqa: ANN001
+    rep = forget(trained, ForgetRequest(("d0",)), unlearn="relabel", unlearn_cfg=CFG)
+    by_model = {m["model"]: m for m in rep.receipt["unlearning"]}
+    # the student's init is a bi-encoder too; the tiny corpus leaves no unseen candidate to measure the gain on
+    assert by_model["student@v1"]["relabel_targets"].startswith("calibrated (gain not measured")
+    assert by_model["student@v1"]["new"] == "student@v2"
+    # the teacher grew a fresh head on a bi-encoder, and no m_unseen can be measured: said, not faked
+    assert by_model["teacher@v1"]["level"] == "not_unlearned" and "no target" in by_model["teacher@v1"]["why"]
+    assert "teacher@v1" in rep.receipt["models_still_trained_on_data"]
+
+
 def test_forget_with_retrain_is_exact_and_bad_methods_are_refused(trained) -> None:  # noqa: ANN001
     from lethe.errors import ForgetError
 

@@ -14,7 +14,10 @@ from lethe.ranking.base import Ranked, Reranked, Reranker, RerankStats, fetch_te
 from lethe.ranking.listwise_train import (
     ListwiseExample,
     ListwiseTrainConfig,
+    encode_example,
+    prepare_model,
     rank_weight,
+    target_span,
     target_tokens,
     train_listwise,
     weighted_nll,
@@ -160,6 +163,31 @@ def test_weighted_nll_matches_a_hand_computation() -> None:
     ones = torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0])
     assert torch.allclose(weighted_nll(logits, ids, ones),
                           torch.nn.functional.cross_entropy(logits[:-1], ids[1:]))
+
+
+def test_the_loss_on_the_target_span_equals_the_loss_on_every_position(llm) -> None:  # noqa: ANN001
+    import torch
+
+    model, tok = llm
+    ex = ListwiseExample("fox", [TEXT_OF[f"d{i}"] for i in range(4)], [2, 0, 3, 1])
+    ids, w = encode_example(tok, ex, ListwiseTrainConfig(passage_tokens=8))
+    keep = target_span(w)
+    assert w[-keep] == 0 and w[-keep + 1] > 0 and keep < len(ids)  # the last prompt token, then the targets
+    inp = torch.tensor(ids)
+    with torch.no_grad():
+        full = weighted_nll(model(input_ids=inp[None]).logits[0], inp, torch.tensor(w))
+        tail = model(input_ids=inp[None], logits_to_keep=keep).logits[0]
+        assert tail.shape[0] == keep
+        assert torch.allclose(weighted_nll(tail, inp[-keep:], torch.tensor(w[-keep:])), full, atol=1e-5)
+
+
+def test_lora_layers_adapts_only_the_top_layers(llm) -> None:  # noqa: ANN001
+    model, _ = llm
+    n = model.config.num_hidden_layers
+    wrapped = prepare_model(model, ListwiseTrainConfig(lora_r=2, lora_alpha=4, lora_layers=1))
+    adapted = {int(name.split(".layers.")[1].split(".")[0]) for name, p in wrapped.named_parameters()
+               if p.requires_grad}
+    assert adapted == {n - 1}
 
 
 def test_window_examples_restrict_the_target_order() -> None:

@@ -179,6 +179,50 @@ def test_relabel_pulls_forget_pairs_to_the_unseen_score(bi_scorer) -> None:  # n
     assert abs(after - target).mean() < abs(before - target).mean()
     with pytest.raises(LetheError, match="m_unseen"):
         get_method("relabel").run(_task(bi_scorer, sets))
+    with pytest.raises(LetheError, match="original model"):
+        get_method("relabel").run(UnlearnTask(bi_scorer.copy(), sets, QUERIES, TEXTS, unseen_target=target))
+
+
+class TableScorer:
+    """A scorer reading ``s(q, d)`` from a table (query text, doc text) -> score."""
+
+    def __init__(self, table: dict[tuple[str, str], float]) -> None:
+        import torch
+
+        self.table, self.module, self.scale = table, torch.nn.Linear(1, 1), 1.0
+
+    def scores(self, queries, cands):  # noqa: ANN001, ANN201
+        import torch
+
+        return torch.tensor([[self.table[(q, d)] for d in row] for q, row in zip(queries, cands)])
+
+
+def test_calibrated_targets_are_the_base_score_plus_the_gain_on_unseen_pairs() -> None:
+    from lethe.unlearning.methods import calibrated_targets
+
+    pairs, unseen = [("q1", "d0"), ("q5", "d11")], [("q2", "d2"), ("q3", "d5")]
+    key = lambda p: (QUERIES[p[0]], TEXTS[p[1]])  # noqa: E731
+    base = TableScorer({key(("q1", "d0")): 0.6, key(("q5", "d11")): 0.2, key(("q2", "d2")): 0.3,
+                        key(("q3", "d5")): 0.5})
+    original = TableScorer({key(("q1", "d0")): 0.9, key(("q5", "d11")): 0.8, key(("q2", "d2")): 0.4,
+                            key(("q3", "d5")): 0.6})  # training gave unseen pairs +0.1, members much more
+    targets, gain = calibrated_targets(base, original, pairs, unseen, QUERIES, TEXTS)
+    assert gain == pytest.approx(0.1)
+    assert targets[("q1", "d0")] == pytest.approx(0.7) and targets[("q5", "d11")] == pytest.approx(0.3)
+    with pytest.raises(LetheError, match="gain"):
+        calibrated_targets(base, original, pairs, [], QUERIES, TEXTS)
+
+
+def test_relabel_pulls_each_forget_pair_to_its_own_target(bi_scorer) -> None:  # noqa: ANN001
+    sets = split_examples(EXAMPLES, docs={"d0"}, retain_size=4)
+    targets = {("q1", "d0"): -0.3}
+    before = pair_scores(bi_scorer, sets.forget_pairs, QUERIES, TEXTS)
+    task = _task(bi_scorer, sets, pair_targets=targets)
+    result = get_method("relabel").run(task, UnlearnConfig(steps=10, lr=5e-3, forget_batch=2, retain_batch=4))
+    after = pair_scores(result.scorer, sets.forget_pairs, QUERIES, TEXTS)
+    assert abs(after[0] - (-0.3)) < abs(before[0] - (-0.3))
+    with pytest.raises(LetheError, match="no target for the forget pair"):
+        get_method("relabel").run(_task(bi_scorer, sets, pair_targets={("q9", "d0"): 0.0}))
 
 
 def test_retrain_uses_the_recipe_on_the_remaining_data(bi_scorer) -> None:  # noqa: ANN001

@@ -30,7 +30,7 @@ from lethe.errors import ForgetError, LetheError
 from lethe.pipelines.train import EXAMPLES_FILE, load_scores, read_examples
 from lethe.pipelines.workspace import Workspace
 from lethe.registry import ArtifactRef, Lineage
-from lethe.unlearning.methods import UnlearnConfig, UnlearnTask, get_method
+from lethe.unlearning.methods import UnlearnConfig, UnlearnTask, calibrated_targets, get_method
 from lethe.unlearning.scorers import BiEncoderScorer, CrossEncoderScorer, Scorer, pair_scores
 from lethe.unlearning.sets import split_examples
 
@@ -75,11 +75,15 @@ def unlearn_model(ws: Workspace, rid: str, model: str, plan: dict[str, Any], met
     original = scorer_of(ws, ref)
     task = UnlearnTask(original.copy(), sets, queries, texts, reference=original,
                        retrain=lambda rows: _retrain(ws, ref, rows, queries, texts, replaced))
-    if method == "relabel":
-        task.unseen_target = _unseen_target(ws, original, sets, queries, texts, ref)
+    targets = _relabel_targets(ws, task, ref) if method == "relabel" else None
+    if method == "relabel" and targets is None:
+        return {"model": model, "level": "not_unlearned",
+                "why": "relabel: no target (no init model of the same kind, and no candidate the model never "
+                       "saw to measure m_unseen on)"}
     result = get_method(method).run(task, cfg or UnlearnConfig()) if sets.forget else get_method(
         "retrain").run(task)
     method_used = result.method
+    extra = {"relabel_targets": targets} if targets else {}
     before = pair_scores(original, sets.forget_pairs, queries, texts) if sets.forget else np.zeros(0)
     scorer = result.scorer
     after = pair_scores(scorer, sets.forget_pairs, queries, texts) if sets.forget else np.zeros(0)
@@ -89,7 +93,7 @@ def unlearn_model(ws: Workspace, rid: str, model: str, plan: dict[str, Any], met
             "forget_groups": len(sets.forget), "touched_groups": len(sets.touched),
             "seconds": round(result.seconds, 2),
             "forget_score_mean_before": float(before.mean()) if len(before) else None,
-            "forget_score_mean_after": float(after.mean()) if len(after) else None}
+            "forget_score_mean_after": float(after.mean()) if len(after) else None, **extra}
 
 
 def _unlearn_listwise(ws: Workspace, rid: str, ref: ArtifactRef, plan: dict[str, Any], method: str) -> dict[str, Any]:
@@ -121,21 +125,52 @@ def _queries(ws: Workspace, sets: Any) -> dict[str, str]:
     return ws.store.query_texts(qids)
 
 
-def _unseen_target(ws: Workspace, scorer: Scorer, sets: Any, queries: dict[str, str], texts: dict[str, str],
-                   ref: ArtifactRef) -> float:
-    """``m_unseen``: the original's mean best score on each forget query's BM25 candidates it never saw."""
+def _relabel_targets(ws: Workspace, task: UnlearnTask, ref: ArtifactRef) -> str | None:
+    """Set relabel's targets on ``task``; returns which kind, or None when there is none to set.
+
+    Per pair from the init model when it is of the same kind (``calibrated_targets``; the gain of
+    training is measured on the unseen pairs below, taken as 0 when there are none), else one level,
+    ``m_unseen``.
+    """
+    unseen, best = _unseen_pairs(ws, task.reference, task.sets, task.queries, task.texts, ref)
+    task.unseen_target = float(np.mean(best)) if best else float("nan")
+    fallback = "m_unseen" if best else None
+    parents = {rel: str(p) for rel, p in ws.registry.parents_of(ref)}
+    if "init" not in parents:
+        return fallback
+    init = ws.registry.get(parents["init"])
+    if init.kind != ref.kind:  # e.g. a cross-encoder grown from a bi-encoder: its fresh head scores nothing yet
+        return fallback
+    try:
+        base = scorer_of(ws, init)
+    except (LetheError, OSError):  # the init model cannot be loaded here (a hub model, offline): one level
+        return fallback
+    if unseen:
+        task.pair_targets, _ = calibrated_targets(base, task.reference, task.sets.forget_pairs, unseen,
+                                                  task.queries, task.texts)
+        return "calibrated"
+    before = pair_scores(base, task.sets.forget_pairs, task.queries, task.texts)
+    task.pair_targets = {p: float(v) for p, v in zip(task.sets.forget_pairs, before)}
+    return "calibrated (gain not measured: no unseen candidate; taken as 0)"
+
+
+def _unseen_pairs(ws: Workspace, scorer: Scorer, sets: Any, queries: dict[str, str], texts: dict[str, str],
+                  ref: ArtifactRef) -> tuple[list[tuple[str, str]], list[float]]:
+    """For each forget query, the BM25 candidate the model never saw that it scores best, and that score
+    (their mean is ``m_unseen``: what the original gives relevant-looking documents it never saw)."""
     seen = set(ws.registry.lineage_of(ref).doc_ids) | set(sets.docs)
     qids = sorted({e.query_id for e in sets.forget})
     hits = ws.load_index("bm25").search([queries[q] for q in qids], 20)
     pairs = [(q, h.doc_id) for q, hs in zip(qids, hits) for h in hs if h.doc_id not in seen]
     if not pairs:
-        return float("nan")
+        return [], []
     texts.update({d.id: d.contents for d in ws.store.get_many({d for _, d in pairs})})
     s = pair_scores(scorer, pairs, queries, texts)
-    best: dict[str, float] = {}
-    for (q, _), v in zip(pairs, s):
-        best[q] = max(best.get(q, -np.inf), float(v))
-    return float(np.mean(list(best.values())))
+    best: dict[str, tuple[float, str]] = {}
+    for (q, d), v in zip(pairs, s):
+        if q not in best or float(v) > best[q][0]:
+            best[q] = (float(v), d)
+    return [(q, d) for q, (_, d) in best.items()], [v for v, _ in best.values()]
 
 
 def _retrain(ws: Workspace, ref: ArtifactRef, rows: list, queries: dict[str, str], texts: dict[str, str],

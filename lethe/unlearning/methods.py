@@ -11,9 +11,11 @@ candidate-score matrix ``S`` (column 0 = the group's positive):
 * ``npo`` — ``-(2/beta) log sigmoid(-beta (log P(d*|q) - log P_ref(d*|q)))`` + retain InfoNCE;
 * ``pdu`` — margin flattening ``(max_k S - mean_k S)^2`` on forget groups subject to
   ``L_retain <= (1 + tol) L_retain(theta_0)``, primal descent / dual ascent on lambda (card 4);
-* ``relabel`` — DSE retarget-and-redistill (card 1): forget pairs' targets replaced by the score
-  the original model gives relevant documents it never saw (``m_unseen``), squared error, while the
-  retain groups are distilled to the original's scores.
+* ``relabel`` — DSE retarget-and-redistill (card 1): forget pairs' targets replaced by what a model
+  that never saw them would score, squared error, while the retain groups are distilled to the
+  original's scores. The target is per pair when the pre-training model is at hand
+  (:func:`calibrated_targets`: its score plus the gain training gave pairs nobody trained on), else one
+  level for every pair, ``m_unseen`` (the original's score on relevant documents it never saw).
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
+
 from lethe.embedding.pools import MinedExample
 from lethe.errors import LetheError
-from lethe.unlearning.scorers import Scorer, group_scores
+from lethe.unlearning.scorers import Scorer, group_scores, pair_scores
 from lethe.unlearning.sets import UnlearnSets
 
 METHODS: dict[str, type[Method]] = {}
@@ -80,6 +84,8 @@ class UnlearnTask:
     texts: Mapping[str, str]
     reference: Scorer | None = None
     unseen_target: float | None = None
+    # per (query id, doc id) targets for relabel, e.g. from :func:`calibrated_targets`
+    pair_targets: Mapping[tuple[str, str], float] | None = None
     retrain: Callable[[list[MinedExample]], Scorer] | None = None
     sharded: Any = None  # a ShardedModel trained on the same data (for ``sharded``)
 
@@ -371,8 +377,15 @@ class Relabel(Method):
     name = "relabel"
 
     def prepare(self, task: UnlearnTask, cfg: UnlearnConfig) -> None:
-        if task.reference is None or task.unseen_target is None or math.isnan(task.unseen_target):
-            raise LetheError("relabel needs the original model (reference) and m_unseen (unseen_target)")
+        if task.reference is None:
+            raise LetheError("relabel needs the original model (reference)")
+        if task.pair_targets is not None:
+            missing = [(e.query_id, e.positive) for e in task.sets.forget
+                       if (e.query_id, e.positive) not in task.pair_targets]
+            if missing:
+                raise LetheError(f"relabel: no target for the forget pair {missing[0]} in pair_targets")
+        elif task.unseen_target is None or math.isnan(task.unseen_target):
+            raise LetheError("relabel needs targets: pair_targets, or m_unseen (unseen_target)")
         task.reference.module.eval()
 
     def loss(self, task: UnlearnTask, forget: list[MinedExample], retain: list[MinedExample],
@@ -383,7 +396,11 @@ class Relabel(Method):
         with torch.no_grad():
             ref_f = group_scores(task.reference, forget, task.queries, task.texts)
             target_f = ref_f.clone()
-            target_f[:, 0] = task.unseen_target
+            if task.pair_targets is not None:
+                target_f[:, 0] = torch.tensor([task.pair_targets[(e.query_id, e.positive)] for e in forget],
+                                              dtype=target_f.dtype)
+            else:
+                target_f[:, 0] = task.unseen_target
         loss = cfg.forget_weight * torch.nn.functional.mse_loss(s_f, target_f)
         if retain:
             s_r = group_scores(task.scorer, retain, task.queries, task.texts)
@@ -391,3 +408,23 @@ class Relabel(Method):
                 ref_r = group_scores(task.reference, retain, task.queries, task.texts)
             loss = loss + torch.nn.functional.mse_loss(s_r, ref_r)
         return loss
+
+
+def calibrated_targets(base: Scorer, original: Scorer, pairs: Sequence[tuple[str, str]],
+                       unseen: Sequence[tuple[str, str]], queries: Mapping[str, str],
+                       texts: Mapping[str, str]) -> tuple[dict[tuple[str, str], float], float]:
+    """What a model that never trained on ``pairs`` would score them: ``s_base(q, d) + gain``.
+
+    ``base`` is the model training started from (the registry's ``init`` parent); ``gain`` is the mean
+    of ``s_original - s_base`` over ``unseen`` pairs, of the same kind, that no training saw (what
+    training gave pairs it did not contain: generalisation, not memory). Returns the targets and the gain.
+
+    Why per pair: a retrained model does not score forgotten pairs like never-seen ones on average;
+    pairs that were easy before training stay easy (on SciFact the oracle scores forgotten pairs above
+    never-seen test pairs, MIA 0.68). The base model knows which pairs are easy, and it never saw any.
+    """
+    if not unseen:
+        raise LetheError("calibrated_targets needs pairs no training saw, to measure the gain of training")
+    gain = float(np.mean(pair_scores(original, unseen, queries, texts) - pair_scores(base, unseen, queries, texts)))
+    before = pair_scores(base, pairs, queries, texts)
+    return {p: float(v) + gain for p, v in zip(pairs, before)}, gain
