@@ -322,7 +322,8 @@ def main() -> None:  # noqa: C901
             only = bool(res.info.get("output_only", False))
             results[name] = finish(figures(name, res.scorer, res.seconds + t_cal, output_only=only))
             if name == "relabel":
-                results[name].update(relabel_target=args.relabel_target, seconds_calibration=round(t_cal, 2))
+                results[name].update(relabel_target=args.relabel_target, seconds_calibration=round(t_cal, 2),
+                                     steps_taken=len(res.losses), **res.info)
         out["methods"] = results
         if args.plot:
             out["plot"] = plot(results, Path(args.data).name)

@@ -70,6 +70,7 @@ class UnlearnConfig:
     pdu_lambda0: float = 1.0     # pdu: initial dual variable
     pdu_eta: float = 1.0         # pdu: dual step
     forget_weight: float = 1.0   # relabel: weight of the retargeted forget pairs
+    stop_at_target: bool = True  # relabel: no step once a forget batch's positives are at their targets
     seed: int = 0
     max_seconds: float | None = None
 
@@ -154,7 +155,8 @@ def margin_flat(s: Any) -> Any:
 def optimise(task: UnlearnTask, cfg: UnlearnConfig,
              loss_fn: Callable[[UnlearnTask, list[MinedExample], list[MinedExample], UnlearnConfig], Any],
              after_step: Callable[[UnlearnTask, UnlearnConfig], None] | None = None) -> list[float]:
-    """``cfg.steps`` AdamW steps on ``loss_fn(task, forget batch, retain batch, cfg)``."""
+    """Up to ``cfg.steps`` AdamW steps on ``loss_fn(task, forget batch, retain batch, cfg)``; a loss of
+    ``None`` ends the run (the method says it is done)."""
     import torch
 
     rng = random.Random(cfg.seed)
@@ -170,6 +172,8 @@ def optimise(task: UnlearnTask, cfg: UnlearnConfig,
         fb = [next(forget) for _ in range(min(cfg.forget_batch, len(task.sets.forget)))]
         rb = [next(retain) for _ in range(min(cfg.retain_batch, len(task.sets.retain)))] if task.sets.retain else []
         loss = loss_fn(task, fb, rb, cfg)
+        if loss is None:  # the method has reached its target: no further step
+            break
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -372,7 +376,10 @@ class PDU(Method):
 
 @register
 class Relabel(Method):
-    """DSE retarget-and-redistill: forget pairs pulled to ``m_unseen``, retain groups to the original's scores."""
+    """DSE retarget-and-redistill: forget pairs pulled to their targets (per pair, or ``m_unseen``), retain
+    groups to the original's scores. With ``cfg.stop_at_target`` it takes no step once a forget batch's
+    positives score, on average, at or below their targets (a regression has a floor; larger steps then
+    cost no overshoot)."""
 
     name = "relabel"
 
@@ -387,6 +394,31 @@ class Relabel(Method):
         elif task.unseen_target is None or math.isnan(task.unseen_target):
             raise LetheError("relabel needs targets: pair_targets, or m_unseen (unseen_target)")
         task.reference.module.eval()
+        self.gaps: list[float] = []
+        self.stopped = False
+
+    def run(self, task: UnlearnTask, cfg: UnlearnConfig | None = None) -> UnlearnResult:
+        cfg = cfg or UnlearnConfig()
+        result = super().run(task, cfg)
+        self.scale = 1.0
+        if cfg.stop_at_target and result.losses:
+            t0 = time.perf_counter()
+            self.scale = scale_to_targets(task, self._targets(task))
+            result.seconds += time.perf_counter() - t0
+        result.info = self.info()
+        return result
+
+    def _targets(self, task: UnlearnTask) -> np.ndarray:
+        if task.pair_targets is not None:
+            return np.array([task.pair_targets[p] for p in task.sets.forget_pairs], dtype=np.float64)
+        return np.full(len(task.sets.forget_pairs), float(task.unseen_target))
+
+    def info(self) -> dict[str, Any]:
+        """Mean (score - target) of each step's forget positives before the step; whether it stopped
+        there; the fraction of the update kept (:func:`scale_to_targets`)."""
+        return {"target_gaps": self.gaps, "stopped_at_target": self.stopped,
+                "update_scale": round(getattr(self, "scale", 1.0), 4)}
+
 
     def loss(self, task: UnlearnTask, forget: list[MinedExample], retain: list[MinedExample],
              cfg: UnlearnConfig) -> Any:
@@ -401,6 +433,11 @@ class Relabel(Method):
                                               dtype=target_f.dtype)
             else:
                 target_f[:, 0] = task.unseen_target
+            gap = float((s_f[:, 0] - target_f[:, 0]).mean())
+        self.gaps.append(round(gap, 5))
+        if cfg.stop_at_target and gap <= 0:  # the batch's positives are (on average) at their targets
+            self.stopped = True
+            return None
         loss = cfg.forget_weight * torch.nn.functional.mse_loss(s_f, target_f)
         if retain:
             s_r = group_scores(task.scorer, retain, task.queries, task.texts)
@@ -428,3 +465,57 @@ def calibrated_targets(base: Scorer, original: Scorer, pairs: Sequence[tuple[str
     gain = float(np.mean(pair_scores(original, unseen, queries, texts) - pair_scores(base, unseen, queries, texts)))
     before = pair_scores(base, pairs, queries, texts)
     return {p: float(v) + gain for p, v in zip(pairs, before)}, gain
+
+
+def scale_to_targets(task: UnlearnTask, targets: np.ndarray, iters: int = 4, tol: float = 0.005) -> float:
+    """Scale the update ``theta - theta_0`` back along its direction until the forget pairs score, on
+    average, at ``targets``; returns the scale kept (1: the whole update).
+
+    An optimiser step can jump past a regression's targets (Adam's first steps move every weight by
+    about the learning rate), and the forgotten pairs then score below what a model that never saw them
+    would: over-forgetting, itself a membership signal. The mean gap is monotone in the scale, so a few
+    regula-falsi steps (one forget-set scoring each) between the original (scale 0) and the update
+    (scale 1) find it; ``tol`` is the gap accepted.
+    """
+    import torch
+
+    if task.reference is None:
+        raise LetheError("scale_to_targets needs the original model (reference)")
+    pairs = task.sets.forget_pairs
+
+    def gap(sc: Scorer) -> float:
+        return float(np.mean(pair_scores(sc, pairs, task.queries, task.texts) - targets))
+
+    g1 = gap(task.scorer)
+    if g1 >= -tol:
+        return 1.0
+    g0 = gap(task.reference)
+    lo_s, lo_g, hi_s, hi_g = 0.0, g0, 1.0, g1
+    params = list(task.scorer.module.parameters())
+    with torch.no_grad():
+        start = [p.detach().clone() for p in task.reference.module.parameters()]
+        update = [p.detach() - p0 for p, p0 in zip(params, start)]
+
+        def put(scale: float) -> None:
+            for p, p0, d in zip(params, start, update):
+                p.copy_(p0 + scale * d)
+
+        if g0 <= 0:  # the original was already at or below the targets: keep nothing of the update
+            put(0.0)
+            return 0.0
+        scale, side = 1.0, 0
+        for _ in range(iters):  # regula falsi, Illinois variant (a kept end twice in a row: its gap halved)
+            scale = lo_s + (hi_s - lo_s) * lo_g / (lo_g - hi_g)
+            put(scale)
+            g = gap(task.scorer)
+            if abs(g) <= tol:
+                break
+            if g > 0:
+                lo_s, lo_g = scale, g
+                hi_g = hi_g / 2 if side == 1 else hi_g
+                side = 1
+            else:
+                hi_s, hi_g = scale, g
+                lo_g = lo_g / 2 if side == -1 else lo_g
+                side = -1
+    return scale
