@@ -109,6 +109,7 @@ class Method:
     name: ClassVar[str] = ""
     exact: ClassVar[bool] = False
     output_only: ClassVar[bool] = False
+    warmup: ClassVar[bool] = False  # linear learning-rate warm-up over the steps
 
     def run(self, task: UnlearnTask, cfg: UnlearnConfig | None = None) -> UnlearnResult:
         cfg = cfg or UnlearnConfig()
@@ -116,7 +117,7 @@ class Method:
             raise LetheError(f"{self.name}: nothing to forget (no training group has the forgotten data)")
         t0 = time.perf_counter()
         self.prepare(task, cfg)
-        losses = optimise(task, cfg, self.loss, self.after_step)
+        losses = optimise(task, cfg, self.loss, self.after_step, warmup=self.warmup)
         return UnlearnResult(task.scorer, self.name, time.perf_counter() - t0, False, losses, self.info())
 
     def prepare(self, task: UnlearnTask, cfg: UnlearnConfig) -> None:
@@ -154,9 +155,11 @@ def margin_flat(s: Any) -> Any:
 
 def optimise(task: UnlearnTask, cfg: UnlearnConfig,
              loss_fn: Callable[[UnlearnTask, list[MinedExample], list[MinedExample], UnlearnConfig], Any],
-             after_step: Callable[[UnlearnTask, UnlearnConfig], None] | None = None) -> list[float]:
+             after_step: Callable[[UnlearnTask, UnlearnConfig], None] | None = None,
+             warmup: bool = False) -> list[float]:
     """Up to ``cfg.steps`` AdamW steps on ``loss_fn(task, forget batch, retain batch, cfg)``; a loss of
-    ``None`` ends the run (the method says it is done)."""
+    ``None`` ends the run (the method says it is done). ``warmup``: step ``i`` (from 1) uses
+    ``lr * i / cfg.steps``."""
     import torch
 
     rng = random.Random(cfg.seed)
@@ -168,7 +171,10 @@ def optimise(task: UnlearnTask, cfg: UnlearnConfig,
     losses: list[float] = []
     t0 = time.perf_counter()
     module.eval()  # dropout off: small corrective updates on exact (deterministic) scores; gradients still flow
-    for _ in range(cfg.steps):
+    for step in range(cfg.steps):
+        if warmup:
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * (step + 1) / cfg.steps
         fb = [next(forget) for _ in range(min(cfg.forget_batch, len(task.sets.forget)))]
         rb = [next(retain) for _ in range(min(cfg.retain_batch, len(task.sets.retain)))] if task.sets.retain else []
         loss = loss_fn(task, fb, rb, cfg)
@@ -397,27 +403,11 @@ class Relabel(Method):
         self.gaps: list[float] = []
         self.stopped = False
 
-    def run(self, task: UnlearnTask, cfg: UnlearnConfig | None = None) -> UnlearnResult:
-        cfg = cfg or UnlearnConfig()
-        result = super().run(task, cfg)
-        self.scale = 1.0
-        if cfg.stop_at_target and result.losses:
-            t0 = time.perf_counter()
-            self.scale = scale_to_targets(task, self._targets(task))
-            result.seconds += time.perf_counter() - t0
-        result.info = self.info()
-        return result
-
-    def _targets(self, task: UnlearnTask) -> np.ndarray:
-        if task.pair_targets is not None:
-            return np.array([task.pair_targets[p] for p in task.sets.forget_pairs], dtype=np.float64)
-        return np.full(len(task.sets.forget_pairs), float(task.unseen_target))
+    warmup = True  # Adam's first steps move every weight by about lr: ramp up, or they jump past the targets
 
     def info(self) -> dict[str, Any]:
-        """Mean (score - target) of each step's forget positives before the step; whether it stopped
-        there; the fraction of the update kept (:func:`scale_to_targets`)."""
-        return {"target_gaps": self.gaps, "stopped_at_target": self.stopped,
-                "update_scale": round(getattr(self, "scale", 1.0), 4)}
+        """Mean (score - target) of each step's forget positives before the step; whether it stopped there."""
+        return {"target_gaps": self.gaps, "stopped_at_target": self.stopped}
 
 
     def loss(self, task: UnlearnTask, forget: list[MinedExample], retain: list[MinedExample],
@@ -465,57 +455,3 @@ def calibrated_targets(base: Scorer, original: Scorer, pairs: Sequence[tuple[str
     gain = float(np.mean(pair_scores(original, unseen, queries, texts) - pair_scores(base, unseen, queries, texts)))
     before = pair_scores(base, pairs, queries, texts)
     return {p: float(v) + gain for p, v in zip(pairs, before)}, gain
-
-
-def scale_to_targets(task: UnlearnTask, targets: np.ndarray, iters: int = 4, tol: float = 0.005) -> float:
-    """Scale the update ``theta - theta_0`` back along its direction until the forget pairs score, on
-    average, at ``targets``; returns the scale kept (1: the whole update).
-
-    An optimiser step can jump past a regression's targets (Adam's first steps move every weight by
-    about the learning rate), and the forgotten pairs then score below what a model that never saw them
-    would: over-forgetting, itself a membership signal. The mean gap is monotone in the scale, so a few
-    regula-falsi steps (one forget-set scoring each) between the original (scale 0) and the update
-    (scale 1) find it; ``tol`` is the gap accepted.
-    """
-    import torch
-
-    if task.reference is None:
-        raise LetheError("scale_to_targets needs the original model (reference)")
-    pairs = task.sets.forget_pairs
-
-    def gap(sc: Scorer) -> float:
-        return float(np.mean(pair_scores(sc, pairs, task.queries, task.texts) - targets))
-
-    g1 = gap(task.scorer)
-    if g1 >= -tol:
-        return 1.0
-    g0 = gap(task.reference)
-    lo_s, lo_g, hi_s, hi_g = 0.0, g0, 1.0, g1
-    params = list(task.scorer.module.parameters())
-    with torch.no_grad():
-        start = [p.detach().clone() for p in task.reference.module.parameters()]
-        update = [p.detach() - p0 for p, p0 in zip(params, start)]
-
-        def put(scale: float) -> None:
-            for p, p0, d in zip(params, start, update):
-                p.copy_(p0 + scale * d)
-
-        if g0 <= 0:  # the original was already at or below the targets: keep nothing of the update
-            put(0.0)
-            return 0.0
-        scale, side = 1.0, 0
-        for _ in range(iters):  # regula falsi, Illinois variant (a kept end twice in a row: its gap halved)
-            scale = lo_s + (hi_s - lo_s) * lo_g / (lo_g - hi_g)
-            put(scale)
-            g = gap(task.scorer)
-            if abs(g) <= tol:
-                break
-            if g > 0:
-                lo_s, lo_g = scale, g
-                hi_g = hi_g / 2 if side == 1 else hi_g
-                side = 1
-            else:
-                hi_s, hi_g = scale, g
-                lo_g = lo_g / 2 if side == -1 else lo_g
-                side = -1
-    return scale
