@@ -384,10 +384,11 @@ class PDU(Method):
 class Relabel(Method):
     """DSE retarget-and-redistill: forget pairs pulled to their targets (per pair, or ``m_unseen``), retain
     groups to the original's scores. With ``cfg.stop_at_target`` it takes no step once a forget batch's
-    positives score, on average, at or below their targets (a regression has a floor; larger steps then
-    cost no overshoot)."""
+    positives score, on average, at or below their targets. Its rate warms up over the steps: Adam's first
+    step moves every weight by about the learning rate and can jump far past the targets."""
 
     name = "relabel"
+    warmup = True
 
     def prepare(self, task: UnlearnTask, cfg: UnlearnConfig) -> None:
         if task.reference is None:
@@ -403,12 +404,9 @@ class Relabel(Method):
         self.gaps: list[float] = []
         self.stopped = False
 
-    warmup = True  # Adam's first steps move every weight by about lr: ramp up, or they jump past the targets
-
     def info(self) -> dict[str, Any]:
         """Mean (score - target) of each step's forget positives before the step; whether it stopped there."""
         return {"target_gaps": self.gaps, "stopped_at_target": self.stopped}
-
 
     def loss(self, task: UnlearnTask, forget: list[MinedExample], retain: list[MinedExample],
              cfg: UnlearnConfig) -> Any:
