@@ -69,7 +69,9 @@ def train_models(ws: Workspace, ds: Dataset, args: argparse.Namespace, passage_t
     _ensure_bm25(ws, ds)
     train_q = sorted(q for q in ds.split_qrels("train") if q in ds.queries)
     train_q = random.Random(1).sample(train_q, min(args.train_queries, len(train_q)))
-    if args.ce_minutes > 0 and not _has(ws, "cross-encoder"):
+    if _has(ws, "cross-encoder"):
+        times["cross_encoder"] = ws.registry.get("cross-encoder").manifest.get("extra", {}).get("seconds")
+    elif args.ce_minutes > 0:
         td = training_data(ws, ds, "train", train_q, pool_depth=args.depth, indexes=("bm25",))
         cfg = CETrainConfig(lr=7e-5, max_length=192, queries_per_step=8, epochs=3,
                             max_seconds=args.ce_minutes * 60)
@@ -83,7 +85,10 @@ def train_models(ws: Workspace, ds: Dataset, args: argparse.Namespace, passage_t
     teacher = {q: {h.doc_id: h.score for h in hs} for q, hs in zip(train_q, hits)}
     examples = listwise_examples(ws, ds, run, teacher, "train")
     for name, window in (("listwise-full", None), ("listwise-sliding", args.window)):
+        if name.removeprefix("listwise-") not in args.listwise.split(","):
+            continue
         if _has(ws, name):
+            times[name] = ws.registry.get(name).manifest.get("extra", {}).get("seconds")
             continue
         cfg = ListwiseTrainConfig(epochs=args.train_epochs, lr=args.train_lr, grad_accum=2,
                                   passage_tokens=passage_tokens, max_seconds=args.train_minutes * 60,
@@ -127,7 +132,9 @@ def main() -> None:
     ap.add_argument("--ce-minutes", type=float, default=4)
     ap.add_argument("--shuffle-inputs", type=float, nargs="?", const=1.0, default=0.0,
                     help="fraction of training lists shown in a shuffled order (flag alone: all)")
-    ap.add_argument("--systems", default="cross_encoder,qlm,full,sliding,first_token,full_trained,sliding_trained")
+    ap.add_argument("--listwise", default="full,sliding", help="which listwise rerankers to train (full, sliding)")
+    ap.add_argument("--systems", default="cross_encoder,qlm,full,sliding,first_token,full_trained,sliding_trained,"
+                                         "first_token_trained")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args.window = args.window or (10 if args.depth <= 20 else 20)
@@ -157,7 +164,8 @@ def main() -> None:
         out["first_stage"] = {"ndcg10": round(evaluate(run, qrels, ["nDCG@10"])[0]["nDCG@10"], 4)}
         models = {"cross_encoder": ("cross-encoder", "ce"), "qlm": (DEFAULT_LLM, "qlm"), "full": (DEFAULT_LLM, "full"),
                   "sliding": (DEFAULT_LLM, "sliding"), "first_token": (DEFAULT_LLM, "first_token"),
-                  "full_trained": ("listwise-full", "full"), "sliding_trained": ("listwise-sliding", "sliding")}
+                  "full_trained": ("listwise-full", "full"), "sliding_trained": ("listwise-sliding", "sliding"),
+                  "first_token_trained": ("listwise-full", "first_token")}
         for key in args.systems.split(","):
             name, mode = models[key]
             if not _has(ws, name):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -114,12 +115,15 @@ def train_listwise_reranker(ws: Workspace, ds: Dataset, examples: Sequence[Listw
     if window:
         train_set = [w for ex in examples for w in window_examples(ex, window, step or window)]
     model, tokenizer = ws.registry.load(base_ref)
+    t0 = time.perf_counter()
     model, losses = train_listwise(model, tokenizer, train_set, cfg, on_step)
+    seconds = round(time.perf_counter() - t0, 1)
     lineage = _lineage(ds, examples)
     params = {"mode": "sliding" if window else "full", "window": window, "step": step,
               "passage_tokens": cfg.passage_tokens, "weighted": cfg.weighted, "alpha": cfg.alpha}
     extra = {"train": {k: v for k, v in cfg.__dict__.items()}, "steps": len(losses),
-             "final_loss": losses[-1] if losses else None, "examples": len(train_set)}
+             "final_loss": losses[-1] if losses else None, "examples": len(train_set), "seconds": seconds,
+             "first_loss": losses[0] if losses else None}
     with tempfile.TemporaryDirectory() as tmp:
         if cfg.lora_r > 0:
             model.save_pretrained(tmp)

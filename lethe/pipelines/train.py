@@ -9,6 +9,7 @@ queries, its teacher and the teacher-score cache (parent edges), so that
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,9 +99,10 @@ def train_teacher(ws: Workspace, data: TrainingData, name: str = "teacher", base
     torch.manual_seed(cfg.seed)  # a new classification head is drawn at load: the same seed, the same teacher
     model = CrossEncoder(str(ws.registry.resolve_path(base_ref)), num_labels=1, device="cpu")
     groups, seen = listwise_groups(data, n_negatives)
+    t0 = time.perf_counter()
     losses = train_cross_encoder(model, groups, cfg, on_step)
     extra = {"train": _jsonable(cfg.__dict__), "steps": len(losses), "final_loss": losses[-1] if losses else None,
-             "max_length": cfg.max_length}
+             "max_length": cfg.max_length, "seconds": round(time.perf_counter() - t0, 1)}
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         save_examples(Path(tmp) / EXAMPLES_FILE, listwise_rows(data, n_negatives))
