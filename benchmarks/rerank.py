@@ -9,7 +9,9 @@ over a fixed-seed sample of ``--queries`` test queries.
 On a collection with a train split (SciFact) the cross-encoder and the two listwise rerankers are trained
 here (time-capped) and registered in ``--home``; on one without (TREC DL19 subset) pass the SciFact
 run's ``--home`` and the trained models are applied as they are (transfer). Listwise labels: the
-judged-relevant candidates first, the rest in first-stage order.
+judged-relevant candidates first, the rest by the teacher (``--teacher fusion``: RRF of the first stage
+and the pretrained dense MiniLM, so that every position of the label asks for relevance; ``bm25``: the
+first-stage order, which makes most of each label a copy of the input).
 """
 
 from __future__ import annotations
@@ -82,12 +84,13 @@ def train_models(ws: Workspace, ds: Dataset, args: argparse.Namespace, passage_t
         times["cross_encoder"] = round(time.perf_counter() - t0, 1)
     hits = ws.load_index("bm25").search([ds.queries[q].text for q in train_q], args.depth)
     run = {q: [h.doc_id for h in hs] for q, hs in zip(train_q, hits)}
-    teacher = {q: {h.doc_id: h.score for h in hs} for q, hs in zip(train_q, hits)}
+    bm25 = {q: {h.doc_id: h.score for h in hs} for q, hs in zip(train_q, hits)}
+    teacher = bm25 if args.teacher == "bm25" else fused_teacher(ws, {q: ds.queries[q].text for q in train_q}, bm25)
     examples = listwise_examples(ws, ds, run, teacher, "train")
     for name, window in (("listwise-full", None), ("listwise-sliding", args.window)):
         if name.removeprefix("listwise-") not in args.listwise.split(","):
             continue
-        if _has(ws, name):
+        if _has(ws, name) and not args.retrain:
             times[name] = ws.registry.get(name).manifest.get("extra", {}).get("seconds")
             continue
         cfg = ListwiseTrainConfig(epochs=args.train_epochs, lr=args.train_lr, grad_accum=2,
@@ -99,6 +102,26 @@ def train_models(ws: Workspace, ds: Dataset, args: argparse.Namespace, passage_t
         close()
         times[name] = round(time.perf_counter() - t0, 1)
     return times
+
+
+def dense_scores(ws: Workspace, queries: dict[str, str], run: dict[str, dict[str, float]]
+                 ) -> dict[str, dict[str, float]]:
+    """Cosine scores of each query's candidates under the workspace's default (pretrained) bi-encoder."""
+    enc = ws.encoder()
+    docs = sorted({d for cands in run.values() for d in cands})
+    texts = {d.id: d.contents for d in ws.store.get_many(docs)}
+    docs = [d for d in docs if d in texts]
+    dvec = dict(zip(docs, enc.encode_documents([texts[d] for d in docs])))
+    qids = list(run)
+    qvec = enc.encode_queries([queries[q] for q in qids])
+    return {q: {d: float(qv @ dvec[d]) for d in run[q] if d in dvec} for q, qv in zip(qids, qvec)}
+
+
+def fused_teacher(ws: Workspace, queries: dict[str, str], run: dict[str, dict[str, float]]
+                  ) -> dict[str, dict[str, float]]:
+    """RRF of the first stage and the dense bi-encoder over each query's candidates (#2's fusion)."""
+    dense = dense_scores(ws, queries, run)
+    return {q: {h.doc_id: h.score for h in rrf([_hits(run[q]), _hits(dense[q])])} for q in run}
 
 
 def _hits(scores: dict[str, float]) -> list[Hit]:
@@ -132,6 +155,9 @@ def main() -> None:
     ap.add_argument("--ce-minutes", type=float, default=4)
     ap.add_argument("--shuffle-inputs", type=float, nargs="?", const=1.0, default=0.0,
                     help="fraction of training lists shown in a shuffled order (flag alone: all)")
+    ap.add_argument("--teacher", choices=("fusion", "bm25"), default="fusion",
+                    help="orders the non-relevant candidates of each listwise label: RRF(BM25, dense MiniLM) or BM25")
+    ap.add_argument("--retrain", action="store_true", help="train the listwise models even if --home has them")
     ap.add_argument("--listwise", default="full,sliding", help="which listwise rerankers to train (full, sliding)")
     ap.add_argument("--systems", default="cross_encoder,qlm,full,sliding,first_token,full_trained,sliding_trained,"
                                          "first_token_trained")
@@ -162,6 +188,10 @@ def main() -> None:
         texts = {d.id: d.contents for d in ds.corpus.values()}
         out["queries"] = len(qids)
         out["first_stage"] = {"ndcg10": round(evaluate(run, qrels, ["nDCG@10"])[0]["nDCG@10"], 4)}
+        if trained:
+            labels = fused_teacher(ws, queries, run) if args.teacher == "fusion" else run
+            ndcg = evaluate(labels, qrels, ["nDCG@10"])[0]["nDCG@10"]
+            out["teacher"] = {"name": args.teacher, "ndcg10": round(ndcg, 4)}
         models = {"cross_encoder": ("cross-encoder", "ce"), "qlm": (DEFAULT_LLM, "qlm"), "full": (DEFAULT_LLM, "full"),
                   "sliding": (DEFAULT_LLM, "sliding"), "first_token": (DEFAULT_LLM, "first_token"),
                   "full_trained": ("listwise-full", "full"), "sliding_trained": ("listwise-sliding", "sliding"),
