@@ -330,6 +330,8 @@ def test_listwise_lora_training_registers_lineage_and_reloads(workspace, tiny_ll
     cfg = ListwiseTrainConfig(epochs=2, lr=1e-3, grad_accum=1, passage_tokens=8, lora_r=4, lora_alpha=8)
     ref, losses = train_listwise_reranker(workspace, ds, examples, "listwise", base="tiny-llm", cfg=cfg)
     assert ref.kind == "adapter" and len(losses) == 4
+    extra = ref.manifest["extra"]
+    assert extra["steps"] == 4 and extra["seconds"] > 0 and extra["first_loss"] == losses[0]
     lineage = workspace.registry.lineage_of(ref)
     assert set(lineage.doc_ids) == {"d0", "d1", "d2", "d3", "d4", "d5", "d6"}
     assert set(lineage.query_ids) == {"q1", "q2"} and "u1" in set(lineage.owner_ids)
