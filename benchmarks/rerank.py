@@ -69,8 +69,7 @@ def train_models(ws: Workspace, ds: Dataset, args: argparse.Namespace, passage_t
     """Cross-encoder and listwise (full, sliding) rerankers on the train split; returns training seconds."""
     times: dict[str, float] = {}
     _ensure_bm25(ws, ds)
-    train_q = sorted(q for q in ds.split_qrels("train") if q in ds.queries)
-    train_q = random.Random(1).sample(train_q, min(args.train_queries, len(train_q)))
+    train_q = train_queries(ds, args.train_queries)
     if _has(ws, "cross-encoder"):
         times["cross_encoder"] = ws.registry.get("cross-encoder").manifest.get("extra", {}).get("seconds")
     elif args.ce_minutes > 0:
@@ -95,13 +94,30 @@ def train_models(ws: Workspace, ds: Dataset, args: argparse.Namespace, passage_t
             continue
         cfg = ListwiseTrainConfig(epochs=args.train_epochs, lr=args.train_lr, grad_accum=2,
                                   passage_tokens=passage_tokens, max_seconds=args.train_minutes * 60,
-                                  shuffle_inputs=args.shuffle_inputs, lora_layers=args.lora_layers)
+                                  shuffle_inputs=args.shuffle_inputs, lora_layers=args.lora_layers,
+                                  first_token_loss=args.first_token_loss, rank_positions=args.rank_positions)
         on_step, close = progress_bar(name)
         t0 = time.perf_counter()
         train_listwise_reranker(ws, ds, examples, name, DEFAULT_LLM, cfg, window, args.step, on_step)
         close()
         times[name] = round(time.perf_counter() - t0, 1)
     return times
+
+
+def train_queries(ds: Dataset, n: int) -> list[str]:
+    """The fixed-seed sample of ``n`` train-split queries the listwise models are trained on."""
+    qids = sorted(q for q in ds.split_qrels("train") if q in ds.queries)
+    return random.Random(1).sample(qids, min(n, len(qids)))
+
+
+def eval_queries(ds: Dataset, args: argparse.Namespace) -> tuple[str, list[str]]:
+    """The split and query ids to evaluate on: ``test``, or ``dev`` (train queries no model trained on)."""
+    if args.eval == "test":
+        return "test", sorted(q for q in ds.split_qrels("test") if q in ds.queries)
+    if "train" not in ds.qrels:
+        raise SystemExit(f"--eval dev needs a train split; {args.data} has none")
+    used = set(train_queries(ds, args.train_queries))
+    return "train", sorted(q for q in ds.split_qrels("train") if q in ds.queries and q not in used)
 
 
 def dense_scores(ws: Workspace, queries: dict[str, str], run: dict[str, dict[str, float]]
@@ -157,6 +173,12 @@ def main() -> None:
                     help="fraction of training lists shown in a shuffled order (flag alone: all)")
     ap.add_argument("--teacher", choices=("fusion", "bm25"), default="fusion",
                     help="orders the non-relevant candidates of each listwise label: RRF(BM25, dense MiniLM) or BM25")
+    ap.add_argument("--first-token-loss", type=float, default=0.0,
+                    help="lambda of FIRST's RankNet term on the first identifier's logits (0: NLL only)")
+    ap.add_argument("--rank-positions", type=int, default=1,
+                    help="identifier positions the RankNet term trains (1: the first, as FIRST; 0: every one)")
+    ap.add_argument("--eval", choices=("test", "dev"), default="test",
+                    help="evaluate on the test split, or on held-out train queries (dev: for tuning, not reporting)")
     ap.add_argument("--retrain", action="store_true", help="train the listwise models even if --home has them")
     ap.add_argument("--listwise", default="full,sliding", help="which listwise rerankers to train (full, sliding)")
     ap.add_argument("--systems", default="cross_encoder,qlm,full,sliding,first_token,full_trained,sliding_trained,"
@@ -166,7 +188,6 @@ def main() -> None:
     args.window = args.window or (10 if args.depth <= 20 else 20)
     args.step = args.step or args.window // 2
     ds = load_dataset(args.data, unknown_qrels="keep")
-    split = "test"
     passage_tokens = min(args.passage_tokens, (CONTEXT - 600) // args.depth - 8)
     home = Path(args.home or tempfile.mkdtemp(prefix="lethe-rerank-"))
     out: dict = {"data": args.data, "depth": args.depth, "window": args.window, "step": args.step,
@@ -177,7 +198,8 @@ def main() -> None:
         if trained:
             out["train_seconds"] = train_models(ws, ds, args, passage_tokens)
         out["transfer"] = not trained
-        qids = sorted(q for q in ds.split_qrels(split) if q in ds.queries)
+        split, qids = eval_queries(ds, args)
+        out["eval"] = args.eval
         run = cut(first_stage(ws, ds, args, qids, split), args.depth)
         qids = [q for q in qids if q in run]
         if args.queries:
@@ -196,7 +218,7 @@ def main() -> None:
                   "sliding": (DEFAULT_LLM, "sliding"), "first_token": (DEFAULT_LLM, "first_token"),
                   "full_trained": ("listwise-full", "full"), "sliding_trained": ("listwise-sliding", "sliding"),
                   "first_token_trained": ("listwise-full", "first_token")}
-        for key in args.systems.split(","):
+        for key in filter(None, args.systems.split(",")):
             name, mode = models[key]
             if not _has(ws, name):
                 out[key] = {"skipped": f"{name} not in {home} (train it on a collection with a train split)"}

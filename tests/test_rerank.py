@@ -374,3 +374,104 @@ def test_forget_relabels_the_listwise_reranker(workspace, tiny_llama: Path, tmp_
     assert [r["order"] for r in labels] == [[1, 0, 2], [1, 0]]  # the teacher's order, d6 cut out
     assert "d6" not in workspace.registry.lineage_of("listwise@v2").doc_ids
     assert not workspace.registry.get("listwise@v1").active and rep.receipt["models_still_trained_on_data"] == []
+
+
+def test_first_token_rank_loss_is_weighted_ranknet_over_the_identifier_logits() -> None:
+    import torch
+
+    from lethe.ranking.listwise_train import first_token_rank_loss
+
+    vocab = torch.zeros(10)
+    vocab[[3, 5, 7]] = torch.tensor([2.0, 0.0, -1.0])  # candidates 0, 1, 2 -> tokens 3, 5, 7
+    order = [1, 0, 2]  # label: candidate 1, then 0, then 2 -> scores in label order 0, 2, -1
+    s = [0.0, 2.0, -1.0]
+    sp = torch.nn.functional.softplus
+    pairs = [(1, 2), (1, 3), (2, 3)]
+    num = sum(float(sp(torch.tensor(s[b - 1] - s[a - 1]))) / (a + b) for a, b in pairs)
+    den = sum(1.0 / (a + b) for a, b in pairs)
+    got = float(first_token_rank_loss(vocab, [3, 5, 7], order))
+    assert abs(got - num / den) < 1e-6
+    # the loss falls when the label's first candidate gets the highest logit
+    vocab[5] = 5.0
+    assert float(first_token_rank_loss(vocab, [3, 5, 7], order)) < got
+
+
+def test_encode_points_at_the_position_that_predicts_the_first_identifier(llm) -> None:  # noqa: ANN001
+    from lethe.ranking.listwise_train import encode
+
+    _, tok = llm
+    passages = [TEXT_OF[f"d{i}"] for i in range(4)]
+    enc = encode(tok, ListwiseExample("fox", passages, [2, 0, 3, 1]), ListwiseTrainConfig(passage_tokens=8))
+    assert enc.ids[enc.head + 1] == enc.id_tokens[2]  # the next token is candidate 2's identifier
+    assert enc.weights[enc.head + 1] > 0 and all(w == 0 for w in enc.weights[: enc.head])
+
+
+def test_listwise_training_with_the_first_token_loss_learns_the_first_identifier(llm) -> None:  # noqa: ANN001
+    import torch
+
+    from lethe.ranking.listwise_train import encode, first_token_rank_loss
+
+    model, tok = llm
+    passages = [TEXT_OF[f"d{i}"] for i in range(4)]
+    ex = ListwiseExample("fox", passages, [2, 0, 3, 1])
+    cfg = ListwiseTrainConfig(epochs=10, lr=1e-2, grad_accum=1, passage_tokens=8, lora_r=0, warmup=0.0,
+                              first_token_loss=1.0)
+    enc = encode(tok, ex, cfg)
+
+    def head_logits() -> torch.Tensor:
+        with torch.no_grad():
+            return model(input_ids=torch.tensor([enc.ids[: enc.head + 1]])).logits[0, -1]
+
+    before = float(first_token_rank_loss(head_logits(), enc.id_tokens, enc.order))
+    model, losses = train_listwise(model, tok, [ex], cfg)
+    after = head_logits()
+    assert float(first_token_rank_loss(after, enc.id_tokens, enc.order)) < 0.5 * before
+    assert int(np.argmax([float(after[t]) for t in enc.id_tokens])) == 2
+
+
+def test_rank_positions_cover_every_identifier_in_label_order(llm) -> None:  # noqa: ANN001
+    import torch
+
+    from lethe.ranking.listwise_train import encode, first_token_rank_loss, rank_positions_loss, rank_weight
+
+    _, tok = llm
+    passages = [TEXT_OF[f"d{i}"] for i in range(4)]
+    enc = encode(tok, ListwiseExample("fox", passages, [2, 0, 3, 1]), ListwiseTrainConfig(passage_tokens=8))
+    assert [enc.ids[h + 1] for h in enc.heads] == [enc.id_tokens[i] for i in enc.order]
+    logits = torch.randn(len(enc.ids), max(enc.ids) + 1)
+    first = rank_positions_loss(logits, enc, 1)
+    assert torch.isclose(first, first_token_rank_loss(logits[enc.head], enc.id_tokens, enc.order))
+    every = rank_positions_loss(logits, enc, 0)  # ranks 1..3 (the last has nothing left to order)
+    parts = [rank_weight(k + 1) * first_token_rank_loss(logits[enc.heads[k]], enc.id_tokens, enc.order[k:])
+             for k in range(3)]
+    assert torch.isclose(every, sum(parts) / sum(rank_weight(k + 1) for k in range(3)))
+
+
+def test_constrained_generation_names_each_identifier_at_most_once(llm) -> None:  # noqa: ANN001
+    import torch
+
+    from lethe.ranking.llm import _unnamed_only
+
+    model, tok = llm
+    labels, label_ids = identifiers(tok, 4)
+    start = 3
+    prefix = tok.encode("[B] > [D] > [", add_special_tokens=False)
+    ids = torch.tensor([[1, 2, 3] + prefix])
+    scores = torch.zeros(1, len(tok))
+    scores[0, label_ids[1]] = 9.0  # the model would repeat [B]
+    out = _unnamed_only(tok, start, labels, label_ids)(ids, scores.clone())
+    assert torch.isinf(out[0, label_ids[1]]) and torch.isinf(out[0, label_ids[3]])
+    assert int(out[0].argmax()) in (label_ids[0], label_ids[2])
+    # elsewhere (not after a bracket) nothing is masked
+    mid = torch.tensor([[1, 2, 3] + tok.encode("[B]", add_special_tokens=False)])
+    assert torch.equal(_unnamed_only(tok, start, labels, label_ids)(mid, scores.clone()), scores)
+    # in generation (answer opened with a bracket): the identifiers named are distinct and real
+    from lethe.ranking.llm import prompt_ids, user_prompt
+
+    labels6, ids6 = identifiers(tok, 6)
+    prompt = prompt_ids(tok, user_prompt("fox", [TEXT_OF[f"d{i}"] for i in range(6)], labels6), answer_prefix="[")
+    gen = model.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False, pad_token_id=tok.pad_token_id,
+                         logits_processor=_unnamed_only(tok, len(prompt) - 1, labels6, ids6))
+    new = gen[0, len(prompt) - 1 :].tolist()
+    after_bracket = [new[i] for i in range(1, len(new)) if tok.decode(new[:i], skip_special_tokens=True).endswith("[")]
+    assert after_bracket and len(after_bracket) == len(set(after_bracket)) and set(after_bracket) <= set(ids6)

@@ -155,7 +155,10 @@ class ListwiseLLMReranker(TextReranker):
     ``mode``: ``full`` (every candidate in one prompt, one generated permutation), ``sliding``
     (windows of ``window`` moved bottom-up by ``step``, each window re-ordered in place) or
     ``first_token`` (one forward pass; candidates ordered by the logit of their identifier as the
-    first answer token). ``passage_tokens`` caps each passage's length in the prompt.
+    first answer token). ``passage_tokens`` caps each passage's length in the prompt. ``constrained``
+    (default) lets the token after an opening bracket be only an identifier not yet named, so a
+    generated ranking cannot repeat or invent one (what the model leaves unnamed still follows in the
+    original order).
     """
 
     model: Any
@@ -165,6 +168,7 @@ class ListwiseLLMReranker(TextReranker):
     step: int = 10
     passage_tokens: int = 100
     max_new_tokens: int | None = None
+    constrained: bool = True
     version: str = ""
     _labels: dict[int, tuple[list[str], list[int]]] = field(default_factory=dict, init=False, repr=False)
 
@@ -201,15 +205,16 @@ class ListwiseLLMReranker(TextReranker):
         """Generate a permutation of ``passages`` (greedy) and parse it."""
         import torch
 
-        labels, _ = self.labels(len(passages))
+        labels, label_ids = self.labels(len(passages))
         ids = prompt_ids(self.tokenizer, user_prompt(query, passages, labels))
         max_new = self.max_new_tokens or 6 * len(passages) + 8
         inp = torch.tensor([ids], device=_device(self.model))
         stop = _all_named(self.tokenizer, len(ids), labels)
+        processors = _unnamed_only(self.tokenizer, len(ids), labels, label_ids) if self.constrained else None
         with torch.no_grad():
             out = self.model.generate(inp, attention_mask=torch.ones_like(inp), max_new_tokens=max_new,
                                       do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
-                                      stopping_criteria=stop)
+                                      stopping_criteria=stop, logits_processor=processors)
         new = out[0, len(ids):].tolist()
         stats += RerankStats(calls=1, input_tokens=len(ids), output_tokens=len(new))
         return parse_permutation(self.tokenizer.decode(new, skip_special_tokens=True), labels)
@@ -241,6 +246,27 @@ def _all_named(tokenizer: Any, start: int, labels: Sequence[str]) -> Any:
             return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
     return StoppingCriteriaList([AllNamed()])
+
+
+def _unnamed_only(tokenizer: Any, start: int, labels: Sequence[str], label_ids: Sequence[int]) -> Any:
+    """A logits processor: right after an opening bracket only the identifiers not yet named may follow."""
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class UnnamedOnly(LogitsProcessor):
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            text = tokenizer.decode(input_ids[0, start:].tolist(), skip_special_tokens=True)
+            if not text.endswith("["):
+                return scores
+            named = {m.group(1) for m in _BRACKETED.finditer(text)}
+            allowed = [t for label, t in zip(labels, label_ids) if label not in named]
+            if not allowed:
+                return scores
+            mask = torch.full_like(scores, float("-inf"))
+            mask[:, allowed] = 0.0
+            return scores + mask
+
+    return LogitsProcessorList([UnnamedOnly()])
 
 
 def _last_logits(model: Any, input_ids: Any) -> Any:
