@@ -12,7 +12,8 @@ Optionally (``first_token_loss`` = lambda > 0) FIRST's learning-to-rank term is 
 candidates' identifier tokens are trained with a RankNet loss over every pair of the label,
 ``sum_{a<b} log(1 + exp(s_b - s_a)) / (a + b)`` (ranks from 1, normalised by the sum of the weights).
 Every pair of the list then teaches the one decision a full ranking starts with (and ``first_token``
-mode reads), instead of a single token among ~60 of the permutation's NLL.
+mode reads), instead of a single token among ~60 of the permutation's NLL. ``rank_positions=0``
+applies the same term at every identifier position, over the candidates not yet named (ours [R]).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from lethe.errors import LetheError
@@ -61,7 +62,7 @@ class ListwiseTrainConfig:
     # fraction of training lists presented in a random order (see :func:`shuffled`); True means all
     shuffle_inputs: float | bool = False
     warmup: float = 0.1
-    # lambda of FIRST's RankNet term on the first identifier's logits (0: the importance-aware NLL alone)
+    # lambda of FIRST's RankNet term on identifier logits (0: the importance-aware NLL alone)
     first_token_loss: float = 0.0
     # how many identifier positions get that term (1: the first, as FIRST; 0: every position) [R]
     rank_positions: int = 1
@@ -100,18 +101,21 @@ def target_tokens(tokenizer: Any, order: Sequence[int], labels: Sequence[str], a
 
 @dataclass
 class Encoded:
-    """One training sequence: prompt + target ids, per-token loss weights (0 on the prompt), and where
-    the first identifier is predicted (``head``: index of the position whose logits predict it) with
-    the candidates' identifier token ids (``id_tokens``, candidate order) and the target ``order``;
-    ``heads[k]`` predicts the identifier of rank ``k + 1`` (only the first when a tokenizer merges the
-    later ones with their bracket)."""
+    """One training sequence: prompt + target ids, per-token loss weights (0 on the prompt), the
+    candidates' identifier token ids (``id_tokens``, candidate order), the target ``order``, and
+    ``heads[k]``: the index of the position whose logits predict the identifier of rank ``k + 1`` (only
+    the first when a tokenizer merges the later ones with their bracket)."""
 
     ids: list[int]
     weights: list[float]
-    head: int
     id_tokens: list[int]
     order: list[int]
-    heads: list[int] = field(default_factory=list)
+    heads: list[int]
+
+    @property
+    def head(self) -> int:
+        """The position whose logits predict the first identifier."""
+        return self.heads[0]
 
 
 def encode_example(tokenizer: Any, ex: ListwiseExample, cfg: ListwiseTrainConfig) -> tuple[list[int], list[float]]:
@@ -126,22 +130,20 @@ def encode(tokenizer: Any, ex: ListwiseExample, cfg: ListwiseTrainConfig) -> Enc
     passages = [truncate_tokens(tokenizer, p, cfg.passage_tokens) for p in ex.passages]
     prompt = prompt_ids(tokenizer, user_prompt(ex.query, passages, labels))
     target, weights = target_tokens(tokenizer, ex.order, labels, cfg.alpha, cfg.weighted)
-    first = id_tokens[ex.order[0]]
-    if first not in target:
-        raise LetheError("internal: the first identifier's token is not in the target")
-    head = len(prompt) + target.index(first) - 1
     wanted = set(id_tokens)
     heads = [len(prompt) + j - 1 for j, t in enumerate(target) if t in wanted]
+    if not heads or target[heads[0] + 1 - len(prompt)] != id_tokens[ex.order[0]]:
+        raise LetheError("internal: the first identifier's token is not where the target starts")
     if len(heads) != len(ex.order):
-        heads = [head]
-    return Encoded(prompt + target, [0.0] * len(prompt) + weights, head, list(id_tokens), list(ex.order), heads)
+        heads = heads[:1]
+    return Encoded(prompt + target, [0.0] * len(prompt) + weights, list(id_tokens), list(ex.order), heads)
 
 
 def rank_positions_loss(logits: Any, enc: Encoded, positions: int, offset: int = 0) -> Any:
     """The RankNet term at the first ``positions`` identifier positions, each over the candidates not yet
     named (``order[k:]``), weighted like their identifiers (``1 + 1/log2(k + 1)``); ``logits`` rows are
     sequence positions minus ``offset``."""
-    heads = enc.heads[: max(1, positions)] if positions > 0 else enc.heads
+    heads = enc.heads[:positions] if positions > 0 else enc.heads
     terms, total = [], 0.0
     for k, h in enumerate(heads):
         if len(enc.order) - k < 2:
