@@ -95,7 +95,8 @@ def train_models(ws: Workspace, ds: Dataset, args: argparse.Namespace, passage_t
         cfg = ListwiseTrainConfig(epochs=args.train_epochs, lr=args.train_lr, grad_accum=2,
                                   passage_tokens=passage_tokens, max_seconds=args.train_minutes * 60,
                                   shuffle_inputs=args.shuffle_inputs, lora_layers=args.lora_layers,
-                                  first_token_loss=args.first_token_loss, rank_positions=args.rank_positions)
+                                  first_token_loss=args.first_token_loss, rank_positions=args.rank_positions,
+                                  rank_pairs=args.rank_pairs)
         on_step, close = progress_bar(name)
         t0 = time.perf_counter()
         train_listwise_reranker(ws, ds, examples, name, DEFAULT_LLM, cfg, window, args.step, on_step)
@@ -177,6 +178,8 @@ def main() -> None:
                     help="lambda of FIRST's RankNet term on the first identifier's logits (0: NLL only)")
     ap.add_argument("--rank-positions", type=int, default=1,
                     help="identifier positions the RankNet term trains (1: the first, as FIRST; 0: every one)")
+    ap.add_argument("--rank-pairs", choices=("all", "relevant"), default="all",
+                    help="pairs of that term: every pair of the label (FIRST) or relevant above non-relevant only")
     ap.add_argument("--eval", choices=("test", "dev"), default="test",
                     help="evaluate on the test split, or on held-out train queries (dev: for tuning, not reporting)")
     ap.add_argument("--retrain", action="store_true", help="train the listwise models even if --home has them")

@@ -196,6 +196,10 @@ def test_window_examples_restrict_the_target_order() -> None:
     assert [w.doc_ids for w in wins] == [["d2", "d3", "d4", "d5"], ["d0", "d1", "d2", "d3"]]
     assert wins[0].order == [3, 1, 2, 0]  # d5 > d3 > d4 > d2
     assert wins[1].order == [0, 3, 1, 2]  # d0 > d3 > d1 > d2
+    judged = ListwiseExample("q", ex.passages, ex.order, ex.doc_ids, "q1", relevant=2)  # d5, d0
+    assert [w.relevant for w in window_examples(judged, 4, 2)] == [1, 1]
+    with pytest.raises(LetheError, match="relevant=7"):
+        ListwiseExample("q", ex.passages, ex.order, relevant=7)
     with pytest.raises(LetheError, match="permutation"):
         ListwiseExample("q", ["a", "b"], [0, 0])
 
@@ -205,8 +209,10 @@ def test_shuffled_inputs_keep_the_target_ranking_of_documents() -> None:
 
     from lethe.ranking.listwise_train import shuffled
 
-    ex = ListwiseExample("q", [f"p{i}" for i in range(8)], [5, 0, 3, 1, 4, 2, 7, 6], [f"d{i}" for i in range(8)])
+    ex = ListwiseExample("q", [f"p{i}" for i in range(8)], [5, 0, 3, 1, 4, 2, 7, 6], [f"d{i}" for i in range(8)],
+                         relevant=2)
     out = shuffled(ex, random.Random(3))
+    assert out.relevant == 2
     assert out.passages != ex.passages and sorted(out.doc_ids) == sorted(ex.doc_ids)
     assert [out.doc_ids[i] for i in out.order] == [ex.doc_ids[i] for i in ex.order]
     assert [out.passages[i] for i in out.order] == [ex.passages[i] for i in ex.order]
@@ -336,7 +342,9 @@ def test_listwise_lora_training_registers_lineage_and_reloads(workspace, tiny_ll
     assert set(lineage.doc_ids) == {"d0", "d1", "d2", "d3", "d4", "d5", "d6"}
     assert set(lineage.query_ids) == {"q1", "q2"} and "u1" in set(lineage.owner_ids)
     assert str(ref) in [str(a) for a in workspace.registry.affected_by(doc_ids=["d6"])]
-    assert read_labels(workspace, str(ref))[1] == {"query_id": "q2", "doc_ids": ["d4", "d6", "d2"], "order": [2, 1, 0]}
+    assert [ex.relevant for ex in examples] == [1, 1]  # d0 in q1's list, d2 in q2's
+    assert read_labels(workspace, str(ref))[1] == {"query_id": "q2", "doc_ids": ["d4", "d6", "d2"], "order": [2, 1, 0],
+                                                   "relevant": 1}
     # the reloaded adapter (merged) scores exactly as the trained model
     rr = load_reranker(workspace, str(ref), "first_token", passage_tokens=8)
     again = load_reranker(workspace, str(ref), "first_token", passage_tokens=8)
@@ -372,6 +380,7 @@ def test_forget_relabels_the_listwise_reranker(workspace, tiny_llama: Path, tmp_
     labels = read_labels(workspace, "listwise@v2")
     assert [r["doc_ids"] for r in labels] == [["d3", "d0", "d5"], ["d4", "d2"]]
     assert [r["order"] for r in labels] == [[1, 0, 2], [1, 0]]  # the teacher's order, d6 cut out
+    assert [r["relevant"] for r in labels] == [1, 1]  # d6 was not relevant: the counts stay
     assert "d6" not in workspace.registry.lineage_of("listwise@v2").doc_ids
     assert not workspace.registry.get("listwise@v1").active and rep.receipt["models_still_trained_on_data"] == []
 
@@ -445,6 +454,37 @@ def test_rank_positions_cover_every_identifier_in_label_order(llm) -> None:  # n
     parts = [rank_weight(k + 1) * first_token_rank_loss(logits[enc.heads[k]], enc.id_tokens, enc.order[k:])
              for k in range(3)]
     assert torch.isclose(every, sum(parts) / sum(rank_weight(k + 1) for k in range(3)))
+
+
+def test_relevant_pairs_compare_only_across_the_relevance_boundary(llm) -> None:  # noqa: ANN001
+    import torch
+
+    from lethe.ranking.listwise_train import encode, first_token_rank_loss, rank_positions_loss, rank_weight
+
+    s = torch.tensor([1.0, 2.0, 0.5])  # scores in label order; candidate 0 alone is relevant
+    vocab = torch.zeros(10)
+    vocab[[3, 5, 7]] = s
+    sp = torch.nn.functional.softplus
+    hand = (sp(s[1] - s[0]) / 3 + sp(s[2] - s[0]) / 4) / (1 / 3 + 1 / 4)
+    assert torch.isclose(first_token_rank_loss(vocab, [3, 5, 7], [0, 1, 2], relevant=1), hand)
+    assert not torch.isclose(first_token_rank_loss(vocab, [3, 5, 7], [0, 1, 2]), hand)  # (2, 3) counts too
+
+    _, tok = llm
+    passages = [TEXT_OF[f"d{i}"] for i in range(4)]
+    enc = encode(tok, ListwiseExample("fox", passages, [2, 0, 3, 1], relevant=2), ListwiseTrainConfig(passage_tokens=8))
+    logits = torch.randn(len(enc.ids), max(enc.ids) + 1)
+    got = rank_positions_loss(logits, enc, 0, pairs="relevant")  # ranks 1 and 2 only: then nothing is relevant
+    parts = [rank_weight(k + 1) * first_token_rank_loss(logits[enc.heads[k]], enc.id_tokens, enc.order[k:], 2 - k)
+             for k in range(2)]
+    assert torch.isclose(got, sum(parts) / (rank_weight(1) + rank_weight(2)))
+    for relevant in (0, 4):  # nothing relevant, or nothing non-relevant: no pair to compare
+        none = encode(tok, ListwiseExample("fox", passages, [2, 0, 3, 1], relevant=relevant),
+                      ListwiseTrainConfig(passage_tokens=8))
+        assert float(rank_positions_loss(logits, none, 0, pairs="relevant")) == 0.0
+    unknown = encode(tok, ListwiseExample("fox", passages, [2, 0, 3, 1]), ListwiseTrainConfig(passage_tokens=8))
+    assert torch.isclose(rank_positions_loss(logits, unknown, 0, pairs="relevant"), rank_positions_loss(logits, enc, 0))
+    with pytest.raises(LetheError, match="rank_pairs"):
+        ListwiseTrainConfig(rank_pairs="some")
 
 
 def test_constrained_generation_names_each_identifier_at_most_once(llm) -> None:  # noqa: ANN001

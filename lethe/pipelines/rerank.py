@@ -94,8 +94,11 @@ def listwise_examples(ws: Workspace, ds: Dataset, run: Mapping[str, Sequence[str
         cands = [d for d in cands if d in texts]
         if len(cands) < 2:
             continue
-        order = listwise_order(cands, qrels.get(qid, {}), teacher.get(qid, {}))
-        out.append(ListwiseExample(ds.queries[qid].text, [texts[d] for d in cands], order, list(cands), qid))
+        judged = qrels.get(qid, {})
+        order = listwise_order(cands, judged, teacher.get(qid, {}))
+        relevant = sum(judged.get(d, 0) > 0 for d in cands)
+        out.append(ListwiseExample(ds.queries[qid].text, [texts[d] for d in cands], order, list(cands), qid,
+                                   relevant))
     return out
 
 
@@ -146,7 +149,8 @@ def _lineage(ds: Dataset, examples: Sequence[ListwiseExample]) -> Lineage:
 
 
 def _write_labels(path: Path, examples: Sequence[ListwiseExample]) -> None:
-    _write_label_rows(path, [{"query_id": ex.query_id, "doc_ids": ex.doc_ids, "order": ex.order} for ex in examples])
+    _write_label_rows(path, [{"query_id": ex.query_id, "doc_ids": ex.doc_ids, "order": ex.order,
+                              "relevant": ex.relevant} for ex in examples])
 
 
 def read_labels(ws: Workspace, name: str) -> list[dict[str, Any]]:
@@ -183,8 +187,11 @@ def relabel_listwise(ws: Workspace, name: str, doc_ids: Sequence[str], query_ids
         if len(keep) < 2:
             continue
         new_index = {old: new for new, old in enumerate(keep)}
+        relevant = row.get("relevant")
+        if relevant is not None:
+            relevant = sum(i in new_index for i in row["order"][:relevant])
         edited.append({"query_id": row["query_id"], "doc_ids": [row["doc_ids"][i] for i in keep],
-                       "order": [new_index[i] for i in row["order"] if i in new_index]})
+                       "order": [new_index[i] for i in row["order"] if i in new_index], "relevant": relevant})
     params = ref.manifest.get("params", {}) or {}
     train_cfg = cfg or ListwiseTrainConfig(**{k: v for k, v in ((ref.manifest.get("extra") or {}).get("train") or {})
                                               .items() if k in ListwiseTrainConfig.__dataclass_fields__})
@@ -224,11 +231,12 @@ def _rows_to_examples(ws: Workspace, rows: Sequence[Mapping[str, Any]]) -> list[
         if r["query_id"] not in queries or any(d not in texts for d in r["doc_ids"]):
             continue
         out.append(ListwiseExample(queries[r["query_id"]], [texts[d] for d in r["doc_ids"]], list(r["order"]),
-                                   list(r["doc_ids"]), r["query_id"]))
+                                   list(r["doc_ids"]), r["query_id"], r.get("relevant")))
     return out
 
 
 def _write_label_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     with path.open("w") as f:
         for r in rows:
-            f.write(json.dumps({"query_id": r["query_id"], "doc_ids": r["doc_ids"], "order": r["order"]}) + "\n")
+            f.write(json.dumps({"query_id": r["query_id"], "doc_ids": r["doc_ids"], "order": r["order"],
+                                "relevant": r.get("relevant")}) + "\n")

@@ -14,6 +14,9 @@ candidates' identifier tokens are trained with a RankNet loss over every pair of
 Every pair of the list then teaches the one decision a full ranking starts with (and ``first_token``
 mode reads), instead of a single token among ~60 of the permutation's NLL. ``rank_positions=0``
 applies the same term at every identifier position, over the candidates not yet named (ours [R]).
+``rank_pairs="relevant"`` keeps only the pairs that cross the judged-relevance boundary (a relevant
+candidate above a non-relevant one; ours [R]): the teacher's order among non-relevant candidates, which
+mostly follows the first stage, then no longer teaches the identifier logits to copy the input order.
 """
 
 from __future__ import annotations
@@ -31,17 +34,23 @@ from lethe.ranking.llm import identifiers, label_text, prompt_ids, sliding_windo
 
 @dataclass
 class ListwiseExample:
-    """A query, its candidate passages (first-stage order) and the target order (indexes, best first)."""
+    """A query, its candidate passages (first-stage order) and the target order (indexes, best first).
+
+    ``relevant``: how many candidates at the head of ``order`` are judged relevant (None: unknown).
+    """
 
     query: str
     passages: list[str]
     order: list[int]
     doc_ids: list[str] | None = None
     query_id: str | None = None
+    relevant: int | None = None
 
     def __post_init__(self) -> None:
         if sorted(self.order) != list(range(len(self.passages))):
             raise LetheError(f"target order is not a permutation of the {len(self.passages)} candidates")
+        if self.relevant is not None and not 0 <= self.relevant <= len(self.order):
+            raise LetheError(f"relevant={self.relevant} is outside 0..{len(self.order)} candidates")
 
 
 @dataclass
@@ -66,8 +75,14 @@ class ListwiseTrainConfig:
     first_token_loss: float = 0.0
     # how many identifier positions get that term (1: the first, as FIRST; 0: every position) [R]
     rank_positions: int = 1
+    # which pairs that term compares: "all" (FIRST) or "relevant" (relevant above non-relevant only) [R]
+    rank_pairs: str = "all"
     seed: int = 42
     max_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.rank_pairs not in ("all", "relevant"):
+            raise LetheError(f"unknown rank_pairs {self.rank_pairs!r}; choose 'all' or 'relevant'")
 
 
 def rank_weight(rank: int) -> float:
@@ -111,6 +126,7 @@ class Encoded:
     id_tokens: list[int]
     order: list[int]
     heads: list[int]
+    relevant: int | None = None
 
     @property
     def head(self) -> int:
@@ -136,33 +152,45 @@ def encode(tokenizer: Any, ex: ListwiseExample, cfg: ListwiseTrainConfig) -> Enc
         raise LetheError("internal: the first identifier's token is not where the target starts")
     if len(heads) != len(ex.order):
         heads = heads[:1]
-    return Encoded(prompt + target, [0.0] * len(prompt) + weights, list(id_tokens), list(ex.order), heads)
+    return Encoded(prompt + target, [0.0] * len(prompt) + weights, list(id_tokens), list(ex.order), heads,
+                   ex.relevant)
 
 
-def rank_positions_loss(logits: Any, enc: Encoded, positions: int, offset: int = 0) -> Any:
+def rank_positions_loss(logits: Any, enc: Encoded, positions: int, offset: int = 0, pairs: str = "all") -> Any:
     """The RankNet term at the first ``positions`` identifier positions, each over the candidates not yet
     named (``order[k:]``), weighted like their identifiers (``1 + 1/log2(k + 1)``); ``logits`` rows are
-    sequence positions minus ``offset``."""
+    sequence positions minus ``offset``. ``pairs="relevant"`` compares only relevant with non-relevant
+    candidates (positions after the last relevant one then have no term; a list whose ``relevant`` is
+    unknown keeps every pair); a list with nothing to compare gives 0."""
+    if pairs not in ("all", "relevant"):
+        raise LetheError(f"unknown rank_pairs {pairs!r}; choose 'all' or 'relevant'")
     heads = enc.heads[:positions] if positions > 0 else enc.heads
+    boundary = enc.relevant if pairs == "relevant" else None
     terms, total = [], 0.0
     for k, h in enumerate(heads):
-        if len(enc.order) - k < 2:
+        left = None if boundary is None else boundary - k
+        if len(enc.order) - k < 2 or (left is not None and (left <= 0 or left >= len(enc.order) - k)):
             break
         w = rank_weight(k + 1)
-        terms.append(w * first_token_rank_loss(logits[h - offset], enc.id_tokens, enc.order[k:]))
+        terms.append(w * first_token_rank_loss(logits[h - offset], enc.id_tokens, enc.order[k:], left))
         total += w
-    return sum(terms) / total
+    return sum(terms) / total if terms else logits.sum() * 0.0
 
 
-def first_token_rank_loss(logits: Any, id_tokens: Sequence[int], order: Sequence[int]) -> Any:
+def first_token_rank_loss(logits: Any, id_tokens: Sequence[int], order: Sequence[int],
+                          relevant: int | None = None) -> Any:
     """FIRST's weighted RankNet over the identifier logits of one position (a 1-d vocabulary row):
-    ``sum_{a<b} w_ab softplus(s_b - s_a) / sum w_ab`` with ``s`` in label order and ``w_ab = 1/(a+b)``."""
+    ``sum_{a<b} w_ab softplus(s_b - s_a) / sum w_ab`` with ``s`` in label order and ``w_ab = 1/(a+b)``.
+    With ``relevant`` = m, only the pairs with ``a <= m < b`` (relevant above non-relevant) count."""
     import torch
 
     s = logits[torch.as_tensor([id_tokens[i] for i in order], device=logits.device)].float()
     n = s.shape[0]
     rank = torch.arange(1, n + 1, device=s.device, dtype=torch.float32)
     w = torch.triu(1.0 / (rank[:, None] + rank[None, :]), diagonal=1)  # a (better) < b (worse)
+    if relevant is not None:
+        cross = (rank[:, None] <= relevant) & (rank[None, :] > relevant)
+        w = w * cross
     pair = torch.nn.functional.softplus(s[None, :] - s[:, None])
     return (w * pair).sum() / w.sum().clamp(min=1e-12)
 
@@ -192,8 +220,9 @@ def window_examples(ex: ListwiseExample, window: int, step: int) -> list[Listwis
     for start, end in sliding_windows(len(ex.passages), window, step):
         idx = list(range(start, end))
         local = sorted(range(len(idx)), key=lambda j: rank_of[idx[j]])
+        relevant = None if ex.relevant is None else sum(rank_of[i] < ex.relevant for i in idx)
         out.append(ListwiseExample(ex.query, [ex.passages[i] for i in idx], local,
-                                   [ex.doc_ids[i] for i in idx] if ex.doc_ids else None, ex.query_id))
+                                   [ex.doc_ids[i] for i in idx] if ex.doc_ids else None, ex.query_id, relevant))
     return out
 
 
@@ -207,7 +236,7 @@ def shuffled(ex: ListwiseExample, rng: random.Random) -> ListwiseExample:
     rng.shuffle(perm)
     where = {old: new for new, old in enumerate(perm)}
     return ListwiseExample(ex.query, [ex.passages[i] for i in perm], [where[i] for i in ex.order],
-                           [ex.doc_ids[i] for i in perm] if ex.doc_ids else None, ex.query_id)
+                           [ex.doc_ids[i] for i in perm] if ex.doc_ids else None, ex.query_id, ex.relevant)
 
 
 def prepare_model(model: Any, cfg: ListwiseTrainConfig) -> Any:
@@ -273,7 +302,8 @@ def train_listwise(model: Any, tokenizer: Any, examples: Sequence[ListwiseExampl
             logits = model(input_ids=inp.unsqueeze(0), logits_to_keep=keep).logits[0]
             loss = weighted_nll(logits, inp[-keep:], torch.tensor(w[-keep:], device=dev))
             if cfg.first_token_loss:
-                rank = rank_positions_loss(logits, enc, cfg.rank_positions, offset=len(ids) - keep)
+                rank = rank_positions_loss(logits, enc, cfg.rank_positions, offset=len(ids) - keep,
+                                           pairs=cfg.rank_pairs)
                 loss = loss + cfg.first_token_loss * rank
             loss = loss / cfg.grad_accum
             loss.backward()
