@@ -34,7 +34,7 @@ from lethe.pipelines.train import progress_bar, train_teacher, training_data
 from lethe.pipelines.workspace import Workspace
 from lethe.ranking import CETrainConfig
 from lethe.ranking.base import rerank_run
-from lethe.ranking.listwise_train import ListwiseTrainConfig
+from lethe.ranking.listwise_train import RANK_PAIRS, ListwiseTrainConfig
 from lethe.retrieval.fusion import rrf
 from lethe.types import Hit
 
@@ -178,7 +178,7 @@ def main() -> None:
                     help="lambda of FIRST's RankNet term on the first identifier's logits (0: NLL only)")
     ap.add_argument("--rank-positions", type=int, default=1,
                     help="identifier positions the RankNet term trains (1: the first, as FIRST; 0: every one)")
-    ap.add_argument("--rank-pairs", choices=("all", "relevant"), default="all",
+    ap.add_argument("--rank-pairs", choices=RANK_PAIRS, default="all",
                     help="pairs of that term: every pair of the label (FIRST) or relevant above non-relevant only")
     ap.add_argument("--eval", choices=("test", "dev"), default="test",
                     help="evaluate on the test split, or on held-out train queries (dev: for tuning, not reporting)")

@@ -81,8 +81,16 @@ class ListwiseTrainConfig:
     max_seconds: float | None = None
 
     def __post_init__(self) -> None:
-        if self.rank_pairs not in ("all", "relevant"):
-            raise LetheError(f"unknown rank_pairs {self.rank_pairs!r}; choose 'all' or 'relevant'")
+        check_rank_pairs(self.rank_pairs)
+
+
+RANK_PAIRS = ("all", "relevant")
+
+
+def check_rank_pairs(pairs: str) -> None:
+    """Raise a clear error unless ``pairs`` is one of :data:`RANK_PAIRS`."""
+    if pairs not in RANK_PAIRS:
+        raise LetheError(f"unknown rank_pairs {pairs!r}; choose one of {', '.join(RANK_PAIRS)}")
 
 
 def rank_weight(rank: int) -> float:
@@ -162,8 +170,7 @@ def rank_positions_loss(logits: Any, enc: Encoded, positions: int, offset: int =
     sequence positions minus ``offset``. ``pairs="relevant"`` compares only relevant with non-relevant
     candidates (positions after the last relevant one then have no term; a list whose ``relevant`` is
     unknown keeps every pair); a list with nothing to compare gives 0."""
-    if pairs not in ("all", "relevant"):
-        raise LetheError(f"unknown rank_pairs {pairs!r}; choose 'all' or 'relevant'")
+    check_rank_pairs(pairs)
     heads = enc.heads[:positions] if positions > 0 else enc.heads
     boundary = enc.relevant if pairs == "relevant" else None
     terms, total = [], 0.0
