@@ -180,6 +180,8 @@ def main() -> None:
                     help="identifier positions the RankNet term trains (1: the first, as FIRST; 0: every one)")
     ap.add_argument("--rank-pairs", choices=RANK_PAIRS, default="all",
                     help="pairs of that term: every pair of the label (FIRST) or relevant above non-relevant only")
+    ap.add_argument("--calibration", type=float, default=0.0,
+                    help="contextual-calibration strength of the listwise systems (0: off; tune it with --eval dev)")
     ap.add_argument("--eval", choices=("test", "dev"), default="test",
                     help="evaluate on the test split, or on held-out train queries (dev: for tuning, not reporting)")
     ap.add_argument("--retrain", action="store_true", help="train the listwise models even if --home has them")
@@ -226,10 +228,12 @@ def main() -> None:
             if not _has(ws, name):
                 out[key] = {"skipped": f"{name} not in {home} (train it on a collection with a train split)"}
                 continue
-            rr = load_reranker(ws, name, mode, args.window, args.step, passage_tokens, texts=texts)
+            calibration = args.calibration if mode in ("full", "sliding", "first_token") else 0.0
+            rr = load_reranker(ws, name, mode, args.window, args.step, passage_tokens, texts=texts,
+                               calibration=calibration)
             new, stats = rerank_run(rr, run, queries, args.depth)
             fused = {q: {h.doc_id: h.score for h in rrf([_hits(run[q]), _hits(new[q])])} for q in qids}
-            out[key] = {"model": str(ws.registry.get(name)), "mode": mode,
+            out[key] = {"model": str(ws.registry.get(name)), "mode": mode, "calibration": calibration,
                         "ndcg10": round(evaluate(new, qrels, ["nDCG@10"])[0]["nDCG@10"], 4),
                         "ndcg10_fused": round(evaluate(fused, qrels, ["nDCG@10"])[0]["nDCG@10"], 4),
                         **stats.per_query(len(qids))}

@@ -22,6 +22,9 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
 HomeOpt = Annotated[Path | None, typer.Option("--home", help="workspace directory ($LETHE_HOME or ./.lethe)")]
+CalibrationOpt = Annotated[float, typer.Option(
+    help="listwise LLM modes: contextual-calibration strength (0: off), subtracts the identifier prior of a "
+         "content-free prompt")]
 
 
 def _workspace(home: Path | None, show_progress: bool = True):  # noqa: ANN202
@@ -97,6 +100,7 @@ def eval_(
     depth: Annotated[int, typer.Option(help="candidates handed to the reranker")] = 20,
     window: Annotated[int, typer.Option(help="sliding window size")] = 10,
     step: Annotated[int, typer.Option(help="sliding window step")] = 5,
+    calibration: CalibrationOpt = 0.0,
 ) -> None:
     """Evaluate a retriever (or fusion, or retriever + reranker) on a dataset split; builds the indexes first."""
     from lethe.pipelines.evaluate import evaluate_retriever
@@ -113,7 +117,7 @@ def eval_(
         if rerank is not None:
             from lethe.pipelines.rerank import load_reranker
 
-            system = load_reranker(ws, rerank, rerank_mode, window, step).after(system, depth)
+            system = load_reranker(ws, rerank, rerank_mode, window, step, calibration=calibration).after(system, depth)
             tag += f".{rerank.replace('@', '-')}.{rerank_mode}"
             k = min(k, depth)
         agg, _, _ = evaluate_retriever(system, queries, qrels, measures.split(), k, out, tag)
@@ -138,6 +142,7 @@ def rerank_cmd(
     depth: Annotated[int, typer.Option(help="top candidates of each query to rerank")] = 20,
     window: Annotated[int, typer.Option(help="sliding window size")] = 10,
     step: Annotated[int, typer.Option(help="sliding window step")] = 5,
+    calibration: CalibrationOpt = 0.0,
     split: Annotated[str, typer.Option(help="qrels split for the figures")] = "test",
     out: Annotated[Path | None, typer.Option(help="reranked run (default: RUN.reranked)")] = None,
     unknown_qrels: Annotated[str, typer.Option(help="error | keep | drop")] = "keep",
@@ -158,7 +163,7 @@ def rerank_cmd(
     with _workspace(home) as ws:
         if not len(ws.store):
             ws.ingest(ds)
-        reranker = load_reranker(ws, model, mode, window, step)
+        reranker = load_reranker(ws, model, mode, window, step, calibration=calibration)
         new, stats = rerank_run(reranker, first, queries, depth)
     target = out or run.with_name(run.name + ".reranked")
     write_trec_run(new, target, tag=f"lethe-{model}-{mode}")

@@ -490,7 +490,7 @@ def test_relevant_pairs_compare_only_across_the_relevance_boundary(llm) -> None:
 def test_constrained_generation_names_each_identifier_at_most_once(llm) -> None:  # noqa: ANN001
     import torch
 
-    from lethe.ranking.llm import _unnamed_only
+    from lethe.ranking.llm import _identifier_processor
 
     model, tok = llm
     labels, label_ids = identifiers(tok, 4)
@@ -499,19 +499,115 @@ def test_constrained_generation_names_each_identifier_at_most_once(llm) -> None:
     ids = torch.tensor([[1, 2, 3] + prefix])
     scores = torch.zeros(1, len(tok))
     scores[0, label_ids[1]] = 9.0  # the model would repeat [B]
-    out = _unnamed_only(tok, start, labels, label_ids)(ids, scores.clone())
+    out = _identifier_processor(tok, start, labels, label_ids, True)(ids, scores.clone())
     assert torch.isinf(out[0, label_ids[1]]) and torch.isinf(out[0, label_ids[3]])
     assert int(out[0].argmax()) in (label_ids[0], label_ids[2])
     # elsewhere (not after a bracket) nothing is masked
     mid = torch.tensor([[1, 2, 3] + tok.encode("[B]", add_special_tokens=False)])
-    assert torch.equal(_unnamed_only(tok, start, labels, label_ids)(mid, scores.clone()), scores)
+    assert torch.equal(_identifier_processor(tok, start, labels, label_ids, True)(mid, scores.clone()), scores)
     # in generation (answer opened with a bracket): the identifiers named are distinct and real
     from lethe.ranking.llm import prompt_ids, user_prompt
 
     labels6, ids6 = identifiers(tok, 6)
     prompt = prompt_ids(tok, user_prompt("fox", [TEXT_OF[f"d{i}"] for i in range(6)], labels6), answer_prefix="[")
     gen = model.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False, pad_token_id=tok.pad_token_id,
-                         logits_processor=_unnamed_only(tok, len(prompt) - 1, labels6, ids6))
+                         logits_processor=_identifier_processor(tok, len(prompt) - 1, labels6, ids6, True))
     new = gen[0, len(prompt) - 1 :].tolist()
     after_bracket = [new[i] for i in range(1, len(new)) if tok.decode(new[:i], skip_special_tokens=True).endswith("[")]
     assert after_bracket and len(after_bracket) == len(set(after_bracket)) and set(after_bracket) <= set(ids6)
+
+
+# ------------------------------------------------------------------------------- contextual calibration
+def test_content_free_prior_fed_step_by_step_equals_one_forward(llm) -> None:  # noqa: ANN001
+    import torch
+
+    from lethe.ranking.llm import ContentFreePrior
+
+    model, tok = llm
+    prompt = tok.encode("rank these passages [", add_special_tokens=False)
+    answer = tok.encode("A] > [B] > [", add_special_tokens=False)
+    prior = ContentFreePrior(model, prompt)
+    prior(answer[:2])
+    stepped = prior(answer)
+    assert torch.equal(prior(answer), stepped)  # nothing new to read: the last logits again
+    with torch.no_grad():
+        whole = model(input_ids=torch.tensor([prompt + answer])).logits[0, -1]
+    assert torch.allclose(stepped, whole, atol=1e-4)
+    assert prior.tokens == len(prompt) + len(answer)
+
+
+def test_calibration_subtracts_the_content_free_identifier_logprobs(llm) -> None:  # noqa: ANN001
+    import torch
+
+    from lethe.ranking.llm import _identifier_processor
+
+    model, tok = llm
+    labels, label_ids = identifiers(tok, 4)
+    start = 3
+    ids = torch.tensor([[1, 2, 3] + tok.encode("[B] > [", add_special_tokens=False)])
+    scores = torch.randn(1, len(tok))
+    prior_logits = torch.randn(len(tok))
+
+    class Fixed:
+        def __call__(self, answer: list[int]) -> torch.Tensor:
+            return prior_logits
+
+    out = _identifier_processor(tok, start, labels, label_ids, True, Fixed(), 0.5)(ids, scores.clone())
+    allowed = [label_ids[0], label_ids[2], label_ids[3]]  # [B] is already named
+    expected = scores[0, allowed] - 0.5 * torch.log_softmax(prior_logits[allowed], dim=-1)
+    assert torch.allclose(out[0, allowed], expected)
+    assert torch.isinf(out[0, label_ids[1]]) and int(out[0].argmax()) in allowed
+    unconstrained = _identifier_processor(tok, start, labels, label_ids, False, Fixed(), 0.5)(ids, scores.clone())
+    assert torch.allclose(unconstrained[0, label_ids], scores[0, label_ids] - 0.5 * torch.log_softmax(
+        prior_logits[label_ids], dim=-1))
+    assert _identifier_processor(tok, start, labels, label_ids, False) is None
+
+
+def test_calibrated_generation_feeds_the_prior_the_answer(llm) -> None:  # noqa: ANN001
+    import torch
+
+    from lethe.ranking.llm import CONTENT_FREE, ContentFreePrior, _identifier_processor, prompt_ids
+
+    model, tok = llm
+    labels, label_ids = identifiers(tok, 6)
+    prompt = prompt_ids(tok, user_prompt("fox", [TEXT_OF[f"d{i}"] for i in range(6)], labels), answer_prefix="[")
+    cf = prompt_ids(tok, user_prompt("fox", [CONTENT_FREE] * 6, labels), answer_prefix="[")
+    prior = ContentFreePrior(model, cf[:-1])
+    proc = _identifier_processor(tok, len(prompt) - 1, labels, label_ids, True, prior, 1.0)
+    gen = model.generate(torch.tensor([prompt]), max_new_tokens=30, do_sample=False, pad_token_id=tok.pad_token_id,
+                         logits_processor=proc)
+    answer = gen[0, len(prompt) - 1 :].tolist()
+    assert prior.cache is not None and len(cf) - 1 < prior.tokens <= len(cf) - 1 + len(answer)
+
+
+@pytest.mark.parametrize("mode", ["full", "sliding", "first_token"])
+def test_calibrated_listwise_counts_the_content_free_pass(llm, mode: str) -> None:  # noqa: ANN001
+    model, tok = llm
+    kw = {"mode": mode, "window": 4, "step": 2, "passage_tokens": 12, "max_new_tokens": 8, "texts": TEXT_OF}
+    plain = ListwiseLLMReranker(model, tok, **kw).rerank("fox jumping", _hits(6))
+    cal = ListwiseLLMReranker(model, tok, calibration=1.0, **kw).rerank("fox jumping", _hits(6))
+    assert sorted(h.doc_id for h in cal) == sorted(h.doc_id for h in plain)
+    extra_calls = cal.stats.calls - plain.stats.calls  # a prompt whose answer never opened a bracket reads no prior
+    assert 0 <= extra_calls <= plain.stats.calls
+    assert (extra_calls > 0) == (cal.stats.input_tokens > plain.stats.input_tokens)
+    if mode == "first_token":
+        assert extra_calls == 1
+    with pytest.raises(LetheError, match="calibration"):
+        ListwiseLLMReranker(model, tok, calibration=-1.0, **kw)
+
+
+def test_calibrated_first_token_scores_remove_the_content_free_prior(llm) -> None:  # noqa: ANN001
+    import torch
+
+    from lethe.ranking.llm import CONTENT_FREE, prompt_ids
+
+    model, tok = llm
+    passages = [truncate_tokens(tok, TEXT_OF[f"d{i}"], 12) for i in range(5)]
+    raw = ListwiseLLMReranker(model, tok, mode="first_token").first_token_scores("fox", passages, RerankStats())
+    cal = ListwiseLLMReranker(model, tok, mode="first_token", calibration=0.7).first_token_scores(
+        "fox", passages, RerankStats())
+    labels, label_ids = identifiers(tok, 5)
+    cf = prompt_ids(tok, user_prompt("fox", [CONTENT_FREE] * 5, labels), answer_prefix="[")
+    with torch.no_grad():
+        prior = torch.log_softmax(model(input_ids=torch.tensor([cf])).logits[0, -1, label_ids], dim=-1)
+    assert np.allclose(cal, raw - 0.7 * prior.numpy(), atol=1e-4)

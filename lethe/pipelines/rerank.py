@@ -46,11 +46,12 @@ def ensure_llm(ws: Workspace, name: str = DEFAULT_LLM, source: str = DEFAULT_LLM
 
 
 def load_reranker(ws: Workspace, name: str, mode: str = "full", window: int = 20, step: int = 10,
-                  passage_tokens: int = 100, texts: Any = None) -> Reranker:
+                  passage_tokens: int = 100, texts: Any = None, calibration: float = 0.0) -> Reranker:
     """A reranker over registry model ``name`` (cross-encoder, LLM or LLM adapter).
 
     ``mode`` applies to LLMs: ``qlm`` (query likelihood), ``full``, ``sliding`` (``window``/``step``)
-    or ``first_token``. Adapters are merged into their base for speed.
+    or ``first_token``; ``calibration`` is the listwise modes' contextual-calibration strength.
+    Adapters are merged into their base for speed.
     """
     if name.split("@")[0] == DEFAULT_LLM:
         ensure_llm(ws)
@@ -69,8 +70,8 @@ def load_reranker(ws: Workspace, name: str, mode: str = "full", window: int = 20
     model.eval()
     if mode == "qlm":
         return QueryLikelihoodReranker(model, tokenizer, passage_tokens, version=str(ref), texts=texts)
-    return ListwiseLLMReranker(model, tokenizer, mode=mode, window=window, step=step,
-                               passage_tokens=passage_tokens, version=str(ref), texts=texts)
+    return ListwiseLLMReranker(model, tokenizer, mode=mode, window=window, step=step, passage_tokens=passage_tokens,
+                               calibration=calibration, version=str(ref), texts=texts)
 
 
 def listwise_order(candidates: Sequence[str], qrels: Mapping[str, int], teacher: Mapping[str, float]) -> list[int]:

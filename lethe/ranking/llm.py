@@ -12,6 +12,7 @@ template, plain LMs a plain-text prompt.
 
 from __future__ import annotations
 
+import inspect
 import re
 import string
 from collections.abc import Sequence
@@ -27,6 +28,7 @@ from lethe.types import Hit
 SYSTEM = "You are RankLLM, an intelligent assistant that can rank passages based on their relevancy to the query."
 QLM_PROMPT = "Passage: {passage}\nPlease write a question based on this passage.\nQuestion:"
 MODES = ("full", "sliding", "first_token")
+CONTENT_FREE = "N/A"  # the passage text of the content-free prompt (contextual calibration)
 _BRACKETED = re.compile(r"\[([^\[\]\s]{1,6})\]")
 
 
@@ -158,7 +160,11 @@ class ListwiseLLMReranker(TextReranker):
     first answer token). ``passage_tokens`` caps each passage's length in the prompt. ``constrained``
     (default) lets the token after an opening bracket be only an identifier not yet named, so a
     generated ranking cannot repeat or invent one (what the model leaves unnamed still follows in the
-    original order).
+    original order). ``calibration`` (lambda, default 0) is contextual calibration at every
+    identifier position [R]: lambda times the identifier log-probabilities the model gives to a
+    *content-free* copy of the prompt (every passage replaced by ``N/A``, fed the same answer so far)
+    is subtracted, which takes out the position prior (copying the input order) and leaves what the
+    passages' content adds. It costs one short extra sequence per prompt, counted in the stats.
     """
 
     model: Any
@@ -169,12 +175,15 @@ class ListwiseLLMReranker(TextReranker):
     passage_tokens: int = 100
     max_new_tokens: int | None = None
     constrained: bool = True
+    calibration: float = 0.0
     version: str = ""
     _labels: dict[int, tuple[list[str], list[int]]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise LetheError(f"unknown listwise mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.calibration < 0:
+            raise LetheError(f"calibration must be >= 0 (got {self.calibration})")
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
@@ -210,13 +219,17 @@ class ListwiseLLMReranker(TextReranker):
         max_new = self.max_new_tokens or 6 * len(passages) + 8
         inp = torch.tensor([ids], device=_device(self.model))
         stop = _all_named(self.tokenizer, len(ids), labels)
-        processors = _unnamed_only(self.tokenizer, len(ids), labels, label_ids) if self.constrained else None
+        prior = self._prior(query, len(passages)) if self.calibration else None
+        processors = _identifier_processor(self.tokenizer, len(ids), labels, label_ids, self.constrained,
+                                           prior, self.calibration)
         with torch.no_grad():
             out = self.model.generate(inp, attention_mask=torch.ones_like(inp), max_new_tokens=max_new,
                                       do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
                                       stopping_criteria=stop, logits_processor=processors)
         new = out[0, len(ids):].tolist()
         stats += RerankStats(calls=1, input_tokens=len(ids), output_tokens=len(new))
+        if prior is not None and prior.tokens:  # read only once the answer reached an identifier
+            stats += RerankStats(calls=1, input_tokens=prior.tokens)
         return parse_permutation(self.tokenizer.decode(new, skip_special_tokens=True), labels)
 
     def first_token_scores(self, query: str, passages: Sequence[str], stats: RerankStats) -> np.ndarray:
@@ -227,9 +240,48 @@ class ListwiseLLMReranker(TextReranker):
         ids = prompt_ids(self.tokenizer, user_prompt(query, passages, labels), answer_prefix="[")
         inp = torch.tensor([ids], device=_device(self.model))
         with torch.no_grad():
-            logits = _last_logits(self.model, inp)
+            logits = _last_logits(self.model, inp)[token_ids].float()
         stats += RerankStats(calls=1, input_tokens=len(ids), output_tokens=0)
-        return logits[token_ids].float().cpu().numpy()
+        if self.calibration:
+            prior = self._prior(query, len(passages), answer_prefix="[")
+            logits = logits - self.calibration * torch.log_softmax(prior([])[token_ids].float(), dim=-1)
+            stats += RerankStats(calls=1, input_tokens=prior.tokens)
+        return logits.cpu().numpy()
+
+    def _prior(self, query: str, n: int, answer_prefix: str = "") -> ContentFreePrior:
+        labels, _ = self.labels(n)
+        user = user_prompt(query, [CONTENT_FREE] * n, labels)
+        return ContentFreePrior(self.model, prompt_ids(self.tokenizer, user, answer_prefix))
+
+
+class ContentFreePrior:
+    """Next-token logits of a content-free prompt that is fed, step by step, the same answer as the
+    real prompt (one KV cache, so each call costs only the answer tokens not yet seen)."""
+
+    def __init__(self, model: Any, prompt: Sequence[int]) -> None:
+        self.model = model
+        self.prompt = list(prompt)
+        self.fed = 0  # answer tokens already in the cache
+        self.cache: Any = None
+        self.tokens = 0  # tokens this prior has read (prompt + answer)
+        self.last: Any = None
+
+    def __call__(self, answer: Sequence[int]) -> Any:
+        """Logits over the vocabulary after the prompt and ``answer`` (the generated tokens so far)."""
+        import torch
+
+        chunk = (self.prompt if self.cache is None else []) + list(answer[self.fed:])
+        if not chunk:
+            return self.last
+        inp = torch.tensor([chunk], device=_device(self.model))
+        key = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        with torch.no_grad():  # transformers 5 names the KV cache ``cache``, 4.x ``past_key_values``
+            out = self.model(input_ids=inp, use_cache=True, **{key: self.cache})
+        self.cache = getattr(out, key)
+        self.fed = len(answer)
+        self.tokens += len(chunk)
+        self.last = out.logits[0, -1]
+        return self.last
 
 
 def _all_named(tokenizer: Any, start: int, labels: Sequence[str]) -> Any:
@@ -248,25 +300,38 @@ def _all_named(tokenizer: Any, start: int, labels: Sequence[str]) -> Any:
     return StoppingCriteriaList([AllNamed()])
 
 
-def _unnamed_only(tokenizer: Any, start: int, labels: Sequence[str], label_ids: Sequence[int]) -> Any:
-    """A logits processor: right after an opening bracket only the identifiers not yet named may follow."""
+def _identifier_processor(tokenizer: Any, start: int, labels: Sequence[str], label_ids: Sequence[int],
+                          constrained: bool, prior: ContentFreePrior | None = None, strength: float = 0.0) -> Any:
+    """A logits processor acting right after an opening bracket (where an identifier comes next):
+    ``constrained`` lets only the identifiers not yet named follow; with a ``prior``, ``strength``
+    times its identifier log-probabilities is subtracted (contextual calibration). None if neither."""
     import torch
     from transformers import LogitsProcessor, LogitsProcessorList
 
-    class UnnamedOnly(LogitsProcessor):
+    if not constrained and prior is None:
+        return None
+
+    class IdentifierStep(LogitsProcessor):
         def __call__(self, input_ids: Any, scores: Any) -> Any:
-            text = tokenizer.decode(input_ids[0, start:].tolist(), skip_special_tokens=True)
+            answer = input_ids[0, start:].tolist()
+            text = tokenizer.decode(answer, skip_special_tokens=True)
             if not text.endswith("["):
                 return scores
-            named = {m.group(1) for m in _BRACKETED.finditer(text)}
+            named = {m.group(1) for m in _BRACKETED.finditer(text)} if constrained else set()
             allowed = [t for label, t in zip(labels, label_ids) if label not in named]
             if not allowed:
                 return scores
-            mask = torch.full_like(scores, float("-inf"))
-            mask[:, allowed] = 0.0
-            return scores + mask
+            if prior is not None:
+                cf = torch.log_softmax(prior(answer)[allowed].float(), dim=-1).to(scores.dtype)
+                scores = scores.clone()
+                scores[:, allowed] -= strength * cf
+            if constrained:
+                mask = torch.full_like(scores, float("-inf"))
+                mask[:, allowed] = 0.0
+                scores = scores + mask
+            return scores
 
-    return LogitsProcessorList([UnnamedOnly()])
+    return LogitsProcessorList([IdentifierStep()])
 
 
 def _last_logits(model: Any, input_ids: Any) -> Any:
