@@ -96,7 +96,7 @@ def train_models(ws: Workspace, ds: Dataset, args: argparse.Namespace, passage_t
                                   passage_tokens=passage_tokens, max_seconds=args.train_minutes * 60,
                                   shuffle_inputs=args.shuffle_inputs, lora_layers=args.lora_layers,
                                   first_token_loss=args.first_token_loss, rank_positions=args.rank_positions,
-                                  rank_pairs=args.rank_pairs)
+                                  rank_pairs=args.rank_pairs, passage_view=args.passage_view)
         on_step, close = progress_bar(name)
         t0 = time.perf_counter()
         train_listwise_reranker(ws, ds, examples, name, DEFAULT_LLM, cfg, window, args.step, on_step)
@@ -162,6 +162,8 @@ def main() -> None:
     ap.add_argument("--step", type=int, default=None, help="default: window / 2")
     ap.add_argument("--queries", type=int, default=20, help="fixed-seed sample of test queries (0: all)")
     ap.add_argument("--passage-tokens", type=int, default=48)
+    ap.add_argument("--passage-view", choices=("head", "query"), default="head",
+                    help="what prompts show of a passage: its head or the query-biased snippet (LLM systems)")
     ap.add_argument("--home", default=None, help="workspace (default: temp); reuse it to transfer trained models")
     ap.add_argument("--train-queries", type=int, default=200)
     ap.add_argument("--train-minutes", type=float, default=12, help="per listwise model")
@@ -196,7 +198,7 @@ def main() -> None:
     passage_tokens = min(args.passage_tokens, (CONTEXT - 600) // args.depth - 8)
     home = Path(args.home or tempfile.mkdtemp(prefix="lethe-rerank-"))
     out: dict = {"data": args.data, "depth": args.depth, "window": args.window, "step": args.step,
-                 "passage_tokens": passage_tokens, "home": str(home)}
+                 "passage_tokens": passage_tokens, "passage_view": args.passage_view, "home": str(home)}
     with Workspace(home, show_progress=False) as ws:
         ensure_llm(ws)
         trained = "train" in ds.qrels
@@ -230,7 +232,7 @@ def main() -> None:
                 continue
             calibration = args.calibration if mode in ("full", "sliding", "first_token") else 0.0
             rr = load_reranker(ws, name, mode, args.window, args.step, passage_tokens, texts=texts,
-                               calibration=calibration)
+                               calibration=calibration, passage_view=args.passage_view)
             new, stats = rerank_run(rr, run, queries, args.depth)
             fused = {q: {h.doc_id: h.score for h in rrf([_hits(run[q]), _hits(new[q])])} for q in qids}
             out[key] = {"model": str(ws.registry.get(name)), "mode": mode, "calibration": calibration,

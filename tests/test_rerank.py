@@ -611,3 +611,25 @@ def test_calibrated_first_token_scores_remove_the_content_free_prior(llm) -> Non
     with torch.no_grad():
         prior = torch.log_softmax(model(input_ids=torch.tensor([cf])).logits[0, -1, label_ids], dim=-1)
     assert np.allclose(cal, raw - 0.7 * prior.numpy(), atol=1e-4)
+
+
+# ------------------------------------------------------------------------------- passage views
+def test_query_snippet_keeps_the_head_and_adds_the_matching_sentence(llm) -> None:  # noqa: ANN001
+    from lethe.ranking.llm import passage_view, query_snippet
+
+    _, tok = llm
+    text = ("Alpha study of cells. Background sentence one about nothing here. Another filler sentence "
+            "without terms. The fox jumped over the lazy dog in the garden.")
+    snip = query_snippet(tok, text, "does the fox jump over the dog", 16)
+    head = truncate_tokens(tok, text, 8)
+    assert snip.startswith(head + " ... ") and "fox" in snip
+    assert len(tok.encode(snip, add_special_tokens=False)) <= 16 + len(tok.encode(" ... ", add_special_tokens=False))
+    # when the head already holds the query terms (or nothing matches), the view is the head
+    assert query_snippet(tok, text, "alpha cells", 16) == truncate_tokens(tok, text, 16)
+    assert query_snippet(tok, text, "zebra", 16) == truncate_tokens(tok, text, 16)
+    assert passage_view(tok, text, "does the fox jump over the dog", 16, "query") == snip
+    assert passage_view(tok, text, "fox", 16) == truncate_tokens(tok, text, 16)
+    with pytest.raises(LetheError, match="passage view"):
+        passage_view(tok, text, "fox", 16, "middle")
+    with pytest.raises(LetheError, match="passage view"):
+        ListwiseTrainConfig(passage_view="middle")

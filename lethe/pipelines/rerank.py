@@ -46,11 +46,13 @@ def ensure_llm(ws: Workspace, name: str = DEFAULT_LLM, source: str = DEFAULT_LLM
 
 
 def load_reranker(ws: Workspace, name: str, mode: str = "full", window: int = 20, step: int = 10,
-                  passage_tokens: int = 100, texts: Any = None, calibration: float = 0.0) -> Reranker:
+                  passage_tokens: int = 100, texts: Any = None, calibration: float = 0.0,
+                  passage_view: str | None = None) -> Reranker:
     """A reranker over registry model ``name`` (cross-encoder, LLM or LLM adapter).
 
     ``mode`` applies to LLMs: ``qlm`` (query likelihood), ``full``, ``sliding`` (``window``/``step``)
-    or ``first_token``; ``calibration`` is the listwise modes' contextual-calibration strength.
+    or ``first_token``; ``calibration`` is the listwise modes' contextual-calibration strength;
+    ``passage_view`` (``head`` | ``query``) defaults to the one the model was trained with, else ``head``.
     Adapters are merged into their base for speed.
     """
     if name.split("@")[0] == DEFAULT_LLM:
@@ -64,14 +66,16 @@ def load_reranker(ws: Workspace, name: str, mode: str = "full", window: int = 20
         raise LetheError(f"{ref} is a {ref.kind}, not a reranker (cross_encoder, llm or adapter)")
     if mode not in LLM_MODES:
         raise LetheError(f"unknown LLM rerank mode {mode!r}; choose one of {', '.join(LLM_MODES)}")
+    view = passage_view or ref.manifest.get("params", {}).get("passage_view", "head")
     model, tokenizer = ws.registry.load(ref)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     model.eval()
     if mode == "qlm":
-        return QueryLikelihoodReranker(model, tokenizer, passage_tokens, version=str(ref), texts=texts)
+        return QueryLikelihoodReranker(model, tokenizer, passage_tokens, passage_view=view, version=str(ref),
+                                       texts=texts)
     return ListwiseLLMReranker(model, tokenizer, mode=mode, window=window, step=step, passage_tokens=passage_tokens,
-                               calibration=calibration, version=str(ref), texts=texts)
+                               calibration=calibration, passage_view=view, version=str(ref), texts=texts)
 
 
 def listwise_order(candidates: Sequence[str], qrels: Mapping[str, int], teacher: Mapping[str, float]) -> list[int]:
@@ -124,7 +128,8 @@ def train_listwise_reranker(ws: Workspace, ds: Dataset, examples: Sequence[Listw
     seconds = round(time.perf_counter() - t0, 1)
     lineage = _lineage(ds, examples)
     params = {"mode": "sliding" if window else "full", "window": window, "step": step,
-              "passage_tokens": cfg.passage_tokens, "weighted": cfg.weighted, "alpha": cfg.alpha}
+              "passage_tokens": cfg.passage_tokens, "passage_view": cfg.passage_view, "weighted": cfg.weighted,
+              "alpha": cfg.alpha}
     extra = {"train": {k: v for k, v in cfg.__dict__.items()}, "steps": len(losses),
              "final_loss": losses[-1] if losses else None, "examples": len(train_set), "seconds": seconds,
              "first_loss": losses[0] if losses else None}

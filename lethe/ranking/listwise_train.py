@@ -29,7 +29,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from lethe.errors import LetheError
-from lethe.ranking.llm import identifiers, label_text, prompt_ids, sliding_windows, truncate_tokens, user_prompt
+from lethe.ranking.llm import (
+    PASSAGE_VIEWS,
+    identifiers,
+    label_text,
+    passage_view,
+    prompt_ids,
+    sliding_windows,
+    user_prompt,
+)
 
 
 @dataclass
@@ -61,6 +69,8 @@ class ListwiseTrainConfig:
     lr: float = 2e-4
     grad_accum: int = 4
     passage_tokens: int = 64
+    # what each prompt shows of a passage: its head or the query-biased snippet (see llm.passage_view)
+    passage_view: str = "head"
     alpha: float = 1.0
     weighted: bool = True
     lora_r: int = 16
@@ -82,6 +92,8 @@ class ListwiseTrainConfig:
 
     def __post_init__(self) -> None:
         check_rank_pairs(self.rank_pairs)
+        if self.passage_view not in PASSAGE_VIEWS:
+            raise LetheError(f"unknown passage view {self.passage_view!r}; choose one of {', '.join(PASSAGE_VIEWS)}")
 
 
 RANK_PAIRS = ("all", "relevant")
@@ -151,7 +163,7 @@ def encode_example(tokenizer: Any, ex: ListwiseExample, cfg: ListwiseTrainConfig
 def encode(tokenizer: Any, ex: ListwiseExample, cfg: ListwiseTrainConfig) -> Encoded:
     """The training sequence of ``ex`` and the position of its first identifier (see :class:`Encoded`)."""
     labels, id_tokens = identifiers(tokenizer, len(ex.passages))
-    passages = [truncate_tokens(tokenizer, p, cfg.passage_tokens) for p in ex.passages]
+    passages = [passage_view(tokenizer, p, ex.query, cfg.passage_tokens, cfg.passage_view) for p in ex.passages]
     prompt = prompt_ids(tokenizer, user_prompt(ex.query, passages, labels))
     target, weights = target_tokens(tokenizer, ex.order, labels, cfg.alpha, cfg.weighted)
     wanted = set(id_tokens)

@@ -30,6 +30,11 @@ QLM_PROMPT = "Passage: {passage}\nPlease write a question based on this passage.
 MODES = ("full", "sliding", "first_token")
 CONTENT_FREE = "N/A"  # the passage text of the content-free prompt (contextual calibration)
 _BRACKETED = re.compile(r"\[([^\[\]\s]{1,6})\]")
+PASSAGE_VIEWS = ("head", "query")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_WORD = re.compile(r"[a-z0-9]+")
+_STOP = frozenset("the and for are was were with that this from have has not but its their which these those "
+                  "than into can may also been being between there other such more most".split())
 
 
 # --------------------------------------------------------------------------------------- identifiers
@@ -95,6 +100,37 @@ def truncate_tokens(tokenizer: Any, text: str, max_tokens: int) -> str:
     text = " ".join(text.replace("[", "(").replace("]", ")").split())
     ids = tokenizer.encode(text, add_special_tokens=False)
     return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens]).strip()
+
+
+def query_snippet(tokenizer: Any, text: str, query: str, max_tokens: int) -> str:
+    """A query-biased view of ``text`` in ``max_tokens`` tokens: its head when the head already shares the
+    most distinct query terms; else the first half of the budget from the head (the title, usually) and,
+    after ``...``, the other half from the sentence on whose window the most query terms fall."""
+    sentences = [s for s in _SENTENCE_END.split(" ".join(text.split())) if s]
+    head = truncate_tokens(tokenizer, text, max_tokens)
+    terms = _terms(query)
+    half = max(1, max_tokens // 2)
+    best, best_hits = "", len(terms & _terms(head))
+    for i in range(1, len(sentences)):
+        window = truncate_tokens(tokenizer, " ".join(sentences[i:]), half)
+        hits = len(terms & _terms(truncate_tokens(tokenizer, text, half) + " " + window))
+        if hits > best_hits:
+            best, best_hits = window, hits
+    return f"{truncate_tokens(tokenizer, text, half)} ... {best}" if best else head
+
+
+def passage_view(tokenizer: Any, text: str, query: str, max_tokens: int, view: str = "head") -> str:
+    """What the prompt shows of a passage: its first ``max_tokens`` tokens (``head``) or the
+    query-biased snippet of that length (``query``, see :func:`query_snippet`)."""
+    if view == "head":
+        return truncate_tokens(tokenizer, text, max_tokens)
+    if view == "query":
+        return query_snippet(tokenizer, text, query, max_tokens)
+    raise LetheError(f"unknown passage view {view!r}; choose one of {', '.join(PASSAGE_VIEWS)}")
+
+
+def _terms(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if len(w) > 2 and w not in _STOP}
 
 
 def user_prompt(query: str, passages: Sequence[str], labels: Sequence[str]) -> str:
@@ -176,6 +212,7 @@ class ListwiseLLMReranker(TextReranker):
     max_new_tokens: int | None = None
     constrained: bool = True
     calibration: float = 0.0
+    passage_view: str = "head"
     version: str = ""
     _labels: dict[int, tuple[list[str], list[int]]] = field(default_factory=dict, init=False, repr=False)
 
@@ -184,6 +221,8 @@ class ListwiseLLMReranker(TextReranker):
             raise LetheError(f"unknown listwise mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.calibration < 0:
             raise LetheError(f"calibration must be >= 0 (got {self.calibration})")
+        if self.passage_view not in PASSAGE_VIEWS:
+            raise LetheError(f"unknown passage view {self.passage_view!r}; choose one of {', '.join(PASSAGE_VIEWS)}")
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
@@ -194,7 +233,7 @@ class ListwiseLLMReranker(TextReranker):
         return self._labels[n]
 
     def _rerank(self, query: str, hits: list[Hit], passages: list[str], k: int | None) -> Ranked:
-        passages = [truncate_tokens(self.tokenizer, p, self.passage_tokens) for p in passages]
+        passages = [passage_view(self.tokenizer, p, query, self.passage_tokens, self.passage_view) for p in passages]
         stats = RerankStats()
         if self.mode == "first_token":
             scores = self.first_token_scores(query, passages, stats)
@@ -352,9 +391,12 @@ class QueryLikelihoodReranker(TextReranker):
     passage_tokens: int = 100
     batch_size: int = 4
     template: str = QLM_PROMPT
+    passage_view: str = "head"
     version: str = ""
 
     def __post_init__(self) -> None:
+        if self.passage_view not in PASSAGE_VIEWS:
+            raise LetheError(f"unknown passage view {self.passage_view!r}; choose one of {', '.join(PASSAGE_VIEWS)}")
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
@@ -370,7 +412,8 @@ class QueryLikelihoodReranker(TextReranker):
         q_ids = self.tokenizer.encode(" " + query.strip(), add_special_tokens=False)
         seqs = []
         for p in passages:
-            text = self.template.format(passage=truncate_tokens(self.tokenizer, p, self.passage_tokens))
+            shown = passage_view(self.tokenizer, p, query, self.passage_tokens, self.passage_view)
+            text = self.template.format(passage=shown)
             seqs.append(self.tokenizer.encode(text, add_special_tokens=True))
         out = []
         for i in range(0, len(seqs), self.batch_size):
