@@ -22,6 +22,9 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
 HomeOpt = Annotated[Path | None, typer.Option("--home", help="workspace directory ($LETHE_HOME or ./.lethe)")]
+ViewOpt = Annotated[str | None, typer.Option(
+    help="LLM rerankers: what the prompt shows of a passage, head | query (query-biased snippet); default: the "
+         "view the model was trained with, else head")]
 CalibrationOpt = Annotated[float, typer.Option(
     help="listwise LLM modes: contextual-calibration strength (0: off), subtracts the identifier prior of a "
          "content-free prompt")]
@@ -101,6 +104,7 @@ def eval_(
     window: Annotated[int, typer.Option(help="sliding window size")] = 10,
     step: Annotated[int, typer.Option(help="sliding window step")] = 5,
     calibration: CalibrationOpt = 0.0,
+    passage_view: ViewOpt = None,
 ) -> None:
     """Evaluate a retriever (or fusion, or retriever + reranker) on a dataset split; builds the indexes first."""
     from lethe.pipelines.evaluate import evaluate_retriever
@@ -117,7 +121,8 @@ def eval_(
         if rerank is not None:
             from lethe.pipelines.rerank import load_reranker
 
-            system = load_reranker(ws, rerank, rerank_mode, window, step, calibration=calibration).after(system, depth)
+            system = load_reranker(ws, rerank, rerank_mode, window, step, calibration=calibration,
+                                   passage_view=passage_view).after(system, depth)
             tag += f".{rerank.replace('@', '-')}.{rerank_mode}"
             k = min(k, depth)
         agg, _, _ = evaluate_retriever(system, queries, qrels, measures.split(), k, out, tag)
@@ -143,6 +148,7 @@ def rerank_cmd(
     window: Annotated[int, typer.Option(help="sliding window size")] = 10,
     step: Annotated[int, typer.Option(help="sliding window step")] = 5,
     calibration: CalibrationOpt = 0.0,
+    passage_view: ViewOpt = None,
     split: Annotated[str, typer.Option(help="qrels split for the figures")] = "test",
     out: Annotated[Path | None, typer.Option(help="reranked run (default: RUN.reranked)")] = None,
     unknown_qrels: Annotated[str, typer.Option(help="error | keep | drop")] = "keep",
@@ -163,7 +169,7 @@ def rerank_cmd(
     with _workspace(home) as ws:
         if not len(ws.store):
             ws.ingest(ds)
-        reranker = load_reranker(ws, model, mode, window, step, calibration=calibration)
+        reranker = load_reranker(ws, model, mode, window, step, calibration=calibration, passage_view=passage_view)
         new, stats = rerank_run(reranker, first, queries, depth)
     target = out or run.with_name(run.name + ".reranked")
     write_trec_run(new, target, tag=f"lethe-{model}-{mode}")

@@ -333,8 +333,10 @@ def test_listwise_lora_training_registers_lineage_and_reloads(workspace, tiny_ll
     teacher = {"q1": {"d1": 0.9, "d3": 0.1}, "q2": {"d4": 0.5, "d6": 0.7}}
     examples = listwise_examples(workspace, ds, run, teacher, "train")
     assert [ex.order for ex in examples] == [[1, 2, 0, 3], [2, 1, 0]]
-    cfg = ListwiseTrainConfig(epochs=2, lr=1e-3, grad_accum=1, passage_tokens=8, lora_r=4, lora_alpha=8)
+    cfg = ListwiseTrainConfig(epochs=2, lr=1e-3, grad_accum=1, passage_tokens=8, lora_r=4, lora_alpha=8,
+                              passage_view="query")
     ref, losses = train_listwise_reranker(workspace, ds, examples, "listwise", base="tiny-llm", cfg=cfg)
+    assert ref.manifest["params"]["passage_view"] == "query"
     assert ref.kind == "adapter" and len(losses) == 4
     extra = ref.manifest["extra"]
     assert extra["steps"] == 4 and extra["seconds"] > 0 and extra["first_loss"] == losses[0]
@@ -348,6 +350,8 @@ def test_listwise_lora_training_registers_lineage_and_reloads(workspace, tiny_ll
     # the reloaded adapter (merged) scores exactly as the trained model
     rr = load_reranker(workspace, str(ref), "first_token", passage_tokens=8)
     again = load_reranker(workspace, str(ref), "first_token", passage_tokens=8)
+    assert rr.passage_view == "query"  # the view it was trained with, unless told otherwise
+    assert load_reranker(workspace, str(ref), "full", passage_view="head").passage_view == "head"
     hits = _hits(4)
     a, b = rr.rerank("fox", hits), again.rerank("fox", hits)
     assert [h.doc_id for h in a] == [h.doc_id for h in b]
