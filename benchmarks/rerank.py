@@ -35,6 +35,7 @@ from lethe.pipelines.workspace import Workspace
 from lethe.ranking import CETrainConfig
 from lethe.ranking.base import rerank_run
 from lethe.ranking.listwise_train import RANK_PAIRS, ListwiseTrainConfig
+from lethe.ranking.llm import PASSAGE_VIEWS
 from lethe.retrieval.fusion import rrf
 from lethe.types import Hit
 
@@ -162,7 +163,7 @@ def main() -> None:
     ap.add_argument("--step", type=int, default=None, help="default: window / 2")
     ap.add_argument("--queries", type=int, default=20, help="fixed-seed sample of test queries (0: all)")
     ap.add_argument("--passage-tokens", type=int, default=48)
-    ap.add_argument("--passage-view", choices=("head", "query"), default="head",
+    ap.add_argument("--passage-view", choices=PASSAGE_VIEWS, default="head",
                     help="what prompts show of a passage: its head or the query-biased snippet (LLM systems)")
     ap.add_argument("--home", default=None, help="workspace (default: temp); reuse it to transfer trained models")
     ap.add_argument("--train-queries", type=int, default=200)

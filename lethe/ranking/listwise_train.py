@@ -30,7 +30,7 @@ from typing import Any
 
 from lethe.errors import LetheError
 from lethe.ranking.llm import (
-    PASSAGE_VIEWS,
+    check_passage_view,
     identifiers,
     label_text,
     passage_view,
@@ -92,8 +92,7 @@ class ListwiseTrainConfig:
 
     def __post_init__(self) -> None:
         check_rank_pairs(self.rank_pairs)
-        if self.passage_view not in PASSAGE_VIEWS:
-            raise LetheError(f"unknown passage view {self.passage_view!r}; choose one of {', '.join(PASSAGE_VIEWS)}")
+        check_passage_view(self.passage_view)
 
 
 RANK_PAIRS = ("all", "relevant")

@@ -110,23 +110,29 @@ def query_snippet(tokenizer: Any, text: str, query: str, max_tokens: int) -> str
     head = truncate_tokens(tokenizer, text, max_tokens)
     terms = _terms(query)
     half = max(1, max_tokens // 2)
+    opening = truncate_tokens(tokenizer, text, half)
     best, best_hits = "", len(terms & _terms(head))
     for i in range(1, len(sentences)):
         window = truncate_tokens(tokenizer, " ".join(sentences[i:]), half)
-        hits = len(terms & _terms(truncate_tokens(tokenizer, text, half) + " " + window))
+        hits = len(terms & _terms(opening + " " + window))
         if hits > best_hits:
             best, best_hits = window, hits
-    return f"{truncate_tokens(tokenizer, text, half)} ... {best}" if best else head
+    return f"{opening} ... {best}" if best else head
 
 
 def passage_view(tokenizer: Any, text: str, query: str, max_tokens: int, view: str = "head") -> str:
     """What the prompt shows of a passage: its first ``max_tokens`` tokens (``head``) or the
     query-biased snippet of that length (``query``, see :func:`query_snippet`)."""
-    if view == "head":
-        return truncate_tokens(tokenizer, text, max_tokens)
+    check_passage_view(view)
     if view == "query":
         return query_snippet(tokenizer, text, query, max_tokens)
-    raise LetheError(f"unknown passage view {view!r}; choose one of {', '.join(PASSAGE_VIEWS)}")
+    return truncate_tokens(tokenizer, text, max_tokens)
+
+
+def check_passage_view(view: str) -> None:
+    """Raise a clear error unless ``view`` is one of :data:`PASSAGE_VIEWS`."""
+    if view not in PASSAGE_VIEWS:
+        raise LetheError(f"unknown passage view {view!r}; choose one of {', '.join(PASSAGE_VIEWS)}")
 
 
 def _terms(text: str) -> set[str]:
@@ -221,8 +227,7 @@ class ListwiseLLMReranker(TextReranker):
             raise LetheError(f"unknown listwise mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.calibration < 0:
             raise LetheError(f"calibration must be >= 0 (got {self.calibration})")
-        if self.passage_view not in PASSAGE_VIEWS:
-            raise LetheError(f"unknown passage view {self.passage_view!r}; choose one of {', '.join(PASSAGE_VIEWS)}")
+        check_passage_view(self.passage_view)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
@@ -395,8 +400,7 @@ class QueryLikelihoodReranker(TextReranker):
     version: str = ""
 
     def __post_init__(self) -> None:
-        if self.passage_view not in PASSAGE_VIEWS:
-            raise LetheError(f"unknown passage view {self.passage_view!r}; choose one of {', '.join(PASSAGE_VIEWS)}")
+        check_passage_view(self.passage_view)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
