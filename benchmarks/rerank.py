@@ -35,6 +35,7 @@ from lethe.pipelines.workspace import Workspace
 from lethe.ranking import CETrainConfig
 from lethe.ranking.base import rerank_run
 from lethe.ranking.listwise_train import RANK_PAIRS, ListwiseTrainConfig
+from lethe.ranking.llm import MODES as LISTWISE_MODES
 from lethe.ranking.llm import PASSAGE_VIEWS
 from lethe.retrieval.fusion import rrf
 from lethe.types import Hit
@@ -231,7 +232,7 @@ def main() -> None:
             if not _has(ws, name):
                 out[key] = {"skipped": f"{name} not in {home} (train it on a collection with a train split)"}
                 continue
-            calibration = args.calibration if mode in ("full", "sliding", "first_token") else 0.0
+            calibration = args.calibration if mode in LISTWISE_MODES else 0.0
             rr = load_reranker(ws, name, mode, args.window, args.step, passage_tokens, texts=texts,
                                calibration=calibration, passage_view=args.passage_view)
             new, stats = rerank_run(rr, run, queries, args.depth)
