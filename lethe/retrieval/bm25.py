@@ -20,7 +20,7 @@ import numpy as np
 
 from lethe.errors import IndexError_
 from lethe.retrieval.analysis import Analyzer
-from lethe.retrieval.base import atomic_write_bytes
+from lethe.retrieval.base import INDEX_READ_ERRORS, atomic_write_bytes, check_index_file, corrupt_index
 from lethe.types import Doc, Hit
 
 VARIANTS = ("lucene", "okapi")
@@ -260,21 +260,39 @@ class BM25Index:
 
     @classmethod
     def load(cls, path: str | Path) -> BM25Index:
-        """Load an index written by :meth:`save`."""
+        """Load an index written by :meth:`save`.
+
+        A missing, truncated or corrupt file raises :class:`IndexError_` naming it and saying how to rebuild it.
+        """
+        path = Path(path)
+        check_index_file(path)
         try:
-            with np.load(Path(path), allow_pickle=False) as z:
-                meta = json.loads(bytes(z["meta"]).decode())
-                arrays = {k: z[k] for k in ("indptr", "postings", "tf", "doc_len")}
-        except (OSError, ValueError, KeyError) as exc:
-            raise IndexError_(f"{path}: not a lethe BM25 index ({exc})") from exc
+            return cls._from_npz(path)
+        except INDEX_READ_ERRORS as exc:
+            raise corrupt_index(path, "BM25", exc) from exc
+
+    @classmethod
+    def _from_npz(cls, path: Path) -> BM25Index:
+        """Read and check the arrays and metadata (any damage raises one of ``INDEX_READ_ERRORS``)."""
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(bytes(z["meta"]).decode())
+            arrays = {k: z[k] for k in ("indptr", "postings", "tf", "doc_len")}
         params = dict(meta["params"])
         index = cls(analyzer=Analyzer(**params.pop("analyzer")), **params)
-        index.terms, index.doc_ids = meta["terms"], meta["doc_ids"]
+        index.terms, index.doc_ids = list(meta["terms"]), list(meta["doc_ids"])
         index.vocab = {t: i for i, t in enumerate(index.terms)}
         index.doc_index = {d: i for i, d in enumerate(index.doc_ids)}
         index.indptr, index.postings = arrays["indptr"], arrays["postings"]
         index.tf, index.doc_len = arrays["tf"], arrays["doc_len"]
+        index._check_shapes()
         return index
+
+    def _check_shapes(self) -> None:
+        """Raise ValueError if the arrays disagree with each other or with the term and id lists."""
+        n_post = int(self.indptr[-1]) if len(self.indptr) else -1
+        if (len(self.indptr) != len(self.terms) + 1 or len(self.doc_len) != len(self.doc_ids)
+                or len(self.postings) != n_post or len(self.tf) != n_post):
+            raise ValueError("array sizes disagree with the term and document lists")
 
     def copy_compacted(self) -> BM25Index:
         """A copy without term holes."""

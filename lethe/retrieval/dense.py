@@ -24,7 +24,7 @@ import numpy as np
 from lethe.embedding.cache import EmbeddingCache
 from lethe.embedding.encoders import Encoder
 from lethe.errors import IndexError_
-from lethe.retrieval.base import atomic_write_bytes
+from lethe.retrieval.base import INDEX_READ_ERRORS, atomic_write_bytes, check_index_file, corrupt_index
 from lethe.store.docstore import content_hash
 from lethe.types import Doc, Hit
 
@@ -268,25 +268,37 @@ class DenseIndex:
     @classmethod
     def load(cls, path: str | Path, encoder: Encoder | None = None,
              cache: EmbeddingCache | None = None) -> DenseIndex:
-        """Load an index written by :meth:`save` (attach the encoder to search by text)."""
-        faiss = _faiss()
+        """Load an index written by :meth:`save` (attach the encoder to search by text).
+
+        A missing, truncated or corrupt file raises :class:`IndexError_` naming it and saying how to rebuild it.
+        """
+        path = Path(path)
+        check_index_file(path)
         try:
-            with np.load(Path(path), allow_pickle=False) as z:
-                meta, blob = json.loads(bytes(z["meta"]).decode()), z["faiss"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise IndexError_(f"{path}: not a lethe dense index ({exc})") from exc
+            index = cls._from_npz(path)
+        except INDEX_READ_ERRORS as exc:
+            raise corrupt_index(path, "dense", exc) from exc
+        if encoder is not None:
+            index.attach(encoder, cache)
+        return index
+
+    @classmethod
+    def _from_npz(cls, path: Path) -> DenseIndex:
+        """Read the FAISS blob and metadata (any damage raises one of ``INDEX_READ_ERRORS``)."""
+        faiss = _faiss()
+        with np.load(path, allow_pickle=False) as z:
+            meta, blob = json.loads(bytes(z["meta"]).decode()), z["faiss"]
         p = meta["params"]
         index = cls(p["dim"], p["kind"], p["encoder_version"], p["nlist"], p["hnsw_m"], p["nprobe"])
         index.index = faiss.deserialize_index(blob) if len(blob) else None
         if index.kind == "ivf" and index.index is not None:
             index.index.nprobe = min(index.nprobe, index.index.nlist)
-        index.order = meta["order"]
+        index.order = list(meta["order"])
         index.ids = {d: int_id(d) for d in index.order}
         index.rev = {i: d for d, i in index.ids.items()}
         index.trained_with = set(meta["trained_with"])
-        index.deleted_since_training = meta["deleted_since_training"]
-        if encoder is not None:
-            index.attach(encoder, cache)
+        index.deleted_since_training = int(meta["deleted_since_training"])
+        stored = index.index.ntotal if index.index is not None else 0
+        if stored != len(index.order):
+            raise ValueError(f"FAISS holds {stored} vectors but the metadata lists {len(index.order)} ids")
         return index
-
-

@@ -234,6 +234,15 @@ class DocStore:
         sql = "SELECT query_id FROM query_owners WHERE owner_id=? ORDER BY query_id"
         return [r[0] for r in self.conn.execute(sql, (owner_id,))]
 
+    def query_ids(self) -> list[str]:
+        """Every stored query id."""
+        return [r[0] for r in self.conn.execute("SELECT id FROM queries ORDER BY rowid")]
+
+    def owners(self) -> list[str]:
+        """Every owner id of a stored document or query."""
+        sql = "SELECT owner_id FROM doc_owners UNION SELECT owner_id FROM query_owners ORDER BY owner_id"
+        return [r[0] for r in self.conn.execute(sql)]
+
     def owner_counts(self) -> list[tuple[str, int]]:
         """(owner, number of documents) sorted by count descending, then owner id."""
         sql = ("SELECT owner_id, COUNT(*) AS n FROM doc_owners GROUP BY owner_id "

@@ -1,9 +1,17 @@
-"""The forget ledger: an append-only, hash-chained record of forget requests and receipts.
+"""The forget ledger: an append-only, keyed, hash-chained record of forget requests and receipts.
 
-Ids are never stored in clear: each is recorded as ``HMAC-SHA256(salt, id)`` with a random salt
-kept beside the ledger, so the ledger proves *that* a given id was forgotten (anyone holding the
-id and the salt can check) without listing *what* was forgotten. Entries cannot be updated or
-deleted (SQLite triggers refuse it) and each entry's hash covers the previous one's.
+Ids are never stored in clear: each is recorded as ``HMAC-SHA256(id key, kind:id)``, with a key kept
+outside the ledger (:mod:`lethe.store.keys`), so the ledger proves *that* a given id was forgotten
+(anyone holding the id and the key can check) without listing *what* was forgotten, and nobody
+without the key can test guesses against it. Each entry's hash is an HMAC over the previous entry's
+hash and its own content, so the chain cannot be rewritten without the key; the first entry records
+the ledger's configuration (format, key fingerprint, hash), and a head file outside the workspace pins
+the chain's end, so removing trailing entries is detected too. Entries cannot be updated or deleted
+through SQLite (triggers refuse it).
+
+A request's state is the kind of its latest entry: ``pending`` (running or interrupted), ``receipt``
+(finished; the receipt says which level), ``failed`` (stopped with a reason; nothing to resume).
+``readmit`` entries lift tombstones: the ids they name may be ingested again.
 """
 
 from __future__ import annotations
@@ -11,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import secrets
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -21,8 +28,12 @@ from typing import Any
 
 from lethe.errors import LedgerError
 from lethe.store.docstore import connect, scrub, transaction
+from lethe.store.keys import LedgerKey, key_beside, read_head, write_head
 
 GENESIS = "0" * 64
+FORMAT = 2
+HASH = "hmac-sha256"
+STATES = ("pending", "receipt", "failed")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -48,6 +59,7 @@ CREATE TABLE IF NOT EXISTS journal (
     PRIMARY KEY (request_id, step)
 );
 """
+_COLUMNS = "seq, request_id, kind, payload, created_at, prev_hash, entry_hash"
 
 
 @dataclass(frozen=True)
@@ -63,41 +75,73 @@ class Entry:
     entry_hash: str
 
 
-def entry_hash(prev_hash: str, request_id: str, kind: str, payload: str, created_at: float) -> str:
-    """The chained hash of one entry."""
+def entry_hash(chain_key: bytes, prev_hash: str, request_id: str, kind: str, payload: str,
+               created_at: float) -> str:
+    """The keyed, chained hash of one entry."""
     body = json.dumps([prev_hash, request_id, kind, payload, repr(created_at)])
-    return hashlib.sha256(body.encode()).hexdigest()
+    return hmac.new(chain_key, body.encode(), hashlib.sha256).hexdigest()
 
 
 class Ledger:
-    """Append-only hash-chained ledger plus a (mutable) step journal for resumable forgetting."""
+    """Append-only keyed hash chain plus a (mutable) step journal for resumable forgetting.
 
-    def __init__(self, path: str | Path) -> None:
+    ``key`` is the :class:`~lethe.store.keys.LedgerKey` (default: a key file beside ``path``);
+    ``config`` is recorded in the first entry with the key's fingerprint (everything that affects
+    verification), and checked on every open.
+    """
+
+    def __init__(self, path: str | Path, key: LedgerKey | None = None, config: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
+        self.key = key or key_beside(self.path)
         self.conn = connect(self.path)
         self.conn.executescript(_SCHEMA)
-        self._salt = self._load_salt()
+        self._ids_key = self.key.derive("ids")
+        self._chain_key = self.key.derive("chain")
+        self._check_meta()
+        self.config = self._genesis(config or {})
 
     def close(self) -> None:
         """Close the database connection."""
         self.conn.close()
 
-    def _load_salt(self) -> bytes:
-        row = self.conn.execute("SELECT value FROM meta WHERE key='salt'").fetchone()
-        if row:
-            return bytes.fromhex(row[0])
-        salt = secrets.token_bytes(32)
+    def _check_meta(self) -> None:
+        rows = self.conn.execute("SELECT key FROM meta").fetchall()
+        if rows:
+            raise LedgerError(f"{self.path}: meta row {rows[0][0]!r} is not part of a format-{FORMAT} ledger (a "
+                              "salt stored inside the ledger lets anyone list what was forgotten; tampered or "
+                              "an old ledger: start a new workspace)")
+
+    def _genesis(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Write the configuration entry of a new ledger, or check an existing one's against the key."""
+        wanted = {"format": FORMAT, "hash": HASH, "key_fingerprint": self.key.fingerprint,
+                  "head_file": str(self.key.head_path) if self.key.head_path else None, **config}
+        created = None
         with transaction(self.conn) as c:
-            c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('salt', ?)", (salt.hex(),))
-        return bytes.fromhex(self.conn.execute("SELECT value FROM meta WHERE key='salt'").fetchone()[0])
+            if c.execute("SELECT COUNT(*) FROM entries").fetchone()[0] == 0:
+                created = self._insert(c, "ledger", "config", wanted)
+        if created is not None and self.key.head_path is not None:
+            write_head(self.key.head_path, created.seq, created.entry_hash)
+        first = self.entries_from(1, 1)
+        if not first or first[0].kind != "config":
+            raise LedgerError(f"{self.path}: entry 1 is not the ledger's configuration (tampered)")
+        found = first[0].payload
+        for name, value in wanted.items():
+            if name != "key_fingerprint" and found.get(name) != value:
+                raise LedgerError(f"{self.path}: ledger configuration {name!r} was {found.get(name)!r} when the "
+                                  f"chain was created and is {value!r} now; verification would not be comparable")
+        if found.get("key_fingerprint") != self.key.fingerprint:
+            raise LedgerError(
+                f"{self.path}: the ledger key does not match: the chain was sealed with key fingerprint "
+                f"{found.get('key_fingerprint')}, the key from {self.key.source} has {self.key.fingerprint}")
+        return found
 
     # -- hashing -------------------------------------------------------------------------------
     def hash_id(self, value: str, kind: str = "doc") -> str:
-        """Salted hash of one id (``kind`` separates doc, owner and query id spaces)."""
-        return hmac.new(self._salt, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()
+        """Keyed hash of one id (``kind`` separates doc, owner, query and content spaces)."""
+        return hmac.new(self._ids_key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()
 
     def hash_ids(self, values: Iterable[str], kind: str = "doc") -> list[str]:
-        """Salted hashes, sorted (order carries no information)."""
+        """Keyed hashes, sorted (order carries no information)."""
         return sorted(self.hash_id(v, kind) for v in values)
 
     def request_id(self, doc_ids: Iterable[str], owners: Iterable[str]) -> str:
@@ -106,56 +150,117 @@ class Ledger:
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
     # -- entries -------------------------------------------------------------------------------
-    def append(self, request_id: str, kind: str, payload: dict[str, Any]) -> Entry:
-        """Append one entry to the chain (in a transaction)."""
+    def _insert(self, c: sqlite3.Connection, request_id: str, kind: str, payload: dict[str, Any]) -> Entry:
         body = json.dumps(payload, sort_keys=True, default=str)
+        row = c.execute("SELECT seq, entry_hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
+        prev = row[1] if row else GENESIS
+        now = time.time()
+        h = entry_hash(self._chain_key, prev, request_id, kind, body, now)
+        cur = c.execute("INSERT INTO entries(request_id, kind, payload, created_at, prev_hash, entry_hash) "
+                        "VALUES (?,?,?,?,?,?)", (request_id, kind, body, now, prev, h))
+        return Entry(int(cur.lastrowid or 0), request_id, kind, json.loads(body), now, prev, h)
+
+    def append(self, request_id: str, kind: str, payload: dict[str, Any]) -> Entry:
+        """Append one entry to the chain (in a transaction), then pin the new head."""
+        if kind == "config":
+            raise LedgerError("only a new ledger writes a config entry")
         with transaction(self.conn) as c:
-            row = c.execute("SELECT entry_hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
-            prev = row[0] if row else GENESIS
-            now = time.time()
-            h = entry_hash(prev, request_id, kind, body, now)
-            cur = c.execute(
-                "INSERT INTO entries(request_id, kind, payload, created_at, prev_hash, entry_hash) "
-                "VALUES (?,?,?,?,?,?)",
-                (request_id, kind, body, now, prev, h),
-            )
-        return Entry(int(cur.lastrowid or 0), request_id, kind, payload, now, prev, h)
+            entry = self._insert(c, request_id, kind, payload)
+        if self.key.head_path is not None:
+            write_head(self.key.head_path, entry.seq, entry.entry_hash)
+        return entry
+
+    def head(self) -> str:
+        """The hash of the last entry (the chain head)."""
+        row = self.conn.execute("SELECT entry_hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
+        return row[0] if row else GENESIS
 
     def entries(self, request_id: str | None = None) -> list[Entry]:
-        """Every entry (of one request, if given), in order."""
-        sql = "SELECT seq, request_id, kind, payload, created_at, prev_hash, entry_hash FROM entries"
+        """Every request entry (of one request, if given), in order; the config entry is left out."""
+        sql = f"SELECT {_COLUMNS} FROM entries WHERE kind != 'config'"
         args: tuple[str, ...] = ()
         if request_id is not None:
-            sql, args = sql + " WHERE request_id=?", (request_id,)
+            sql, args = sql + " AND request_id=?", (request_id,)
         rows = self.conn.execute(sql + " ORDER BY seq", args).fetchall()
-        return [Entry(s, r, k, json.loads(p), t, ph, eh) for s, r, k, p, t, ph, eh in rows]
+        return [_entry(r) for r in rows]
+
+    def entries_from(self, first: int, last: int | None = None) -> list[Entry]:
+        """Entries with ``first <= seq <= last``, config included."""
+        rows = self.conn.execute(f"SELECT {_COLUMNS} FROM entries WHERE seq >= ? AND seq <= ? ORDER BY seq",
+                                 (first, last if last is not None else 2**62)).fetchall()
+        return [_entry(r) for r in rows]
 
     def receipt(self, request_id: str) -> Entry | None:
-        """The receipt of a completed request, if any."""
+        """The latest receipt of a request, if any."""
         found = [e for e in self.entries(request_id) if e.kind == "receipt"]
         return found[-1] if found else None
 
-    def verify_chain(self) -> int:
-        """Recompute every link; returns the number of entries or raises :class:`LedgerError`."""
-        prev = GENESIS
-        rows = self.conn.execute(
-            "SELECT seq, request_id, kind, payload, created_at, prev_hash, entry_hash "
-            "FROM entries ORDER BY seq"
-        ).fetchall()
-        for seq, rid, kind, payload, created, prev_hash, stored in rows:
-            if prev_hash != prev:
-                raise LedgerError(f"ledger entry {seq}: prev_hash does not match entry {seq - 1}")
-            if entry_hash(prev, rid, kind, payload, created) != stored:
-                raise LedgerError(f"ledger entry {seq}: content does not match its hash (tampered)")
-            prev = stored
-        return len(rows)
+    def state(self, request_id: str) -> Entry | None:
+        """The latest ``pending`` / ``receipt`` / ``failed`` entry of a request (None: unknown)."""
+        found = [e for e in self.entries(request_id) if e.kind in STATES]
+        return found[-1] if found else None
 
+    # -- verification ---------------------------------------------------------------------------
+    def verify_chain(self, head: str | None = None) -> int:
+        """Recompute every keyed link; check the head file (and ``head``, a hash kept elsewhere).
+
+        Returns the number of request entries, or raises :class:`LedgerError` naming the entry and
+        the check that failed.
+        """
+        self._check_meta()
+        rows = self.conn.execute(f"SELECT {_COLUMNS} FROM entries ORDER BY seq").fetchall()
+        prev, hashes = GENESIS, []
+        for i, (seq, rid, kind, payload, created, prev_hash, stored) in enumerate(rows, start=1):
+            if seq != i:
+                raise LedgerError(f"ledger entry {i} is missing (the sequence jumps to {seq}): entries were removed")
+            if prev_hash != prev:
+                raise LedgerError(f"ledger entry {seq}: prev_hash does not link to entry {seq - 1} (chain broken)")
+            if entry_hash(self._chain_key, prev, rid, kind, payload, created) != stored:
+                raise LedgerError(f"ledger entry {seq} ({kind}): request_id, kind, payload or created_at do not "
+                                  "match its keyed hash (tampered, or hashed with another key)")
+            prev = stored
+            hashes.append(stored)
+        self._check_config(rows)
+        self._check_head_file(hashes)
+        if head is not None and head not in hashes:
+            raise LedgerError(f"chain head {head} is not in the ledger: trailing entries were removed or the chain "
+                              "was rewritten")
+        return max(len(rows) - 1, 0)
+
+    def _check_config(self, rows: list[tuple]) -> None:
+        if not rows or rows[0][2] != "config":
+            raise LedgerError("ledger entry 1 is not the ledger's configuration (tampered)")
+        payload = json.loads(rows[0][3])
+        if payload != self.config or payload.get("key_fingerprint") != self.key.fingerprint:
+            raise LedgerError("ledger entry 1 (config): does not match the configuration checked when it was opened")
+        if any(r[2] == "config" for r in rows[1:]):
+            raise LedgerError("a second config entry was appended to the ledger (tampered)")
+
+    def _check_head_file(self, hashes: list[str]) -> None:
+        path = self.config.get("head_file")
+        if not path:
+            return
+        recorded = read_head(Path(path))
+        if recorded is None:
+            raise LedgerError(f"head file {path} is missing; it pins the end of the chain (restore it from a copy, "
+                              "or pass the last receipt's chain head to `lethe verify --head`)")
+        seq, head = recorded
+        if seq > len(hashes):
+            raise LedgerError(f"the head file {path} records {seq} entries but the ledger holds {len(hashes)}: "
+                              "trailing entries were removed")
+        if hashes[seq - 1] != head:
+            raise LedgerError(f"ledger entry {seq} does not match the head file {path}: the chain was rewritten")
+
+    # -- tombstones ------------------------------------------------------------------------------
     def forgotten_hashes(self, kind: str = "doc") -> set[str]:
-        """Salted hashes of every id forgotten by a completed request."""
+        """Keyed hashes of every id (or content, ``kind='content'``) forgotten by a finished request
+        and not re-admitted since: the tombstones."""
         out: set[str] = set()
         for e in self.entries():
             if e.kind == "receipt":
                 out.update(e.payload.get(f"{kind}_hashes", []))
+            elif e.kind == "readmit":
+                out.difference_update(e.payload.get(f"{kind}_hashes", []))
         return out
 
     # -- journal -------------------------------------------------------------------------------
@@ -175,18 +280,35 @@ class Ledger:
             )
 
     def clear_journal(self, request_id: str) -> None:
-        """Erase a finished request's journal rows (they held its raw ids while it ran)."""
+        """Erase a request's journal rows (they held its raw ids while it ran)."""
         with transaction(self.conn) as c:
             c.execute("DELETE FROM journal WHERE request_id=?", (request_id,))
         scrub(self.conn)
 
     def pending_requests(self) -> list[str]:
-        """Requests recorded as pending that have no receipt yet."""
-        rows = self.conn.execute(
-            "SELECT DISTINCT request_id FROM entries WHERE kind='pending' AND request_id NOT IN "
-            "(SELECT request_id FROM entries WHERE kind='receipt') ORDER BY seq"
-        ).fetchall()
-        return [r[0] for r in rows]
+        """Requests whose latest state is ``pending`` (running, or interrupted by a crash)."""
+        return self._in_state("pending")
+
+    def receipt_requests(self) -> list[str]:
+        """Requests whose latest state is ``receipt`` (finished, at whatever level)."""
+        return self._in_state("receipt")
+
+    def failed_requests(self) -> list[str]:
+        """Requests whose latest state is ``failed``."""
+        return self._in_state("failed")
+
+    def _in_state(self, kind: str) -> list[str]:
+        latest: dict[str, str] = {}
+        for e in self.entries():
+            if e.kind in STATES:
+                latest.pop(e.request_id, None)
+                latest[e.request_id] = e.kind
+        return [rid for rid, k in latest.items() if k == kind]
+
+
+def _entry(row: tuple) -> Entry:
+    seq, rid, kind, payload, created, prev_hash, stored = row
+    return Entry(seq, rid, kind, json.loads(payload), created, prev_hash, stored)
 
 
 __all__ = ["Entry", "Ledger", "GENESIS", "entry_hash", "sqlite3"]
