@@ -15,7 +15,8 @@ from lethe.errors import LetheError
 
 app = typer.Typer(
     help="lethe: search that can forget. Build BM25 + dense indexes, search, evaluate, and remove "
-    "documents or whole users from every index with a verifiable receipt.",
+    "documents or whole users from every index with a verifiable receipt. Add --debug to any command to see "
+    "the traceback of an error.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
 console = Console()
@@ -30,21 +31,41 @@ CalibrationOpt = Annotated[float, typer.Option(
          "content-free prompt")]
 
 
-def _workspace(home: Path | None, show_progress: bool = True):  # noqa: ANN202
+NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="fail at once if another process is changing the "
+                                                             "workspace, instead of waiting for it")]
+QRELS_CHOICES = ("error", "keep", "drop")
+EMPTY_CHOICES = ("error", "skip")
+
+
+def _workspace(home: Path | None, show_progress: bool = True, create: bool = True, no_wait: bool = False):  # noqa: ANN202
+    """The workspace; ``create=False`` for commands that need one to exist already."""
     from lethe.pipelines.workspace import Workspace
 
-    return Workspace(home, show_progress=show_progress)
+    def tell(message: str) -> None:
+        err_console.print(f"[yellow]{message}", highlight=False)
+
+    return Workspace(home, show_progress=show_progress, create=create, wait=not no_wait, on_wait=tell)
+
+
+def _choice(option: str, value: str, choices: tuple[str, ...] | list[str]) -> None:
+    """Refuse an option value outside ``choices`` (before anything is written)."""
+    if value not in choices:
+        raise LetheError(f"{option} {value!r} is not valid; choose one of {', '.join(choices)}")
 
 
 def _load(data: str, owner_field: str | None, unknown_qrels: str, empty_docs: str):  # noqa: ANN202
     from lethe.data import load_dataset
 
+    _choice("--unknown-qrels", unknown_qrels, QRELS_CHOICES)
+    _choice("--empty-docs", empty_docs, EMPTY_CHOICES)
     return load_dataset(data, owner_field=owner_field, unknown_qrels=unknown_qrels, empty_docs=empty_docs)
 
 
 @app.command()
 def index(
-    data: Annotated[str, typer.Option(help="dataset name under $LETHE_DATA, BEIR dir, JSONL or hf:org/name")],
+    data: Annotated[str | None, typer.Option(
+        help="dataset name under $LETHE_DATA, BEIR dir, JSONL or hf:org/name; leave out to rebuild the "
+             "workspace's indexes from its store")] = None,
     home: HomeOpt = None,
     owner_field: Annotated[str | None, typer.Option(help="dotted metadata field with owner ids")] = None,
     dense: Annotated[bool, typer.Option(help="also build the dense index")] = True,
@@ -53,15 +74,37 @@ def index(
     variant: Annotated[str, typer.Option(help="BM25 variant: lucene | okapi")] = "lucene",
     unknown_qrels: Annotated[str, typer.Option(help="error | keep | drop")] = "error",
     empty_docs: Annotated[str, typer.Option(help="error | skip")] = "error",
+    readmit: Annotated[list[str] | None, typer.Option(
+        "--readmit", help="ingest this forgotten document again (repeatable; needs --reason; recorded in the ledger)")
+    ] = None,
+    reason: Annotated[str, typer.Option(help="why forgotten documents are re-admitted")] = "",
+    no_wait: NoWaitOpt = False,
 ) -> None:
-    """Ingest a dataset into the store and build BM25 (and dense) indexes over it."""
+    """Ingest a dataset into the store and build BM25 (and dense) indexes over it; documents forgotten
+    earlier are refused. Without --data, rebuild the existing indexes from the store."""
+    from lethe.retrieval.bm25 import VARIANTS
+    from lethe.retrieval.dense import KINDS
+
+    _choice("--dense-kind", dense_kind, KINDS)
+    _choice("--variant", variant, VARIANTS)
+    if data is None:
+        with _workspace(home, create=False, no_wait=no_wait) as ws:
+            names = ws.rebuild_indexes()
+        console.print(f"rebuilt indexes {names} from the store of {ws.home}")
+        return
     ds = _load(data, owner_field, unknown_qrels, empty_docs)
-    with _workspace(home) as ws:
-        n = ws.ingest(ds)
-        console.print(f"ingested {n} documents, {len(ds.queries)} queries into {ws.home}")
+    with _workspace(home, no_wait=no_wait) as ws, ws.writing():
+        rep = ws.ingest(ds, readmit=readmit or (), reason=reason)
+        console.print(f"ingested {rep.added} new documents ({rep.already_present} already stored), "
+                      f"{rep.queries} queries into {ws.home}")
+        for note in rep.notes:
+            console.print(f"[yellow]{note}")
+        if rep.readmitted:
+            console.print(f"re-admitted {rep.readmitted} forgotten document(s) (recorded in the ledger)")
         ws.build_bm25(variant=variant)
         console.print("built index bm25")
         if dense:
+            ws.encoder(encoder)  # an unknown encoder fails before the dense build starts
             ws.build_dense(encoder=encoder, kind=dense_kind)
             console.print(f"built index dense ({dense_kind}, encoder {encoder})")
 
@@ -74,7 +117,7 @@ def search(
     k: Annotated[int, typer.Option("-k", help="number of hits")] = 10,
 ) -> None:
     """Search the workspace's indexes."""
-    with _workspace(home, show_progress=False) as ws:
+    with _workspace(home, show_progress=False, create=False) as ws:
         hits = ws.retriever(retriever).search([query], k)[0]
         docs = {d.id: d for d in ws.store.get_many([h.doc_id for h in hits])}
         table = Table("rank", "doc", "score", "text")
@@ -105,15 +148,17 @@ def eval_(
     step: Annotated[int, typer.Option(help="sliding window step")] = 5,
     calibration: CalibrationOpt = 0.0,
     passage_view: ViewOpt = None,
+    no_wait: NoWaitOpt = False,
 ) -> None:
     """Evaluate a retriever (or fusion, or retriever + reranker) on a dataset split; builds the indexes first."""
     from lethe.pipelines.evaluate import evaluate_retriever
 
     ds = _load(data, None, unknown_qrels, empty_docs)
-    with _workspace(home) as ws:
-        _ensure_indexed(ws, ds, dense=retriever != "bm25" or model is not None)
-        if model is not None:
-            retriever = ws.model_index(model).name
+    with _workspace(home, no_wait=no_wait) as ws:
+        with ws.writing():
+            _ensure_indexed(ws, ds, dense=retriever != "bm25" or model is not None)
+            if model is not None:
+                retriever = ws.model_index(model).name
         qrels = _unforgotten(ws, ds.split_qrels(split))
         queries = {q: ds.queries[q].text for q in qrels if q in ds.queries}
         tag = f"{ds.name}.{split}.{retriever}"
@@ -168,7 +213,8 @@ def rerank_cmd(
         raise LetheError(f"{run}: query {missing[0]!r} is not in {ds.name} ({len(missing)} unknown)")
     with _workspace(home) as ws:
         if not len(ws.store):
-            ws.ingest(ds)
+            for note in ws.ingest(ds).notes:
+                err_console.print(f"[yellow]{note}", highlight=False)
         reranker = load_reranker(ws, model, mode, window, step, calibration=calibration, passage_view=passage_view)
         new, stats = rerank_run(reranker, first, queries, depth)
     target = out or run.with_name(run.name + ".reranked")
@@ -187,7 +233,8 @@ def _ensure_indexed(ws, ds, dense: bool = True) -> None:  # noqa: ANN001
     """Ingest ``ds`` and build BM25 (and dense) if the workspace has no index yet."""
     names = {i.ref.name for i in ws.indexes()}
     if not len(ws.store):
-        ws.ingest(ds)
+        for note in ws.ingest(ds).notes:
+            err_console.print(f"[yellow]{note}", highlight=False)
     if "bm25" not in names:
         ws.build_bm25()
     if dense and "dense" not in names:
@@ -206,60 +253,100 @@ def forget(
     owner: Annotated[list[str] | None, typer.Option("--owner", help="an owner/user id (repeatable)")] = None,
     reason: Annotated[str, typer.Option(help="why (kept in the receipt)")] = "",
     resume: Annotated[bool, typer.Option("--resume", help="finish requests interrupted by a crash")] = False,
+    retry: Annotated[str | None, typer.Option("--retry", help="run a failed or incomplete request ID again")] = None,
+    skip_unknown: Annotated[bool, typer.Option(
+        "--skip-unknown", help="forget the known ids and list unknown ones in the receipt as not found "
+                               "(default: unknown ids are an error and nothing changes)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print each receipt as one JSON object")] = False,
     crash_after: Annotated[str | None, typer.Option(hidden=True, help="test hook: crash after a step")] = None,
     unlearn: Annotated[str | None, typer.Option(
         help="also unlearn every model trained on the data: retrain | grad_ascent | grad_diff | npo | pdu | "
              "relabel | reglu | fit")] = None,
     unlearn_steps: Annotated[int, typer.Option(help="optimiser steps of an approximate method")] = 10,
     unlearn_lr: Annotated[float, typer.Option(help="learning rate of an approximate method")] = 2e-5,
+    no_wait: NoWaitOpt = False,
 ) -> None:
     """Remove documents (or every document of an owner) from the store, every index and cache —
-    and, with --unlearn, from the weights of every model trained on them."""
-    from lethe.pipelines.forget import forget as run_forget
-    from lethe.pipelines.forget import resume as run_resume
-    from lethe.types import ForgetRequest
+    and, with --unlearn, from the weights of every model trained on them. Exits 0 only when the
+    requested level was reached."""
     from lethe.unlearning.methods import UnlearnConfig, get_method
 
     if unlearn is not None:
         get_method(unlearn)  # a clear error before anything is touched
+    if sum([resume, retry is not None, bool(doc or owner)]) != 1:
+        raise LetheError("give exactly one of: --doc/--owner ids, --resume, or --retry ID")
     cfg = UnlearnConfig(steps=unlearn_steps, lr=unlearn_lr)
-    with _workspace(home, show_progress=False) as ws:
-        if resume:
-            reports = run_resume(ws, crash_after, cfg)
-            if not reports:
-                console.print("no pending request")
-        else:
-            request = ForgetRequest(tuple(doc or ()), tuple(owner or ()), reason)
-            reports = [run_forget(ws, request, crash_after, unlearn, cfg)]
+    with _workspace(home, show_progress=False, create=False, no_wait=no_wait) as ws:
+        reports = _run_forget(ws, doc, owner, reason, resume, retry, skip_unknown, crash_after, unlearn, cfg)
     for rep in reports:
-        _print_receipt(rep)
+        _print_receipt(rep, as_json)
+    unfinished = [r for r in reports if not r.reached]
+    if unfinished:
+        for rep in unfinished:
+            err_console.print(f"[red]request {rep.request_id} ended at level {rep.level!r}, short of what was asked; "
+                              f"finish it with `lethe forget --retry {rep.request_id}`", highlight=False)
+        raise typer.Exit(1)
 
 
-def _print_receipt(rep) -> None:  # noqa: ANN001
+def _run_forget(ws, doc, owner, reason, resume, retry, skip_unknown, crash_after, unlearn, cfg) -> list:  # noqa: ANN001
+    from lethe.pipelines.forget import forget as run_forget
+    from lethe.pipelines.forget import resume as run_resume
+    from lethe.pipelines.forget import retry as run_retry
+    from lethe.types import ForgetRequest
+
+    if retry is not None:
+        return [run_retry(ws, retry, crash_after, cfg)]
+    if resume:
+        reports = run_resume(ws, crash_after, cfg)
+        failed = ws.ledger.failed_requests()
+        if not reports:
+            console.print("no pending request")
+        if failed:
+            err_console.print(f"[yellow]{len(failed)} failed request(s) are not resumed; run them again with "
+                              f"`lethe forget --retry ID`: {failed}", highlight=False)
+        return reports
+    request = ForgetRequest(tuple(doc or ()), tuple(owner or ()), reason)
+    return [run_forget(ws, request, crash_after, unlearn, cfg, skip_unknown=skip_unknown)]
+
+
+def _print_receipt(rep, as_json: bool = False) -> None:  # noqa: ANN001
+    if as_json:
+        console.print_json(json.dumps({**rep.receipt, "request_id": rep.request_id, "level": rep.level,
+                                       "noop": rep.noop, "entry_hash": rep.chain_head}))
+        return
     if rep.noop:
-        console.print(f"request {rep.request_id} was already completed (level {rep.level}); nothing to do")
+        why = rep.note or "was already completed"
+        console.print(f"request {rep.request_id}: {why} (level {rep.level}); nothing to do")
         return
     r = rep.receipt
+    found = f"; {r['not_found']} not found" if r.get("not_found") else ""
     console.print(f"request {rep.request_id}: level [bold]{r['level']}[/bold]; {r['n_docs']} documents, "
-                  f"{r['n_queries']} queries; removed from indexes {r['removed_from_indexes']}")
+                  f"{r['n_queries']} queries{found}; removed from indexes {r['removed_from_indexes']}")
     if r["models_still_trained_on_data"]:
         console.print(f"[yellow]models still trained on this data: {r['models_still_trained_on_data']}")
     console.print(f"models: {r['model_level']}")
     for m in r.get("unlearning", []):
         console.print(f"  {m['model']} -> {m.get('new', '-')}: {m.get('method', '-')} ({m.get('level')})")
     console.print_json(json.dumps(r["verification"]))
+    console.print(f"chain head: {rep.chain_head} (keep it outside the workspace; `lethe verify --head` checks it)")
 
 
 @app.command()
-def verify(home: HomeOpt = None) -> None:
-    """Re-check the ledger chain and that every forgotten document is gone from store and indexes."""
+def verify(
+    home: HomeOpt = None,
+    head: Annotated[str | None, typer.Option(help="a chain head kept outside the workspace (from a receipt)")] = None,
+    no_wait: NoWaitOpt = False,
+) -> None:
+    """Re-check the ledger chain (keyed hashes, head file) and that every forgotten document is gone
+    from store and indexes; waits for a running writer so it checks one committed state."""
     from lethe.pipelines.forget import verify_workspace
 
-    with _workspace(home, show_progress=False) as ws:
-        result = verify_workspace(ws)
+    with _workspace(home, show_progress=False, create=False, no_wait=no_wait) as ws:
+        result = verify_workspace(ws, head=head)
     console.print_json(json.dumps(result))
     if not result["ok"]:
-        console.print("[red]verification FAILED")
+        console.print("[red]verification FAILED" + (f"; to finish: {'; '.join(result['to_finish'])}"
+                                                    if result["to_finish"] else ""))
         raise typer.Exit(1)
     console.print("[green]verification passed")
 
@@ -291,13 +378,14 @@ def train_cross_encoder_cmd(
     max_length: Annotated[int, typer.Option(help="tokens per (query, document) pair")] = 128,
     max_minutes: Annotated[float | None, typer.Option(help="stop training after this long")] = None,
     eval_split: Annotated[str | None, typer.Option(help="re-rank BM25 top-100 of this split after")] = None,
+    no_wait: NoWaitOpt = False,
 ) -> None:
     """Train a cross-encoder teacher on a split's qrels with BM25 + dense (RRF) hard negatives."""
     from lethe.pipelines.train import progress_bar, rerank_eval, train_teacher, training_data
     from lethe.ranking import CETrainConfig
 
     ds = _load(data, None, "error", "error")
-    with _workspace(home) as ws:
+    with _workspace(home, no_wait=no_wait) as ws, ws.writing():
         _ensure_indexed(ws, ds)
         td = training_data(ws, ds, split)
         cfg = CETrainConfig(epochs=epochs, lr=lr, max_length=max_length,
@@ -329,13 +417,15 @@ def train_embedder_cmd(
     ratio: Annotated[float, typer.Option(help="keep a negative only if t(q,n) < ratio * t(q,p)")] = 0.95,
     max_minutes: Annotated[float | None, typer.Option(help="stop training after this long")] = None,
     eval_split: Annotated[str, typer.Option(help="split to evaluate the new version on")] = "test",
+    no_wait: NoWaitOpt = False,
 ) -> None:
     """Distil a teacher into a bi-encoder (DSE or LG-ANNA recipe), register it, evaluate it."""
     from lethe.embedding.train import EmbedTrainConfig
     from lethe.pipelines.train import model_eval, progress_bar, score_pools, train_embedder, training_data
 
+    _choice("--recipe", recipe, ("dse", "lganna"))
     ds = _load(data, None, "error", "error")
-    with _workspace(home) as ws:
+    with _workspace(home, no_wait=no_wait) as ws, ws.writing():
         _ensure_indexed(ws, ds)
         td = training_data(ws, ds, split)
         cache_ref, _ = score_pools(ws, td, teacher, fusion=_parse_fusion(fusion))
@@ -364,14 +454,31 @@ def demo(
 
 
 def main() -> None:
-    """Console-script entry point: lethe errors print one clear line and exit 2."""
+    """Console-script entry point: every error prints one clear line and exits 2 (``--debug``: traceback)."""
+    debug = "--debug" in sys.argv[1:]
+    sys.argv = [a for a in sys.argv if a != "--debug"]
     try:
         app()
     except LetheError as exc:
-        from rich.markup import escape
+        _fail(str(exc), exc, debug)
+    except KeyboardInterrupt:
+        err_console.print("interrupted", highlight=False)
+        sys.exit(130)
+    except Exception as exc:  # anything unforeseen: one line, the traceback only with --debug
+        _fail(f"{type(exc).__name__}: {exc} (an unexpected error; run with --debug for the traceback)", exc, debug)
 
-        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
-        sys.exit(2)
+
+def _fail(message: str, exc: BaseException, debug: bool) -> None:
+    from rich.markup import escape
+
+    if debug:
+        raise exc
+    first = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
+    rest = message.strip().splitlines()[1:]
+    err_console.print(f"[red]error:[/red] {escape(first)}", highlight=False)
+    for line in rest:  # multi-problem data errors list one problem per line
+        err_console.print(escape(line), highlight=False)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -48,16 +48,20 @@ def run_demo(data: str = "stackexchange-cardano", home: Path | None = None, cons
         forget_s = time.perf_counter() - t1
         after = _evaluate_all(ws, queries, kept)
         again = forget(ws, ForgetRequest(owners=(owner,)))
+        reingest = ws.ingest(ds)  # the original collection again: the forgotten answers are refused
         check = verify_workspace(ws)
     _show(console, before, after)
-    receipt = {k: v for k, v in report.receipt.items() if k not in ("doc_hashes", "query_hashes")}
-    receipt["doc_hashes"] = f"{len(report.receipt['doc_hashes'])} salted sha256 hashes"
+    hidden = ("doc_hashes", "query_hashes", "content_hashes")
+    receipt = {k: v for k, v in report.receipt.items() if k not in hidden}
+    receipt["doc_hashes"] = f"{len(report.receipt['doc_hashes'])} keyed HMAC-SHA256 hashes"
     console.rule("receipt")
     console.print_json(data=receipt)
     console.print(f"forget took {forget_s:.1f}s; level: [bold]{report.level}[/bold]; replay was a no-op: "
-                  f"{again.noop}; lethe verify: {'passed' if check['ok'] else 'FAILED'}; "
+                  f"{again.noop}; re-ingesting the collection refused {reingest.refused_docs} forgotten documents; "
+                  f"lethe verify: {'passed' if check['ok'] else 'FAILED'}; "
                   f"total {time.perf_counter() - t0:.0f}s")
-    return {"before": before, "after": after, "level": report.level, "verify_ok": check["ok"]}
+    return {"before": before, "after": after, "level": report.level, "verify_ok": check["ok"],
+            "refused_on_reingest": reingest.refused_docs}
 
 
 def _show(console: Console, before: dict, after: dict) -> None:

@@ -275,6 +275,24 @@ class Workspace:
         self.registry.retire(old, request_id="rebuilt")
         return new
 
+    def rebuild_indexes(self) -> list[str]:
+        """Rebuild every active index from the store with its recorded configuration (repairs a
+        corrupt or missing index file); returns the names rebuilt."""
+        from lethe.retrieval.analysis import Analyzer
+
+        with self.writing():
+            names = []
+            for info in self.indexes():
+                p = info.ref.manifest["params"]
+                if info.kind == "bm25":
+                    self.build_bm25(info.ref.name, variant=p["variant"], k1=p["k1"], b=p["b"], epsilon=p["epsilon"],
+                                    analyzer=Analyzer(**p["analyzer"]))
+                else:
+                    self.build_dense(info.ref.name, encoder=p["encoder_version"], kind=p["kind"], nlist=p["nlist"],
+                                     hnsw_m=p["hnsw_m"], nprobe=p["nprobe"])
+                names.append(info.ref.name)
+            return names
+
     def model_index(self, model: str, kind: str = "flat") -> ArtifactRef:
         """The dense index built with encoder ``model`` (built on first use), as an artifact."""
         ref = self.registry.get(model)
