@@ -15,6 +15,8 @@ listed as still remembering it unless weight unlearning ran.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,6 +136,7 @@ def forget(ws: Workspace, request: ForgetRequest, crash_after: str | None = None
     """
     _check_method(unlearn)
     with ws.writing():
+        ws.ledger.clear_stale_journals()
         rid = ws.ledger.request_id(request.doc_ids, request.owners)
         state = ws.ledger.state(rid)
         if state is not None and state.kind == "receipt":
@@ -145,6 +148,7 @@ def forget(ws: Workspace, request: ForgetRequest, crash_after: str | None = None
             if not checked.docs and not checked.owners:
                 return ForgetReport(rid, "deleted", noop=True, note="every id was forgotten by an earlier request")
             _record_pending(ws, rid, request, checked, unlearn)
+            _crash_point("pending", crash_after)
         return _run_recorded(ws, rid, request, crash_after, unlearn, unlearn_cfg)
 
 
@@ -169,6 +173,7 @@ def resume(ws: Workspace, crash_after: str | None = None,
     are skipped (see :func:`retry`)."""
     reports = []
     with ws.writing():
+        ws.ledger.clear_stale_journals()
         for rid in ws.ledger.pending_requests():
             reports.append(_resume_one(ws, rid, crash_after, unlearn_cfg))
     return reports
@@ -190,6 +195,7 @@ def retry(ws: Workspace, rid: str, crash_after: str | None = None,
           unlearn_cfg: UnlearnConfig | None = None) -> ForgetReport:
     """Run a failed or incomplete request again (or finish a pending one), to the level it asked for."""
     with ws.writing():
+        ws.ledger.clear_stale_journals()
         state = ws.ledger.state(rid)
         if state is None:
             raise ForgetError(f"no request {rid!r} in the ledger of {ws.home} (`lethe verify` lists the requests)")
@@ -228,9 +234,19 @@ def _step(ws: Workspace, rid: str, name: str, ran: list[str], crash_after: str |
             raise
         ws.ledger.mark_done(rid, name, result)
         ran.append(name)
-    if crash_after is not None and name.startswith(crash_after):
-        raise InjectedCrash(f"injected crash after step {name!r}")
+    _crash_point(name, crash_after)
     return result
+
+
+def _crash_point(name: str, crash_after: str | None) -> None:
+    """Test hook: after step ``name``, raise :class:`InjectedCrash` or (``kill:STEP``) die by SIGKILL."""
+    if crash_after is None:
+        return
+    kill = crash_after.startswith("kill:")
+    if name.startswith(crash_after.removeprefix("kill:")):
+        if kill:
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise InjectedCrash(f"injected crash after step {name!r}")
 
 
 def _run_recorded(ws: Workspace, rid: str, request: ForgetRequest, crash_after: str | None,
@@ -269,6 +285,7 @@ def _run(ws: Workspace, rid: str, request: ForgetRequest, crash_after: str | Non
     checks = _step(ws, rid, "verify", ran, crash_after, lambda: verify_request(ws, plan, indexes))
     receipt = _receipt(ws, rid, request, plan, removed, checks, models, reindexed)
     entry = ws.ledger.append(rid, "receipt", receipt)
+    _crash_point("receipt", crash_after)
     ws.ledger.clear_journal(rid)
     return ForgetReport(rid, receipt["level"], receipt=receipt, steps_run=ran + ["receipt"],
                         chain_head=entry.entry_hash)

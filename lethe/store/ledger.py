@@ -285,6 +285,16 @@ class Ledger:
             c.execute("DELETE FROM journal WHERE request_id=?", (request_id,))
         scrub(self.conn)
 
+    def clear_stale_journals(self) -> list[str]:
+        """Erase the journal rows of requests that are no longer pending (a crash between a request's
+        receipt or failure and the clearing of its journal would leave its raw ids behind)."""
+        pending = set(self.pending_requests())
+        stale = [r[0] for r in self.conn.execute("SELECT DISTINCT request_id FROM journal")
+                 if r[0] not in pending]
+        for rid in stale:
+            self.clear_journal(rid)
+        return stale
+
     def pending_requests(self) -> list[str]:
         """Requests whose latest state is ``pending`` (running, or interrupted by a crash)."""
         return self._in_state("pending")
