@@ -92,8 +92,12 @@ def index(
             names = ws.rebuild_indexes()
         console.print(f"rebuilt indexes {names} from the store of {ws.home}")
         return
+    if dense:
+        _check_new_encoder(home, encoder)
     ds = _load(data, owner_field, unknown_qrels, empty_docs)
     with _workspace(home, no_wait=no_wait) as ws, ws.writing():
+        if dense:
+            ws.encoder(encoder)  # an unknown encoder fails before anything is ingested
         rep = ws.ingest(ds, readmit=readmit or (), reason=reason)
         console.print(f"ingested {rep.added} new documents ({rep.already_present} already stored), "
                       f"{rep.queries} queries into {ws.home}")
@@ -104,7 +108,6 @@ def index(
         ws.build_bm25(variant=variant)
         console.print("built index bm25")
         if dense:
-            ws.encoder(encoder)  # an unknown encoder fails before the dense build starts
             ws.build_dense(encoder=encoder, kind=dense_kind)
             console.print(f"built index dense ({dense_kind}, encoder {encoder})")
 
@@ -152,8 +155,14 @@ def eval_(
 ) -> None:
     """Evaluate a retriever (or fusion, or retriever + reranker) on a dataset split; builds the indexes first."""
     from lethe.pipelines.evaluate import evaluate_retriever
+    from lethe.pipelines.rerank import LLM_MODES
 
+    if rerank is not None:
+        _choice("--rerank-mode", rerank_mode, LLM_MODES)
     ds = _load(data, None, unknown_qrels, empty_docs)
+    ds.split_qrels(split)  # an unknown split fails before anything is written
+    if model is None:
+        _check_retriever(home, retriever)
     with _workspace(home, no_wait=no_wait) as ws:
         with ws.writing():
             _ensure_indexed(ws, ds, dense=retriever != "bm25" or model is not None)
@@ -227,6 +236,31 @@ def rerank_cmd(
         before, after = evaluate(cut, qrels, ["nDCG@10"])[0], evaluate(new, qrels, ["nDCG@10"])[0]
         console.print(f"nDCG@10 on {len(qrels)} judged queries: first stage {before['nDCG@10']:.4f} -> "
                       f"reranked {after['nDCG@10']:.4f}")
+
+
+def _check_new_encoder(home: Path | None, encoder: str) -> None:
+    """A workspace not built yet knows only the default encoder (checked before it is created)."""
+    from lethe.pipelines.workspace import DEFAULT_ENCODER, default_home
+
+    where = home or default_home()
+    if where.exists() and not where.is_dir():
+        return  # the workspace refuses it, naming it
+    if not (where / "store.db").is_file() and encoder.split("@")[0] != DEFAULT_ENCODER:
+        raise LetheError(f"--encoder {encoder!r} is unknown: {where} holds no workspace yet, and a new one knows "
+                         f"only {DEFAULT_ENCODER!r}")
+
+
+def _check_retriever(home: Path | None, retriever: str) -> None:
+    """``--retriever`` is bm25, dense, a fusion or an index the workspace has (checked before any write)."""
+    from lethe.pipelines.workspace import RETRIEVERS, default_home
+
+    if retriever in RETRIEVERS:
+        return
+    names: list[str] = []
+    if ((home or default_home()) / "store.db").is_file():
+        with _workspace(home, show_progress=False, create=False) as ws:
+            names = [i.ref.name for i in ws.indexes()]
+    _choice("--retriever", retriever, [*RETRIEVERS, *names])
 
 
 def _ensure_indexed(ws, ds, dense: bool = True) -> None:  # noqa: ANN001

@@ -7,10 +7,11 @@ writes nothing if it does not hold; then it records the request as pending, remo
 ``registry.affected_by``) and the embedding cache, verifies, and appends a hash-chained receipt.
 Each step is journaled: after a crash, :func:`resume` finishes pending requests without redoing
 finished steps. A step that raises marks the request ``failed`` in the ledger (with its reason);
-:func:`retry` runs a failed or incomplete request again, recovering its ids from the keyed hashes
-the ledger holds. Replaying a completed request is a no-op. The level reported is never higher
-than what was checked: ``deleted`` needs every index check to pass; models trained on the data are
-listed as still remembering it unless weight unlearning ran.
+:func:`retry` continues a failed request from its journal, or runs an incomplete one again,
+recovering its ids from the keyed hashes the ledger holds. Replaying a completed request is a
+no-op. The level reported is never higher than what was checked: ``deleted`` needs every index
+check to pass; models trained on the data are listed as still remembering it unless weight
+unlearning ran.
 """
 
 from __future__ import annotations
@@ -55,6 +56,15 @@ class ForgetReport:
             return False
         r = self.receipt
         return not (r.get("unlearn_requested") and r.get("models_still_trained_on_data"))
+
+
+@dataclass(frozen=True)
+class RecoveredRequest:
+    """A request rebuilt from the ledger's keyed hashes (for a retry); may match nothing any more."""
+
+    doc_ids: tuple[str, ...]
+    owners: tuple[str, ...]
+    reason: str = ""
 
 
 @dataclass
@@ -207,21 +217,22 @@ def retry(ws: Workspace, rid: str, crash_after: str | None = None,
             if done.reached:
                 return done
         first = next(e for e in ws.ledger.entries(rid) if e.kind == "pending")
-        request = _recover(ws, rid)
-        _record_pending(ws, rid, request, None, first.payload.get("unlearn"), retry=True)
-        return _run_recorded(ws, rid, request, crash_after, first.payload.get("unlearn"), unlearn_cfg)
+        _record_pending(ws, rid, _recover(ws, rid), None, first.payload.get("unlearn"), retry=True)
+        return _resume_one(ws, rid, crash_after, unlearn_cfg)  # a failed request's journal is still there
 
 
-def _recover(ws: Workspace, rid: str) -> ForgetRequest:
+def _recover(ws: Workspace, rid: str) -> RecoveredRequest:
     """The ids of a request, found again by matching its keyed hashes against what the workspace holds."""
     first = next(e for e in ws.ledger.entries(rid) if e.kind == "pending")
     want_docs, want_owners = set(first.payload["doc_hashes"]), set(first.payload["owner_hashes"])
+    receipt = ws.ledger.receipt(rid)  # an incomplete request's receipt names every document it resolved to
+    want_docs |= set(receipt.payload.get("doc_hashes", [])) if receipt else set()
     candidates = set(ws.store.ids())
     for info in ws.indexes():
         candidates |= _ids_of(ws, info)
     docs = sorted(d for d in candidates if ws.ledger.hash_id(d) in want_docs)
     owners = sorted(o for o in ws.store.owners() if ws.ledger.hash_id(o, "owner") in want_owners)
-    return ForgetRequest(tuple(docs), tuple(owners), first.payload.get("reason", ""))
+    return RecoveredRequest(tuple(docs), tuple(owners), first.payload.get("reason", ""))
 
 
 def _step(ws: Workspace, rid: str, name: str, ran: list[str], crash_after: str | None, fn) -> dict:  # noqa: ANN001
@@ -249,9 +260,10 @@ def _crash_point(name: str, crash_after: str | None) -> None:
         raise InjectedCrash(f"injected crash after step {name!r}")
 
 
-def _run_recorded(ws: Workspace, rid: str, request: ForgetRequest, crash_after: str | None,
+def _run_recorded(ws: Workspace, rid: str, request: ForgetRequest | RecoveredRequest, crash_after: str | None,
                   unlearn: str | None, unlearn_cfg: UnlearnConfig | None) -> ForgetReport:
-    """Run a pending request; a step that raises marks it failed (with its reason) and clears its journal."""
+    """Run a pending request; a step that raises marks it failed (with its reason). Its journal stays
+    (the data it names is still partly in the workspace) so that :func:`retry` continues where it stopped."""
     try:
         return _run(ws, rid, request, crash_after, unlearn, unlearn_cfg)
     except (InjectedCrash, KeyboardInterrupt):
@@ -259,12 +271,11 @@ def _run_recorded(ws: Workspace, rid: str, request: ForgetRequest, crash_after: 
     except Exception as exc:
         step = getattr(exc, "lethe_step", "plan")
         ws.ledger.append(rid, "failed", {"step": step, "error": type(exc).__name__})
-        ws.ledger.clear_journal(rid)
         raise ForgetError(f"request {rid} failed at step {step!r}: {exc}. It is marked failed in the ledger; "
                           f"fix the cause and run `lethe forget --retry {rid}`") from exc
 
 
-def _run(ws: Workspace, rid: str, request: ForgetRequest, crash_after: str | None,
+def _run(ws: Workspace, rid: str, request: ForgetRequest | RecoveredRequest, crash_after: str | None,
          unlearn: str | None = None, unlearn_cfg: UnlearnConfig | None = None) -> ForgetReport:
     ran: list[str] = []
     plan = _step(ws, rid, "resolve", ran, crash_after, lambda: _resolve(ws, request, unlearn))
@@ -282,7 +293,7 @@ def _run(ws: Workspace, rid: str, request: ForgetRequest, crash_after: str | Non
     reindexed = _finish_models(ws, rid, models, ran, crash_after)
     names = set(plan["indexes"]) | set(reindexed.values())
     indexes = [i for i in ws.indexes() if i.ref.name in names]
-    checks = _step(ws, rid, "verify", ran, crash_after, lambda: verify_request(ws, plan, indexes))
+    checks = _step(ws, rid, "verify", ran, crash_after, lambda: verify_request(ws, plan, indexes, rid))
     receipt = _receipt(ws, rid, request, plan, removed, checks, models, reindexed)
     entry = ws.ledger.append(rid, "receipt", receipt)
     _crash_point("receipt", crash_after)
@@ -325,7 +336,7 @@ def _finish_models(ws: Workspace, rid: str, models: list[dict[str, Any]], ran: l
     return reindexed
 
 
-def _resolve(ws: Workspace, request: ForgetRequest, unlearn: str | None = None) -> dict[str, Any]:
+def _resolve(ws: Workspace, request: ForgetRequest | RecoveredRequest, unlearn: str | None = None) -> dict[str, Any]:
     owned = [d for o in request.owners for d in ws.store.docs_of_owner(o)]
     held = _ids_anywhere(ws, tuple(dict.fromkeys([*request.doc_ids, *owned])))
     ids = [d for d in dict.fromkeys([*request.doc_ids, *owned]) if d in held]  # unknown ids are never "deleted"
@@ -338,7 +349,8 @@ def _resolve(ws: Workspace, request: ForgetRequest, unlearn: str | None = None) 
         "reason": request.reason, "doc_ids": ids, "query_ids": qids,
         "hashes": sorted(set(ws.store.hashes(ids).values())),
         "probe_texts": {d.id: d.contents for d in docs[:OWN_TEXT_PROBES]},
-        "indexes": sorted({i.ref.name for i in holders} | {a.name for a in affected if a.kind == "index"}),
+        "indexes": sorted({i.ref.name for i in holders} | {a.name for a in affected if a.kind == "index"}
+                          | ({i.ref.name for i in ws.indexes()} if isinstance(request, RecoveredRequest) else set())),
         "models": [str(a) for a in affected if a.kind != "index"],
         "artifacts_before": [str(a) for a in affected],
         "unlearn": unlearn,
@@ -394,8 +406,10 @@ def check_index(ws: Workspace, name: str, forgotten: list[str], probes: dict[str
     return out
 
 
-def verify_request(ws: Workspace, plan: dict[str, Any], indexes: list[IndexInfo]) -> dict[str, Any]:
-    """Every check of one request, right after it ran (the texts are still in memory)."""
+def verify_request(ws: Workspace, plan: dict[str, Any], indexes: list[IndexInfo],
+                   rid: str | None = None) -> dict[str, Any]:
+    """Every check of one request, right after it ran (the texts are still in memory); with ``rid``,
+    also that no id the request named (by its keyed hash) is left in the store or any index."""
     ids = plan["doc_ids"]
     remaining = set(ws.store.hashes().values())
     checks: dict[str, Any] = {
@@ -404,13 +418,26 @@ def verify_request(ws: Workspace, plan: dict[str, Any], indexes: list[IndexInfo]
         "cache_absent": not any(ws.cache.contains_hash(h) for h in plan["hashes"] if h not in remaining),
         "indexes": {i.ref.name: check_index(ws, i.ref.name, ids, plan["probe_texts"]) for i in indexes},
     }
-    flat = [checks["ledger_chain_intact"], checks["store_absent"], checks["cache_absent"]]
+    if rid is not None:
+        checks["requested_ids_absent"] = not _named_ids_left(ws, rid)
+    flat = [checks["ledger_chain_intact"], checks["store_absent"], checks["cache_absent"],
+            checks.get("requested_ids_absent", True)]
     flat += [v for c in checks["indexes"].values() for v in c.values() if isinstance(v, bool)]
     checks["all_passed"] = all(flat)
     return checks
 
 
-def _receipt(ws: Workspace, rid: str, request: ForgetRequest, plan: dict[str, Any],
+def _named_ids_left(ws: Workspace, rid: str) -> list[str]:
+    """Ids in the store or any index whose keyed hash the request named."""
+    first = next(e for e in ws.ledger.entries(rid) if e.kind == "pending")
+    named = set(first.payload["doc_hashes"])
+    held = set(ws.store.ids())
+    for info in ws.indexes():
+        held |= _ids_of(ws, info)
+    return [d for d in held if ws.ledger.hash_id(d) in named]
+
+
+def _receipt(ws: Workspace, rid: str, request: ForgetRequest | RecoveredRequest, plan: dict[str, Any],
              removed: dict[str, int], checks: dict[str, Any], models: list[dict[str, Any]] | None = None,
              reindexed: dict[str, str] | None = None) -> dict[str, Any]:
     from lethe.pipelines.unlearn import summary
@@ -504,8 +531,9 @@ def _request_states(ws: Workspace) -> dict[str, Any]:
         e = ws.ledger.state(rid)
         if e is None:
             continue
-        receipts.append({"request_id": rid, "level": e.payload["level"], "n_docs": e.payload["n_docs"],
-                         "checks_at_forget_time_passed": e.payload["verification"]["all_passed"]})
+        receipts.append({"request_id": rid, "level": e.payload.get("level", "unknown"),
+                         "n_docs": e.payload.get("n_docs", 0),
+                         "checks_at_forget_time_passed": e.payload.get("verification", {}).get("all_passed", False)})
     return {"receipts": receipts, "pending_requests": ws.ledger.pending_requests(),
             "failed_requests": ws.ledger.failed_requests(),
             "incomplete_requests": [r["request_id"] for r in receipts if r["level"] != "deleted"]}

@@ -94,7 +94,7 @@ class Workspace:
         self.ledger = _open(self.home / "ledger.db", lambda p: Ledger(p, key, VERIFY_CONFIG),
                             "the ledger cannot be rebuilt: restore it from a backup")
         self.cache = _open(self.home / "embeddings.db", EmbeddingCache,
-                           "it is a cache: delete it and run `lethe index` to rebuild it")
+                           f"it is a cache: delete it and run `lethe index --home {self.home}` to rebuild it")
         self.registry = _open(self.home / "registry" / "registry.db", lambda p: Registry(p.parent),
                               "restore it from a backup (the models' lineage lives there)")
         self.show_progress = show_progress

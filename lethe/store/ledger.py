@@ -286,11 +286,11 @@ class Ledger:
         scrub(self.conn)
 
     def clear_stale_journals(self) -> list[str]:
-        """Erase the journal rows of requests that are no longer pending (a crash between a request's
-        receipt or failure and the clearing of its journal would leave its raw ids behind)."""
-        pending = set(self.pending_requests())
+        """Erase the journal rows of finished requests (a crash between a request's receipt and the
+        clearing of its journal would leave its raw ids behind). Pending and failed requests keep theirs."""
+        keep = set(self.pending_requests()) | set(self.failed_requests())
         stale = [r[0] for r in self.conn.execute("SELECT DISTINCT request_id FROM journal")
-                 if r[0] not in pending]
+                 if r[0] not in keep]
         for rid in stale:
             self.clear_journal(rid)
         return stale
