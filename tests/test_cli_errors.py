@@ -40,7 +40,11 @@ NOT_ERRORS = {
 #: combinations left out: index --data on a missing home creates a workspace (its job), and needs the
 #: tiny encoder registered first
 SKIP = {("index-data", "home-missing")}
-CASES = [(c, d) for c in COMMANDS for d in DAMAGES if (c, d) not in SKIP]
+#: known gaps, owned by the ledger (lethe/store/ledger.py): strict, so the fix shows up here
+GAPS = {("forget", "head-deleted"): "forget appends to a chain whose head file is gone and writes a new head "
+        "file, so the deletion is no longer detected by verify; the ledger should refuse to append"}
+CASES = [pytest.param(c, d, id=f"{c}-{d}", marks=[pytest.mark.xfail(reason=GAPS[c, d], strict=True)]
+                      if (c, d) in GAPS else []) for c in COMMANDS for d in DAMAGES if (c, d) not in SKIP]
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +145,7 @@ def assert_one_line_error(code: int, out: str, err: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize(("command", "what"), CASES, ids=[f"{c}-{d}" for c, d in CASES])
+@pytest.mark.parametrize(("command", "what"), CASES)
 def test_damaged_workspace(command: str, what: str, home: Path, built: dict[str, Path], tmp_path: Path,
                            monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     target = damage(home, what, tmp_path)
@@ -212,3 +216,28 @@ def test_unknown_retriever_is_one_line(home: Path, monkeypatch: pytest.MonkeyPat
     code, out, err = run(monkeypatch, capsys, "search", "fox", "--home", home, "-i", "bogus")
     line = assert_one_line_error(code, out, err)
     assert "bogus" in line and "bm25" in line, line
+
+
+@pytest.mark.parametrize("args", [
+    ["index", "--encoder", "bogus"],
+    ["eval", "--retriever", "bogus"],
+    ["eval", "--split", "bogus"],
+    ["eval", "--rerank", "smollm2", "--rerank-mode", "bogus"],
+], ids=["index-encoder", "eval-retriever", "eval-split", "eval-rerank-mode"])
+def test_more_option_values_fail_before_any_write(args: list[str], tmp_path: Path, home: Path,
+                                                  built: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    out_dir = tmp_path / "runs"
+    for target in (tmp_path / "new-home", home):  # a home that does not exist yet, then the built one
+        before = {p: p.read_bytes() for p in target.rglob("*") if p.is_file() and p.name != "lock"} \
+            if target.exists() else None
+        code, out, err = run(monkeypatch, capsys, args[0], "--data", built["data"], "--home", target,
+                             "--out", out_dir, *args[1:]) if args[0] == "eval" else \
+            run(monkeypatch, capsys, *args, "--data", built["data"], "--home", target)
+        line = assert_one_line_error(code, out, err)
+        assert "bogus" in line, line
+        if before is None:
+            assert not target.exists()
+        else:
+            assert {p: p.read_bytes() for p in target.rglob("*") if p.is_file() and p.name != "lock"} == before
+        assert not out_dir.exists()
