@@ -165,10 +165,26 @@ class Ledger:
         if kind == "config":
             raise LedgerError("only a new ledger writes a config entry")
         with transaction(self.conn) as c:
+            self._check_head_before_append(c)
             entry = self._insert(c, request_id, kind, payload)
         if self.key.head_path is not None:
             write_head(self.key.head_path, entry.seq, entry.entry_hash)
         return entry
+
+    def _check_head_before_append(self, c: sqlite3.Connection) -> None:
+        """Refuse to extend a chain whose head file is gone or disagrees (a new head would hide it)."""
+        path = self.config.get("head_file")
+        if not path:
+            return
+        recorded = read_head(Path(path))
+        if recorded is None:
+            raise LedgerError(f"head file {path} is missing; refusing to extend the ledger (that would hide the "
+                              "loss). Restore it from a copy; `lethe verify --head` checks a head kept elsewhere")
+        seq, head = recorded
+        row = c.execute("SELECT entry_hash FROM entries WHERE seq = ?", (seq,)).fetchone()
+        if row is None or row[0] != head:
+            raise LedgerError(f"the ledger does not match its head file {path} (entries removed or the chain "
+                              "rewritten); refusing to extend it. Run `lethe verify`")
 
     def head(self) -> str:
         """The hash of the last entry (the chain head)."""
