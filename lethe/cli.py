@@ -487,6 +487,53 @@ def demo(
     run_demo(data, home, console)
 
 
+@app.command()
+def serve(
+    home: Annotated[Path, typer.Option(help="service home: keys, jobs and one workspace per tenant")],
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8000,
+) -> None:
+    """Serve search, documents and forget jobs over HTTP (OpenAPI at /docs); keys: `lethe keys add`."""
+    try:
+        import uvicorn
+
+        from lethe.serve.app import create_app
+    except ImportError as exc:
+        from lethe.errors import MissingDependency
+
+        raise MissingDependency(f"`lethe serve` needs FastAPI and uvicorn: pip install 'lethe-ir[serve]' "
+                                f"({exc})") from exc
+    uvicorn.run(create_app(home), host=host, port=port, log_level="info")
+
+
+keys_app = typer.Typer(help="API keys of a `lethe serve` home.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("add")
+def keys_add(
+    home: Annotated[Path, typer.Option(help="service home")],
+    tenant: Annotated[str, typer.Option(help="tenant (a new one starts with an empty workspace)")],
+    role: Annotated[str, typer.Option(help="reader | editor | admin")] = "reader",
+) -> None:
+    """Create an API key; it is printed alone on the last line and only its hash is stored."""
+    from lethe.serve.keys import ROLES, KeyStore, check_tenant
+
+    check_tenant(tenant)
+    _choice("--role", role, ROLES)
+    if home.exists() and not home.is_dir():
+        raise LetheError(f"--home {home} is a file, not a service home")
+    with _workspace(home / "tenants" / tenant, show_progress=False):
+        pass  # creates the tenant's workspace (and its ledger key beside it) if it is new
+    store = KeyStore(home)
+    try:
+        key = store.add(tenant, role)
+    finally:
+        store.close()
+    console.print(f"new {role} key for tenant {tenant!r} (shown once; only its hash is stored):")
+    print(key)
+
+
 def main() -> None:
     """Console-script entry point: every error prints one clear line and exits 2 (``--debug``: traceback)."""
     debug = "--debug" in sys.argv[1:]

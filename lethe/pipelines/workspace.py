@@ -162,6 +162,28 @@ class Workspace:
             self._set_meta(dataset=dataset.name)
             return report
 
+    def add_documents(self, docs: list[Doc]) -> int:
+        """Add or replace documents and update every index incrementally; returns how many replaced.
+
+        A document whose id or content was forgotten (a tombstone) refuses the whole batch: nothing is
+        written. Replacing a document is not forgetting it (its old version leaves no receipt).
+        """
+        with self.writing():
+            refused = self._tombstoned(docs)
+            if refused:
+                raise LetheError(f"refused {len(refused)} document(s) forgotten earlier (tombstones in the ledger), "
+                                 f"e.g. {[d.id for d in refused[:5]]}; nothing was written")
+            replaced = sorted(self.store.hashes([d.id for d in docs]))
+            indexes = [(info, self.load_index(info.ref.name)) for info in self.indexes()]
+            self.store.ingest(docs, upsert=True)
+            for info, index in indexes:
+                index.delete(replaced)
+                index.add(docs)
+                self._save_index(info.ref.name, info.kind, index, index.params(), parents=None)
+            if not indexes:
+                self.build_bm25()  # a new workspace gets a BM25 index with its first documents
+            return len(replaced)
+
     def _new_docs(self, docs: list[Doc], report: IngestReport) -> list[Doc]:
         stored = self.store.hashes([d.id for d in docs])
         changed = [d.id for d in docs if d.id in stored and stored[d.id] != content_hash(d)]

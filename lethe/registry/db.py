@@ -87,7 +87,7 @@ ORDER BY depth, a.id
 
 def connect(path: Path) -> sqlite3.Connection:
     """Open (and create) the registry database in WAL mode; transactions are explicit."""
-    conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA foreign_keys=ON")
