@@ -227,3 +227,24 @@ def test_keys_cli_prints_the_key_last_and_stores_its_hash(tmp_path: Path, monkey
     with pytest.raises(SystemExit) as exc:
         main()
     assert exc.value.code == 2 and "tenant name" in capsys.readouterr().err
+
+
+def test_evaluation_points_before_and_after_forgetting(tmp_path: Path) -> None:
+    from lethe.data import load_dataset
+    from tests.test_cli import write_beir
+
+    home = tmp_path / "serve"
+    with Workspace(home / "tenants" / "acme", show_progress=False) as ws:
+        ws.ingest(load_dataset(str(write_beir(tmp_path / "tiny"))))
+        ws.build_bm25()
+    store = KeyStore(home)
+    key = {"Authorization": f"Bearer {store.add('acme', 'editor')}"}
+    store.close()
+    with TestClient(create_app(home)) as client:
+        first = client.get("/evaluation", headers=key).json()
+        assert first["available"] and first["measure"] == "nDCG@10"
+        assert [p["label"] for p in first["points"]] == ["before forgetting"] and 0 < first["points"][0]["value"] <= 1
+        job = client.post("/forget", json={"owners": ["u1"]}, headers=key).json()
+        done = wait_job(client, job["job_id"], key)
+        points = client.get("/evaluation", headers=key).json()["points"]
+        assert [p["label"] for p in points] == ["before forgetting", f"after {done['request_id'][:8]}"]

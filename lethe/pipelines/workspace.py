@@ -159,7 +159,7 @@ class Workspace:
             queries = self._unforgotten_queries(list(dataset.queries.values()), report)
             report.added = self.store.ingest(docs, queries, upsert=False)
             report.queries = len(queries)
-            self._set_meta(dataset=dataset.name)
+            self._set_meta(dataset=dataset.name, dataset_path=str(dataset.path.resolve()) if dataset.path else None)
             return report
 
     def add_documents(self, docs: list[Doc]) -> int:

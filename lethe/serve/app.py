@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lethe.errors import LetheError
 from lethe.pipelines.workspace import Workspace
+from lethe.serve.evaluation import MEASURE, Evaluator
 from lethe.serve.jobs import Job, JobStore, Worker
 from lethe.serve.keys import KeyStore, Principal
 from lethe.serve.metrics import Metrics
@@ -133,6 +134,7 @@ class Service:
         self.keys = KeyStore(self.home)
         self.jobs = JobStore(self.home)
         self.metrics = Metrics()
+        self.evaluator = Evaluator()
         self.readers: dict[str, TenantReader] = {}
         self._readers_lock = threading.Lock()
         self.worker = Worker(self.jobs, self.run_job)
@@ -152,8 +154,11 @@ class Service:
 
         try:
             with Workspace(self.tenant_home(job.tenant), show_progress=False, create=False) as ws:
+                self.record_figure(ws, job.tenant, "before forgetting", first_only=True)
                 req = ForgetRequest(tuple(request["doc_ids"]), tuple(request["owners"]), request["reason"])
                 rep = forget(ws, req, unlearn=request.get("unlearn"))
+                if not rep.noop:
+                    self.record_figure(ws, job.tenant, f"after {rep.request_id[:8]}")
         except LetheError as exc:
             return "failed", None, None, str(exc)
         except Exception as exc:  # noqa: BLE001 - a job never takes the worker down
@@ -163,6 +168,17 @@ class Service:
             reader.invalidate()
         return ("done" if rep.reached else "failed"), rep.request_id, rep.level, None if rep.reached else (
             f"ended at level {rep.level!r}; finish it with `lethe forget --retry {rep.request_id}`")
+
+    def record_figure(self, ws: Workspace, tenant: str, label: str, first_only: bool = False) -> None:
+        """Add a point to the tenant's before/after chart (never fails the job)."""
+        if first_only and self.jobs.points(tenant):
+            return
+        try:
+            value = self.evaluator.score(ws)
+        except Exception:  # noqa: BLE001 - the chart is a nicety; a forget job must not fail for it
+            return
+        if value is not None:
+            self.jobs.add_point(tenant, label, value)
 
     def close(self) -> None:
         self.worker.stop()
@@ -268,6 +284,16 @@ def _routes_read(app: FastAPI, service: Service, role: Callable) -> None:
         if found is None or found.tenant != who.tenant:
             raise HTTPException(404, f"no job {job_id!r}")
         return found.__dict__
+
+    @app.get("/evaluation")
+    def evaluation(who: Annotated[Principal, Depends(role("reader"))]) -> dict[str, Any]:
+        if not service.jobs.points(who.tenant):
+            reader = service.reader(who.tenant)
+            with reader.lock:
+                if not reader.ws.ledger.receipt_requests():  # nothing forgotten yet: this is "before"
+                    service.record_figure(reader.ws, who.tenant, "before forgetting", first_only=True)
+        points = service.jobs.points(who.tenant)
+        return {"available": bool(points), "measure": MEASURE, "points": points}
 
     @app.get("/receipts")
     def receipts(who: Annotated[Principal, Depends(role("reader"))]) -> list[dict[str, Any]]:

@@ -21,6 +21,12 @@ from lethe.store.docstore import connect, scrub, transaction
 
 STATES = ("queued", "running", "done", "failed")
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS evals (
+    tenant TEXT NOT NULL,
+    at REAL NOT NULL,
+    label TEXT NOT NULL,
+    value REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     tenant TEXT NOT NULL,
@@ -96,6 +102,19 @@ class JobStore:
                 c.execute("UPDATE jobs SET state=?, request='{}', request_id=?, level=?, error=?, finished_at=? "
                           "WHERE id=?", (state, request_id, level, error, time.time(), jid))
             scrub(self.conn)
+
+    def add_point(self, tenant: str, label: str, value: float) -> None:
+        """Record one evaluation figure of a tenant (for the before/after chart)."""
+        with self.lock, transaction(self.conn) as c:
+            c.execute("INSERT INTO evals(tenant, at, label, value) VALUES (?,?,?,?)",
+                      (tenant, time.time(), label, value))
+
+    def points(self, tenant: str) -> list[dict[str, Any]]:
+        """A tenant's evaluation figures, oldest first."""
+        with self.lock:
+            rows = self.conn.execute("SELECT label, value, at FROM evals WHERE tenant=? ORDER BY at, rowid",
+                                     (tenant,)).fetchall()
+        return [{"label": label, "value": value, "at": at} for label, value, at in rows]
 
     def counts(self) -> dict[str, int]:
         """Jobs by state."""
