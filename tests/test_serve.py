@@ -117,6 +117,7 @@ def test_search_documents_and_forget_end_to_end(service: dict) -> None:
         assert job.status_code == 202 and job.json()["state"] == "queued"
         done = wait_job(client, job.json()["job_id"], reader)
         assert done["state"] == "done" and done["level"] == "deleted", done
+        assert done["step"] == "verify" and done["steps_done"] == 6  # resolve, store, bm25, dense, cache, verify
         hits = client.post("/search", json={"query": "cardano staking rewards plutus", "k": 12, "retriever": "rrf"},
                            headers=reader).json()["hits"]
         assert not {h["doc_id"] for h in hits} & {"d0", "d2", "d4", "d10"}

@@ -238,6 +238,8 @@ def _recover(ws: Workspace, rid: str) -> RecoveredRequest:
 def _step(ws: Workspace, rid: str, name: str, ran: list[str], crash_after: str | None, fn) -> dict:  # noqa: ANN001
     result = ws.ledger.step_done(rid, name)
     if result is None:
+        if ws.on_step is not None:
+            ws.on_step(name)
         try:
             result = fn() or {}
         except Exception as exc:

@@ -100,6 +100,8 @@ class Workspace:
         self.show_progress = show_progress
         self.lock = WorkspaceLock(self.home / "lock")
         self.wait, self.on_wait = wait, on_wait
+        #: told the name of each journaled forget step as it starts (progress for services and bars)
+        self.on_step: Callable[[str], None] | None = None
         self._encoders: dict[str, SentenceTransformerEncoder] = {}
 
     def close(self) -> None:

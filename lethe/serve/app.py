@@ -154,6 +154,7 @@ class Service:
 
         try:
             with Workspace(self.tenant_home(job.tenant), show_progress=False, create=False) as ws:
+                ws.on_step = lambda step: self.jobs.set_step(job.id, step)
                 self.record_figure(ws, job.tenant, "before forgetting", first_only=True)
                 req = ForgetRequest(tuple(request["doc_ids"]), tuple(request["owners"]), request["reason"])
                 rep = forget(ws, req, unlearn=request.get("unlearn"))

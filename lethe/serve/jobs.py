@@ -33,13 +33,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     state TEXT NOT NULL,
     request TEXT NOT NULL,
     request_id TEXT,
+    step TEXT,
+    steps_done INTEGER NOT NULL DEFAULT 0,
     level TEXT,
     error TEXT,
     created_at REAL NOT NULL,
     finished_at REAL
 );
 """
-_COLUMNS = "id, tenant, state, request_id, level, error, created_at, finished_at"
+_COLUMNS = "id, tenant, state, request_id, step, steps_done, level, error, created_at, finished_at"
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class Job:
     tenant: str
     state: str
     request_id: str | None
+    step: str | None
+    steps_done: int
     level: str | None
     error: str | None
     created_at: float
@@ -70,7 +74,7 @@ class JobStore:
 
     def submit(self, tenant: str, request: dict[str, Any]) -> Job:
         """Queue a job."""
-        job = Job(uuid.uuid4().hex, tenant, "queued", None, None, None, time.time(), None)
+        job = Job(uuid.uuid4().hex, tenant, "queued", None, None, 0, None, None, time.time(), None)
         with self.lock, transaction(self.conn) as c:
             c.execute("INSERT INTO jobs(id, tenant, state, request, created_at) VALUES (?,?,?,?,?)",
                       (job.id, tenant, "queued", json.dumps(request), job.created_at))
@@ -94,6 +98,11 @@ class JobStore:
         """Mark a job running."""
         with self.lock, transaction(self.conn) as c:
             c.execute("UPDATE jobs SET state='running' WHERE id=?", (jid,))
+
+    def set_step(self, jid: str, step: str) -> None:
+        """Record the step a running job has reached."""
+        with self.lock, transaction(self.conn) as c:
+            c.execute("UPDATE jobs SET step=?, steps_done=steps_done+1 WHERE id=?", (step, jid))
 
     def finish(self, jid: str, state: str, request_id: str | None, level: str | None, error: str | None) -> None:
         """Mark a job done or failed and erase its raw ids."""
