@@ -197,3 +197,30 @@ def test_kill9_at_every_step_of_an_unlearning_forget_then_resume(trained_home: P
         assert receipt["level"] == "deleted" and receipt["models_still_trained_on_data"] == []
         assert str(ws.registry.get("teacher")) == "teacher@v2" and str(ws.registry.get("student")) == "student@v2"
         assert not resume(ws)
+
+
+def test_forget_concurrent_with_the_service(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from lethe.serve.app import create_app
+    from lethe.serve.keys import KeyStore
+
+    home = make_home(tmp_path / "serve" / "tenants", tiny_bert_dir).parent.parent  # tenant "home"
+    store = KeyStore(home)
+    key = {"Authorization": f"Bearer {store.add('home', 'editor')}"}
+    store.close()
+    tenant = home / "tenants" / "home"
+    with TestClient(create_app(home)) as client:
+        proc = start("forget", "--home", tenant, "--owner", "u2")
+        job = client.post("/forget", json={"owners": ["u1"]}, headers=key).json()
+        deadline = time.time() + 120
+        while client.get(f"/jobs/{job['job_id']}", headers=key).json()["state"] not in ("done", "failed"):
+            assert time.time() < deadline
+            time.sleep(0.2)
+        state = client.get(f"/jobs/{job['job_id']}", headers=key).json()
+        rc, out, err = finish(proc)
+    assert state["state"] == "done" and state["level"] == "deleted", state
+    assert rc == 0, (out, err)
+    result = check_clean(tenant, ["d0", "d2", "d4", "d10", "d1", "d5"])
+    assert len(result["receipts"]) == 2
