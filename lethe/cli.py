@@ -492,6 +492,8 @@ def serve(
     home: Annotated[Path, typer.Option(help="service home: keys, jobs and one workspace per tenant")],
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8000,
+    job_process: Annotated[bool, typer.Option(help="run forget jobs in a child process, off the server's "
+                                                    "interpreter (searches stay fast during a job)")] = True,
 ) -> None:
     """Serve search, documents and forget jobs over HTTP (OpenAPI at /docs); keys: `lethe keys add`."""
     try:
@@ -503,7 +505,7 @@ def serve(
 
         raise MissingDependency(f"`lethe serve` needs FastAPI and uvicorn: pip install 'lethe-ir[serve]' "
                                 f"({exc})") from exc
-    uvicorn.run(create_app(home), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(home, job_process=job_process), host=host, port=port, log_level="info")
 
 
 keys_app = typer.Typer(help="API keys of a `lethe serve` home.", no_args_is_help=True)

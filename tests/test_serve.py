@@ -249,3 +249,13 @@ def test_evaluation_points_before_and_after_forgetting(tmp_path: Path) -> None:
         done = wait_job(client, job["job_id"], key)
         points = client.get("/evaluation", headers=key).json()["points"]
         assert [p["label"] for p in points] == ["before forgetting", f"after {done['request_id'][:8]}"]
+
+
+def test_jobs_can_run_in_a_child_process(service: dict) -> None:
+    reader, editor = auth(service, "reader"), auth(service, "editor")
+    with TestClient(create_app(service["home"], job_process=True)) as client:
+        job = client.post("/forget", json={"doc_ids": ["d7"]}, headers=editor).json()
+        done = wait_job(client, job["job_id"], reader, timeout=120)
+        assert done["state"] == "done" and done["steps_done"] == 6, done
+        hits = client.post("/search", json={"query": "deep learning retrieval", "k": 12}, headers=reader).json()
+        assert "d7" not in {h["doc_id"] for h in hits["hits"]}

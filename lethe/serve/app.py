@@ -9,9 +9,12 @@ that was in flight then can still return the document. One worker runs forget jo
 """
 
 # no `from __future__ import annotations`: FastAPI reads the endpoints' annotations (closures) at runtime
+import multiprocessing
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,6 +28,7 @@ from lethe.serve.evaluation import MEASURE, Evaluator
 from lethe.serve.jobs import Job, JobStore, Worker
 from lethe.serve.keys import KeyStore, Principal
 from lethe.serve.metrics import Metrics
+from lethe.serve.runner import Outcome, record_figure, run_forget_job
 from lethe.types import Doc, ForgetRequest
 
 MAX_QUERY_CHARS = 2000
@@ -126,9 +130,12 @@ class TenantReader:
 
 
 class Service:
-    """The state behind the app: keys, jobs, the worker and one reader per tenant."""
+    """The state behind the app: keys, jobs, the worker and one reader per tenant.
 
-    def __init__(self, home: Path) -> None:
+    ``job_process=True`` runs forget jobs in one long-lived child process (see :mod:`lethe.serve.runner`).
+    """
+
+    def __init__(self, home: Path, job_process: bool = False) -> None:
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
         self.keys = KeyStore(self.home)
@@ -137,6 +144,8 @@ class Service:
         self.evaluator = Evaluator()
         self.readers: dict[str, TenantReader] = {}
         self._readers_lock = threading.Lock()
+        self.job_process = job_process
+        self._executor: ProcessPoolExecutor | None = None
         self.worker = Worker(self.jobs, self.run_job)
 
     def tenant_home(self, tenant: str) -> Path:
@@ -148,41 +157,32 @@ class Service:
                 self.readers[tenant] = TenantReader(self.tenant_home(tenant))
             return self.readers[tenant]
 
-    def run_job(self, job: Job, request: dict[str, Any]) -> tuple[str, str | None, str | None, str | None]:
-        """Run one forget job in the worker thread, with a workspace of its own."""
-        from lethe.pipelines.forget import forget
-
-        try:
-            with Workspace(self.tenant_home(job.tenant), show_progress=False, create=False) as ws:
-                ws.on_step = lambda step: self.jobs.set_step(job.id, step)
-                self.record_figure(ws, job.tenant, "before forgetting", first_only=True)
-                req = ForgetRequest(tuple(request["doc_ids"]), tuple(request["owners"]), request["reason"])
-                rep = forget(ws, req, unlearn=request.get("unlearn"))
-                if not rep.noop:
-                    self.record_figure(ws, job.tenant, f"after {rep.request_id[:8]}")
-        except LetheError as exc:
-            return "failed", None, None, str(exc)
-        except Exception as exc:  # noqa: BLE001 - a job never takes the worker down
-            return "failed", None, None, f"{type(exc).__name__}: {exc}"
+    def run_job(self, job: Job, request: dict[str, Any]) -> Outcome:
+        """Run one forget job (in the child process or this thread), then drop the tenant's cached indexes."""
+        args = (str(self.home), job.tenant, job.id, request)
+        outcome = self._in_child(*args) if self.job_process else run_forget_job(*args)
         reader = self.reader(job.tenant)
         with reader.lock:  # no search in flight can still hold the forgotten documents
             reader.invalidate()
-        return ("done" if rep.reached else "failed"), rep.request_id, rep.level, None if rep.reached else (
-            f"ended at level {rep.level!r}; finish it with `lethe forget --retry {rep.request_id}`")
+        return outcome
+
+    def _in_child(self, *args: Any) -> Outcome:
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            return self._executor.submit(run_forget_job, *args).result()
+        except BrokenProcessPool as exc:
+            self._executor = None  # a new child for the next job; this one's request stays pending in the ledger
+            return "failed", None, None, f"the job's process died ({exc}); submit the request again to resume it"
 
     def record_figure(self, ws: Workspace, tenant: str, label: str, first_only: bool = False) -> None:
-        """Add a point to the tenant's before/after chart (never fails the job)."""
-        if first_only and self.jobs.points(tenant):
-            return
-        try:
-            value = self.evaluator.score(ws)
-        except Exception:  # noqa: BLE001 - the chart is a nicety; a forget job must not fail for it
-            return
-        if value is not None:
-            self.jobs.add_point(tenant, label, value)
+        """Add a point to the tenant's before/after chart."""
+        record_figure(self.jobs, self.evaluator, ws, tenant, label, first_only)
 
     def close(self) -> None:
         self.worker.stop()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
         for r in self.readers.values():
             r.close()
         self.keys.close()
@@ -199,9 +199,9 @@ def _principal(service: Service, authorization: str | None) -> Principal:
     return who
 
 
-def create_app(home: Path, start_worker: bool = True) -> FastAPI:
-    """The FastAPI app serving the tenants under ``home``."""
-    service = Service(home)
+def create_app(home: Path, start_worker: bool = True, job_process: bool = False) -> FastAPI:
+    """The FastAPI app serving the tenants under ``home`` (``job_process``: forget jobs in a child process)."""
+    service = Service(home, job_process=job_process)
     app = FastAPI(title="lethe", description="Search that can forget: search, add documents, forget with a "
                   "receipt.", version="0.1.0")
     app.state.service = service
