@@ -8,7 +8,9 @@
 4. Meanwhile one thread forgets the ``--users`` owners with the most documents, one after another
    (POST /forget {owners: [u]}, then GET /jobs/{id} until done), recording when each job was seen done.
 5. Once (job ``--kill-job``, default the middle one), 0.5 s after the job is submitted, the server is
-   killed with SIGKILL and started again on the same port and home; the job must finish after the restart.
+   killed with SIGKILL together with its forget-job child process (``--kill-server-only``: the server's pid
+   alone; children left running are reported), and started again on the same port and home; the job must
+   finish after the restart, resumed from its journal.
 6. At the end: hits of a forgotten document in searches that started after its job was seen done
    (``served_after_forget``), surviving documents GET /documents/{id} no longer returns (``lost_documents``;
    all of them when there are at most 5,000, else 500 drawn with seed 0), and GET /verify.
@@ -21,6 +23,7 @@ The last line printed is one JSON object. Progress goes to stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -69,6 +72,85 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (from /proc), children first."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            parents.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        kids = parents.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not count)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmRSS"))
+        return int(line.split()[1]) / 1024
+    except (OSError, StopIteration):
+        return 0.0
+
+
+class CpuMonitor(threading.Thread):
+    """CPU seconds used by the whole machine and by this benchmark's process tree (the server, its job
+    process, the clients) between start() and stop(); the rest is another workload that skews the figures."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.first: dict[int, int] = {}
+        self.last: dict[int, int] = {}
+        self.done = threading.Event()
+
+    @staticmethod
+    def busy() -> int:
+        f = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        return sum(int(x) for i, x in enumerate(f) if i not in (3, 4))  # all but idle and iowait
+
+    def sample(self) -> None:
+        for pid in [os.getpid(), *descendants(os.getpid())]:
+            try:
+                f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # utime stime, and cutime cstime (reaped children) except ours: we reap the killed server, counted here
+            used = sum(int(x) for x in f[11:13 if pid == os.getpid() else 15])
+            self.first.setdefault(pid, used)
+            self.last[pid] = used
+
+    def run(self) -> None:
+        self.busy0, self.t0 = self.busy(), time.monotonic()
+        self.sample()
+        while not self.done.wait(0.25):
+            self.sample()
+
+    def stop(self) -> dict[str, float]:
+        self.done.set()
+        self.join()
+        self.sample()
+        total = (self.busy() - self.busy0) / self.tick
+        own = sum(self.last[p] - self.first[p] for p in self.last) / self.tick
+        return {"cpus": os.cpu_count(), "cpu_capacity_seconds": round((os.cpu_count() or 1) * (
+            time.monotonic() - self.t0), 1), "cpu_busy_seconds": round(total, 1), "cpu_own_seconds": round(own, 1),
+            "cpu_other_seconds": round(max(0.0, total - own), 1)}
+
+
 def percentile(values: list[float], q: float) -> float | None:
     """Nearest-rank percentile (``q`` in 0..100)."""
     if not values:
@@ -81,11 +163,12 @@ def percentile(values: list[float], q: float) -> float | None:
 class Server:
     """`lethe serve` as a subprocess (logs appended to ``log_path``)."""
 
-    def __init__(self, home: Path, port: int, log_path: Path) -> None:
-        self.home, self.port, self.log_path = home, port, log_path
+    def __init__(self, home: Path, port: int, log_path: Path, extra: list[str]) -> None:
+        self.home, self.port, self.log_path, self.extra = home, port, log_path, extra
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen | None = None
         self.starts = 0
+        self.pids: list[int] = []
 
     def start(self) -> None:
         self.starts += 1
@@ -93,7 +176,9 @@ class Server:
         logf.write(f"\n==== start {self.starts} at {now():.2f}s ====\n".encode())
         logf.flush()
         self.proc = subprocess.Popen([sys.executable, "-m", "lethe.cli", "serve", "--home", str(self.home),
-                                      "--port", str(self.port)], stdout=logf, stderr=subprocess.STDOUT)
+                                      "--port", str(self.port), *self.extra], stdout=logf, stderr=subprocess.STDOUT)
+        self.pids.append(self.proc.pid)
+        log(f"server pid {self.proc.pid}")
         logf.close()
 
     def wait_health(self, timeout: float = 120.0) -> float:
@@ -111,23 +196,35 @@ class Server:
             time.sleep(0.02)
         raise SystemExit(f"the server did not answer /health within {timeout:.0f} s\n" + self.log_tail())
 
-    def kill(self) -> float:
-        """SIGKILL the server (this process's own child, by pid); the time it was sent."""
+    def kill(self, tree: bool) -> tuple[float, list[int]]:
+        """SIGKILL the server (our child, by pid) and, with ``tree``, its own children (the forget job's
+        process) too, as a crash of the whole service would; the time, and the children left running."""
         assert self.proc is not None
+        kids = descendants(self.proc.pid)
         t = now()
         os.kill(self.proc.pid, signal.SIGKILL)
+        if tree:
+            for pid in kids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         self.proc.wait()
-        return t
+        return t, [] if tree else kids
 
-    def stop(self) -> None:
+    def stop(self) -> list[int]:
+        """SIGTERM (graceful shutdown); the server's children still running 5 s after it exited."""
         if self.proc is None or self.proc.poll() is not None:
-            return
+            return []
+        kids = descendants(self.proc.pid)
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(60)
         except subprocess.TimeoutExpired:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(alive(k) for k in kids):
+            time.sleep(0.1)
+        return [k for k in kids if alive(k)]
 
     def log_tail(self, n: int = 30) -> str:
         try:
@@ -173,7 +270,7 @@ def call(method: str, url: str, key: str, path: str, retry_until: float | None =
             time.sleep(0.1)
 
 
-def forget_users(server: Server, key: str, users: list[tuple[str, list[str]]], kill_job: int,
+def forget_users(server: Server, key: str, users: list[tuple[str, list[str]]], kill_job: int, kill_tree: bool,
                  search_stop: threading.Event, jobs: list[dict], restart: dict) -> None:
     """Forget ``users`` one after another; kill and restart the server 0.5 s into job ``kill_job``.
 
@@ -192,18 +289,27 @@ def forget_users(server: Server, key: str, users: list[tuple[str, list[str]]], k
             continue
         job["job_id"] = r.json()["job_id"]
         log(f"forget job {i + 1}/{len(users)}: user {user} ({len(doc_ids)} docs), job {job['job_id'][:8]}")
+        job["steps"] = steps = [(job["submitted"], "queued")]
         if i == kill_job:
             time.sleep(0.5)
-            job["state_at_kill"] = call("GET", server.url, key, f"/jobs/{job['job_id']}").json()["state"]
-            t_kill = server.kill()
-            log(f"killed the server (SIGKILL) with job {job['job_id'][:8]} {job['state_at_kill']}")
+            got = call("GET", server.url, key, f"/jobs/{job['job_id']}").json()
+            job["state_at_kill"], job["step_at_kill"] = got["state"], got.get("step")
+            t_kill, left = server.kill(kill_tree)
+            steps.append((t_kill, "restart"))
+            log(f"killed the server (SIGKILL{' with its job process' if kill_tree else ''}) with job "
+                f"{job['job_id'][:8]} {got['state']} at step {got.get('step')}")
             server.start()
             t_back = server.wait_health()
-            restart.update(t_kill=t_kill, t_back=t_back, seconds=t_back - t_kill)
-            log(f"server back after {t_back - t_kill:.2f} s")
+            restart.update(t_kill=t_kill, t_back=t_back, seconds=t_back - t_kill, orphans=left,
+                           orphans_alive_after_restart=[p for p in left if alive(p)])
+            log(f"server back after {t_back - t_kill:.2f} s"
+                + (f"; the old server's children {left} still run" if any(alive(p) for p in left) else ""))
         deadline = time.monotonic() + 900
         while True:
             got = call("GET", server.url, key, f"/jobs/{job['job_id']}", retry_until=deadline).json()
+            phase = got["state"] if got["state"] != "running" else f"running:{got.get('step')}"
+            if phase != steps[-1][1] and not (steps[-1][1] == "restart" and now() < restart.get("t_back", 0)):
+                steps.append((now(), phase))
             if got["state"] in ("done", "failed"):
                 job.update(state=got["state"], level=got.get("level"), error=got.get("error"), done=now())
                 break
@@ -227,6 +333,12 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--split", default="test")
     ap.add_argument("--no-dense", action="store_true", help="index BM25 only (`lethe index --no-dense`)")
+    ap.add_argument("--kill-server-only", action="store_true",
+                    help="SIGKILL only the server's pid, not its forget-job child process (default: both, as a "
+                         "crash of the service would); children left running are reported and killed at the end")
+    ap.add_argument("--serve-arg", action="append", default=[], help="extra argument for `lethe serve` (repeatable)")
+    ap.add_argument("--dump", type=Path, default=None,
+                    help="write every search (start, end, status, hits) and job with its times to this JSON file")
     args = ap.parse_args()
 
     ds = load_dataset(args.data, unknown_qrels="keep")
@@ -256,22 +368,29 @@ def main() -> None:
     index_seconds = time.perf_counter() - t
     log(f"indexed in {index_seconds:.1f} s")
 
-    server = Server(home, free_port(), home / "serve.log")
+    server = Server(home, free_port(), home / "serve.log", args.serve_arg)
     server.start()
     t = now()
     server.wait_health()
     log(f"server up on {server.url} after {now() - t:.2f} s")
+    restart: dict[str, Any] = {}
     try:
-        result = run(args, ds, queries, users, kill_job, server, key, index_seconds)
+        result = run(args, ds, queries, users, kill_job, server, key, index_seconds, restart)
     finally:
-        server.stop()
+        leftover = server.stop()
+        for pid in restart.get("orphans", []) + leftover:  # processes our server started, by pid
+            if alive(pid):
+                log(f"killing leftover process {pid} ({rss_mb(pid):.0f} MB): "
+                    + Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:100])
+                os.kill(pid, signal.SIGKILL)
         if tmp is not None:
             tmp.cleanup()
+    result["processes_left_after_stop"] = len(leftover)
     print(json.dumps(result))
 
 
 def run(args: argparse.Namespace, ds: Any, queries: list[str], users: list[tuple[str, list[str]]], kill_job: int,
-        server: Server, key: str, index_seconds: float) -> dict[str, Any]:
+        server: Server, key: str, index_seconds: float, restart: dict[str, Any]) -> dict[str, Any]:
     # one warm-up search loads the index, so the first client's latency is not the load
     call("POST", server.url, key, "/search", json={"query": queries[0], "k": args.k, "retriever": args.retriever})
     stop = threading.Event()
@@ -280,12 +399,13 @@ def run(args: argparse.Namespace, ds: Any, queries: list[str], users: list[tuple
         server.url, key, queries, c * len(queries) // args.clients, args.retriever, args.k, stop, outs[c]))
         for c in range(args.clients)]
     jobs: list[dict] = []
-    restart: dict[str, float] = {}
     t_start = now()
+    cpu = CpuMonitor()
+    cpu.start()
     for th in threads:
         th.start()
-    forgetter = threading.Thread(target=forget_users, args=(server, key, users, kill_job, stop, jobs, restart),
-                                 daemon=True)
+    forgetter = threading.Thread(target=forget_users, daemon=True, args=(
+        server, key, users, kill_job, not args.kill_server_only, stop, jobs, restart))
     time.sleep(min(2.0, args.seconds / 10))  # a baseline before the first job
     forgetter.start()
     time.sleep(max(0.0, args.seconds - (now() - t_start)))
@@ -293,8 +413,14 @@ def run(args: argparse.Namespace, ds: Any, queries: list[str], users: list[tuple
     for th in threads:
         th.join()
     t_end = now()
+    restart["cpu"] = cpu.stop()
+    log(f"CPU during the searches: {restart['cpu']}")
     log(f"searches stopped after {t_end - t_start:.1f} s; waiting for the forget jobs")
     forgetter.join()
+    if args.dump is not None:
+        args.dump.write_text(json.dumps({
+            "searches": [r[:4] for out in outs for r in out], "restart": restart, "t_start": t_start,
+            "t_end": t_end, "jobs": jobs, "server_pids": server.pids}))
     return report(args, ds, outs, jobs, restart, server, key, index_seconds, t_start, t_end)
 
 
@@ -311,6 +437,20 @@ def report(args: argparse.Namespace, ds: Any, outs: list[list[tuple]], jobs: lis
     idle = [r for r in ok if not any(r[0] < b and r[1] > a for a, b in spans)]
     ms = lambda rs: [1000 * (r[1] - r[0]) for r in rs]  # noqa: E731
     rnd = lambda v: None if v is None else round(v, 2)  # noqa: E731
+
+    # what the job was doing when a search started (its state/step as last polled), and the second after done
+    def phase(t: float) -> str:
+        for j in jobs:
+            if "job_id" in j and j["submitted"] <= t < (j.get("done") or t_end):
+                return next((name for at, name in reversed(j["steps"]) if at <= t), "queued")
+        if any(j.get("done") and j["done"] <= t < j["done"] + 1.0 for j in jobs):
+            return "first second after done"
+        return "no job"
+    by_phase: dict[str, list[float]] = {}
+    for r in ok:
+        by_phase.setdefault(phase(r[0]), []).append(1000 * (r[1] - r[0]))
+    phases = {name: {"searches": len(v), "p50_ms": rnd(percentile(v, 50)), "p99_ms": rnd(percentile(v, 99))}
+              for name, v in sorted(by_phase.items(), key=lambda kv: -len(kv[1]))}
 
     # a forgotten document in a search that started after its job was seen done
     done_at = {d: j["done"] for j in jobs if j.get("state") == "done" for d in j["doc_ids"]}
@@ -354,14 +494,20 @@ def report(args: argparse.Namespace, ds: Any, outs: list[list[tuple]], jobs: lis
         "forget_docs": sum(j["n_docs"] for j in jobs),
         "forget_job_seconds": [rnd(j.get("seconds")) for j in jobs],
         "forget_job_levels": [j.get("level") for j in jobs],
+        "latency_by_job_phase": phases,
         "killed_job": {"index": jobs.index(killed) if killed else None, "state_at_kill": killed.get("state_at_kill"),
-                       "final_state": killed.get("state"), "level": killed.get("level"),
-                       "error": killed.get("error")},
+                       "step_at_kill": killed.get("step_at_kill"), "final_state": killed.get("state"),
+                       "level": killed.get("level"), "error": killed.get("error"),
+                       "phases": [(rnd(a), name) for a, name in killed.get("steps", [])]},
+        "kill": "server only" if args.kill_server_only else "server and its job process",
+        "old_server_children_alive_after_restart": len(restart.get("orphans_alive_after_restart", [])),
+        "old_server_children_alive_at_end": sum(alive(p) for p in restart.get("orphans", [])),
         "served_after_forget": len(leaks),
         "served_after_forget_examples": [{"started": rnd(a), "doc_id": d, "done": rnd(b)} for a, d, b in leaks[:5]],
         "forgotten_docs_served_before_done": len(forgotten & served_by_doc),
         "lost_documents": len(lost), "lost_documents_checked": len(checked), "lost_documents_sample": how,
         "lost_examples": lost[:5], "forgotten_still_readable": len(readable),
+        "load": restart.get("cpu"),
         "verify_ok": bool(verify.get("ok")), "verify_seconds": rnd(verify_seconds),
         "verify_problems": {k: verify.get(k) for k in ("pending_requests", "failed_requests", "incomplete_requests",
                                                         "to_finish", "status", "text") if verify.get(k)},

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from lethe.errors import LetheError
@@ -205,6 +205,10 @@ def create_app(home: Path, start_worker: bool = True, job_process: bool = False)
     app = FastAPI(title="lethe", description="Search that can forget: search, add documents, forget with a "
                   "receipt.", version="0.1.0")
     app.state.service = service
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:  # the web page: search, forget, jobs, receipts, verify (no build step, no CDN)
+        return FileResponse(Path(__file__).parent / "static" / "index.html")
 
     def role(needed: str) -> Callable[..., Principal]:
         def check(authorization: Annotated[str | None, Header()] = None) -> Principal:
