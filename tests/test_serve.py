@@ -173,6 +173,26 @@ def test_a_queued_job_survives_a_restart(service: dict) -> None:
         assert client.get("/documents/d5", headers=reader).status_code == 404
 
 
+def test_a_job_killed_mid_run_is_resumed_on_restart(service: dict) -> None:
+    from lethe.pipelines.forget import InjectedCrash, forget
+    from lethe.serve.jobs import JobStore
+    from lethe.types import ForgetRequest
+
+    editor, reader = auth(service, "editor"), auth(service, "reader")
+    with TestClient(create_app(service["home"], start_worker=False)) as client:
+        job = client.post("/forget", json={"owners": ["u2"]}, headers=editor).json()
+    jobs = JobStore(service["home"])
+    jobs.start(job["job_id"])  # the server died while the job ran: state running, the ledger request pending
+    jobs.close()
+    with Workspace(service["home"] / "tenants" / "acme", show_progress=False) as ws, pytest.raises(InjectedCrash):
+        forget(ws, ForgetRequest(owners=("u2",)), crash_after="index:bm25")
+    with TestClient(create_app(service["home"])) as client:
+        done = wait_job(client, job["job_id"], reader)
+        assert done["state"] == "done" and done["level"] == "deleted"
+        assert "index:bm25" not in {done["step"]} and done["steps_done"] == 3  # dense, cache, verify: resumed
+        assert client.get("/verify", headers=auth(service, "admin")).json()["ok"]
+
+
 BAD = [
     ("post", "/search", "{not json", "json"),
     ("post", "/search", {"query": "fox", "colour": "red"}, "colour"),
