@@ -10,6 +10,7 @@ that was in flight then can still return the document. One worker runs forget jo
 
 # no `from __future__ import annotations`: FastAPI reads the endpoints' annotations (closures) at runtime
 import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from lethe.serve.evaluation import MEASURE, Evaluator
 from lethe.serve.jobs import Job, JobStore, Worker
 from lethe.serve.keys import KeyStore, Principal
 from lethe.serve.metrics import Metrics
-from lethe.serve.runner import Outcome, record_figure, run_forget_job
+from lethe.serve.runner import Outcome, record_figure, run_forget_job, run_verify, watch_parent
 from lethe.types import Doc, ForgetRequest
 
 MAX_QUERY_CHARS = 2000
@@ -146,6 +147,7 @@ class Service:
         self._readers_lock = threading.Lock()
         self.job_process = job_process
         self._executor: ProcessPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
         self.worker = Worker(self.jobs, self.run_job)
 
     def tenant_home(self, tenant: str) -> Path:
@@ -167,13 +169,29 @@ class Service:
         return outcome
 
     def _in_child(self, *args: Any) -> Outcome:
-        if self._executor is None:
-            self._executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        try:
-            return self._executor.submit(run_forget_job, *args).result()
-        except BrokenProcessPool as exc:
-            self._executor = None  # a new child for the next job; this one's request stays pending in the ledger
-            return "failed", None, None, f"the job's process died ({exc}); submit the request again to resume it"
+        for attempt in (1, 2):
+            try:
+                return self._call(run_forget_job, *args)
+            except BrokenProcessPool as exc:
+                self._executor = None  # the child died: a new one resumes the request from its journal
+                if attempt == 2:
+                    return "failed", None, None, f"the job's process died twice ({exc}); submit the request again"
+        raise AssertionError("unreachable")
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in the job process (started on first use; it exits if this server dies)."""
+        with self._executor_lock:
+            if self._executor is None:
+                self._executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                                     initializer=watch_parent, initargs=(os.getpid(),))
+            executor = self._executor
+        return executor.submit(fn, *args).result()
+
+    def verify(self, tenant: str) -> dict[str, Any]:
+        """Verify a tenant's workspace (in the job process when there is one: it rebuilds every index)."""
+        if self.job_process:
+            return self._call(run_verify, str(self.home), tenant)
+        return run_verify(str(self.home), tenant)
 
     def record_figure(self, ws: Workspace, tenant: str, label: str, first_only: bool = False) -> None:
         """Add a point to the tenant's before/after chart."""
@@ -356,10 +374,7 @@ def _routes_write(app: FastAPI, service: Service, role: Callable) -> None:
 def _routes_admin(app: FastAPI, service: Service, role: Callable) -> None:
     @app.get("/verify")
     def verify(who: Annotated[Principal, Depends(role("admin"))]) -> dict[str, Any]:
-        from lethe.pipelines.forget import verify_workspace
-
-        with Workspace(service.tenant_home(who.tenant), show_progress=False, create=False) as ws:
-            return verify_workspace(ws)
+        return service.verify(who.tenant)
 
     @app.get("/models")
     def models(who: Annotated[Principal, Depends(role("admin"))]) -> list[dict[str, Any]]:

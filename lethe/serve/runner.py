@@ -7,6 +7,9 @@ job store, reports each step to the job store, and returns the outcome.
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,29 @@ from lethe.serve.jobs import JobStore
 from lethe.types import ForgetRequest
 
 Outcome = tuple[str, str | None, str | None, str | None]  # state, request id, level, error
+
+
+def watch_parent(parent_pid: int, every: float = 1.0) -> None:
+    """Child-process initializer: exit as soon as the server that started us is gone.
+
+    A child orphaned by a killed server would otherwise wait on its job queue for ever, holding its
+    memory (and, mid-job, the workspace lock). Exiting at once is a crash like the server's: the
+    restarted server resumes the job from its journal.
+    """
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(every)
+        os._exit(70)
+
+    threading.Thread(target=watch, name="lethe-parent-watch", daemon=True).start()
+
+
+def run_verify(service_home: str, tenant: str) -> dict[str, Any]:
+    """``lethe verify`` of one tenant's workspace (in the job process: it rebuilds every index)."""
+    from lethe.pipelines.forget import verify_workspace
+
+    with Workspace(Path(service_home) / "tenants" / tenant, show_progress=False, create=False) as ws:
+        return verify_workspace(ws)
 
 
 def record_figure(jobs: JobStore, evaluator: Evaluator, ws: Workspace, tenant: str, label: str,
