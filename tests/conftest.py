@@ -58,6 +58,24 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert") / "model", TEXTS * 3)
 
 
+def make_home(root: Path, tiny_bert_dir: Path, name: str = "home") -> Path:
+    """``root/name``: a closed workspace with the tiny corpus, BM25 and a dense index of the tiny BERT
+    (registered as ``tiny`` from a copy at ``root/tiny-model``)."""
+    from lethe.pipelines.workspace import Workspace
+    from lethe.registry import ModelSpec
+
+    model = root / "tiny-model"
+    if not model.exists():
+        shutil.copytree(tiny_bert_dir, model)
+    home = root / name
+    with Workspace(home, show_progress=False) as ws:
+        ws.registry.register(ModelSpec(name="tiny", kind="bi_encoder", source=f"path:{model}"))
+        ws.store.ingest(make_docs(), make_queries())
+        ws.build_bm25()
+        ws.build_dense(encoder="tiny")
+    return home
+
+
 @pytest.fixture
 def workspace(tmp_path: Path, tiny_bert_dir: Path):
     """A workspace holding the tiny corpus, BM25 and a dense index built with the tiny BERT."""

@@ -15,9 +15,7 @@ from pathlib import Path
 import pytest
 
 from lethe.cli import main
-from lethe.pipelines.workspace import Workspace
-from lethe.registry import ModelSpec
-from tests.conftest import make_docs, make_queries
+from tests.conftest import make_home
 from tests.test_cli import write_beir
 
 INDEX_HINT = "lethe index --home"
@@ -52,14 +50,7 @@ CASES = [pytest.param(c, d, id=f"{c}-{d}", marks=[pytest.mark.xfail(reason=GAPS[
 def built(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> dict[str, Path]:
     """The tiny workspace (BM25 + dense with the tiny BERT), its dataset, and a pristine copy."""
     root = tmp_path_factory.mktemp("cli-errors")
-    model = root / "tiny-model"
-    shutil.copytree(tiny_bert_dir, model)
-    home = root / "home"
-    with Workspace(home, show_progress=False) as ws:
-        ws.registry.register(ModelSpec(name="tiny", kind="bi_encoder", source=f"path:{model}"))
-        ws.store.ingest(make_docs(), make_queries())
-        ws.build_bm25()
-        ws.build_dense(encoder="tiny")
+    home = make_home(root, tiny_bert_dir)
     pristine = root / "pristine"
     shutil.copytree(home, pristine / "home")
     for suffix in (".key", ".head"):

@@ -8,7 +8,6 @@ The in-process cases (tampering, tombstones, corrupt files, bad input) live in
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,8 +18,7 @@ import pytest
 
 from lethe.pipelines.forget import resume, verify_workspace
 from lethe.pipelines.workspace import Workspace
-from lethe.registry import ModelSpec
-from tests.conftest import make_docs, make_queries
+from tests.conftest import make_home
 from tests.test_cli import write_beir
 
 pytestmark = pytest.mark.slow
@@ -29,19 +27,6 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENI
        "OMP_NUM_THREADS": "1"}
 U2_TEXTS = [b"a fast auburn fox leaped above a sleepy hound", b"nutrition facts about vitamin d and bone health",
             b"fox jumping"]  # owner u2's documents d1, d5 and question q1
-
-
-def make_home(tmp_path: Path, tiny_bert_dir: Path) -> Path:
-    """A workspace with the tiny corpus, BM25 and a dense index built with the tiny BERT."""
-    model = tmp_path / "tiny-model"
-    shutil.copytree(tiny_bert_dir, model)
-    home = tmp_path / "home"
-    with Workspace(home, show_progress=False) as ws:
-        ws.registry.register(ModelSpec(name="tiny", kind="bi_encoder", source=f"path:{model}"))
-        ws.store.ingest(make_docs(), make_queries())
-        ws.build_bm25()
-        ws.build_dense(encoder="tiny")
-    return home
 
 
 def start(*args: str | Path) -> subprocess.Popen:
@@ -165,20 +150,11 @@ UNLEARN_STEPS = ["pending", "resolve", "model:teacher@v1", "model:teacher-scores
 @pytest.fixture
 def trained_home(tmp_path: Path, tiny_bert_dir: Path) -> Path:
     """A workspace with teacher -> score cache -> student and the student's dense index."""
-    from lethe.embedding.train import EmbedTrainConfig
-    from lethe.pipelines.train import score_pools, train_embedder, train_teacher, training_data
-    from lethe.ranking.cross_encoder import CETrainConfig
-    from tests.test_train import tiny_dataset
+    from tests.test_forget_models import train_tiny_models
 
     home = make_home(tmp_path, tiny_bert_dir)
     with Workspace(home, show_progress=False) as ws:
-        data = training_data(ws, tiny_dataset(), "train", pool_depth=8)
-        train_teacher(ws, data, "teacher", "tiny", CETrainConfig(epochs=1, lr=1e-3, queries_per_step=3,
-                                                                 max_length=32), n_negatives=3)
-        cache, _ = score_pools(ws, data, "teacher", show_progress=False)
-        cfg = EmbedTrainConfig(recipe="dse", epochs=1, lr=1e-3, batch_size=3, max_length=32)
-        student, _, _ = train_embedder(ws, data, str(cache), cfg, "student", "tiny", n_negatives=2, ratio=None)
-        ws.model_index(str(student))
+        train_tiny_models(ws)
     return home
 
 

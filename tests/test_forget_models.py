@@ -15,16 +15,21 @@ from tests.test_train import tiny_dataset
 CFG = UnlearnConfig(steps=2, lr=1e-3, forget_batch=2, retain_batch=2)
 
 
+def train_tiny_models(ws) -> None:  # noqa: ANN001
+    """Teacher -> score cache -> student, and a dense index built with the student."""
+    data = training_data(ws, tiny_dataset(), "train", pool_depth=8)
+    train_teacher(ws, data, "teacher", "tiny", CETrainConfig(epochs=1, lr=1e-3, queries_per_step=3,
+                                                             max_length=32), n_negatives=3)
+    cache, _ = score_pools(ws, data, "teacher", show_progress=False)
+    cfg = EmbedTrainConfig(recipe="dse", epochs=1, lr=1e-3, batch_size=3, max_length=32)
+    student, _, _ = train_embedder(ws, data, str(cache), cfg, "student", "tiny", n_negatives=2, ratio=None)
+    ws.model_index(str(student))
+
+
 @pytest.fixture
 def trained(workspace):  # noqa: ANN201
-    """Teacher -> score cache -> student, and a dense index built with the student."""
-    data = training_data(workspace, tiny_dataset(), "train", pool_depth=8)
-    train_teacher(workspace, data, "teacher", "tiny", CETrainConfig(epochs=1, lr=1e-3, queries_per_step=3,
-                                                                    max_length=32), n_negatives=3)
-    cache, _ = score_pools(workspace, data, "teacher", show_progress=False)
-    cfg = EmbedTrainConfig(recipe="dse", epochs=1, lr=1e-3, batch_size=3, max_length=32)
-    student, _, _ = train_embedder(workspace, data, str(cache), cfg, "student", "tiny", n_negatives=2, ratio=None)
-    workspace.model_index(str(student))
+    """The tiny workspace with teacher, score cache, student and the student's dense index."""
+    train_tiny_models(workspace)
     return workspace
 
 

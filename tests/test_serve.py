@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -13,10 +12,9 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from lethe.pipelines.workspace import Workspace  # noqa: E402
-from lethe.registry import ModelSpec  # noqa: E402
 from lethe.serve.app import create_app  # noqa: E402
 from lethe.serve.keys import KeyStore  # noqa: E402
-from tests.conftest import make_docs, make_queries  # noqa: E402
+from tests.conftest import make_docs, make_home  # noqa: E402
 
 ROLES = ("reader", "editor", "admin")
 
@@ -25,13 +23,7 @@ ROLES = ("reader", "editor", "admin")
 def service(tmp_path: Path, tiny_bert_dir: Path) -> dict:
     """A service home with tenant ``acme`` (the tiny corpus, BM25 + tiny dense) and an empty ``other``."""
     home = tmp_path / "serve"
-    model = tmp_path / "tiny-model"
-    shutil.copytree(tiny_bert_dir, model)
-    with Workspace(home / "tenants" / "acme", show_progress=False) as ws:
-        ws.registry.register(ModelSpec(name="tiny", kind="bi_encoder", source=f"path:{model}"))
-        ws.store.ingest(make_docs(), make_queries())
-        ws.build_bm25()
-        ws.build_dense(encoder="tiny")
+    make_home(home / "tenants", tiny_bert_dir, "acme")
     with Workspace(home / "tenants" / "other", show_progress=False):
         pass
     store = KeyStore(home)

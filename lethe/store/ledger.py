@@ -171,16 +171,24 @@ class Ledger:
             write_head(self.key.head_path, entry.seq, entry.entry_hash)
         return entry
 
-    def _check_head_before_append(self, c: sqlite3.Connection) -> None:
-        """Refuse to extend a chain whose head file is gone or disagrees (a new head would hide it)."""
+    def _pinned_head(self, missing: str) -> tuple[str, int, str] | None:
+        """``(head file, seq, hash)`` the head file records; None when this ledger keeps no head file.
+        A missing head file is an error whose message ends with ``missing``."""
         path = self.config.get("head_file")
         if not path:
-            return
+            return None
         recorded = read_head(Path(path))
         if recorded is None:
-            raise LedgerError(f"head file {path} is missing; refusing to extend the ledger (that would hide the "
-                              "loss). Restore it from a copy; `lethe verify --head` checks a head kept elsewhere")
-        seq, head = recorded
+            raise LedgerError(f"head file {path} is missing; {missing}")
+        return path, recorded[0], recorded[1]
+
+    def _check_head_before_append(self, c: sqlite3.Connection) -> None:
+        """Refuse to extend a chain whose head file is gone or disagrees (a new head would hide it)."""
+        pinned = self._pinned_head("refusing to extend the ledger (that would hide the loss). Restore it from a "
+                                   "copy; `lethe verify --head` checks a head kept elsewhere")
+        if pinned is None:
+            return
+        path, seq, head = pinned
         row = c.execute("SELECT entry_hash FROM entries WHERE seq = ?", (seq,)).fetchone()
         if row is None or row[0] != head:
             raise LedgerError(f"the ledger does not match its head file {path} (entries removed or the chain "
@@ -253,14 +261,11 @@ class Ledger:
             raise LedgerError("a second config entry was appended to the ledger (tampered)")
 
     def _check_head_file(self, hashes: list[str]) -> None:
-        path = self.config.get("head_file")
-        if not path:
+        pinned = self._pinned_head("it pins the end of the chain (restore it from a copy, or pass the last "
+                                   "receipt's chain head to `lethe verify --head`)")
+        if pinned is None:
             return
-        recorded = read_head(Path(path))
-        if recorded is None:
-            raise LedgerError(f"head file {path} is missing; it pins the end of the chain (restore it from a copy, "
-                              "or pass the last receipt's chain head to `lethe verify --head`)")
-        seq, head = recorded
+        path, seq, head = pinned
         if seq > len(hashes):
             raise LedgerError(f"the head file {path} records {seq} entries but the ledger holds {len(hashes)}: "
                               "trailing entries were removed")
