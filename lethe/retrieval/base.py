@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Collection, Sequence
@@ -12,7 +10,10 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from lethe.errors import IndexError_
+from lethe.store.files import atomic_write_bytes
 from lethe.types import Doc, Hit
+
+__all__ = ["INDEX_READ_ERRORS", "Index", "atomic_write_bytes", "check_index_file", "corrupt_index", "rebuild_hint"]
 
 #: what reading a damaged ``.npz`` index (or its metadata) can raise
 INDEX_READ_ERRORS: tuple[type[BaseException], ...] = (
@@ -32,23 +33,6 @@ class Index(Protocol):
     def __len__(self) -> int: ...
     def save(self, path: Path) -> None: ...
     def fingerprint(self) -> str: ...
-
-
-def atomic_write_bytes(path: str | Path, write) -> None:  # noqa: ANN001
-    """Call ``write(fileobj)`` on a temp file beside ``path``, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def rebuild_hint(path: str | Path) -> str:

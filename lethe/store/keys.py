@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lethe.errors import LedgerError
+from lethe.store.files import atomic_write_bytes
 
 KEY_ENV = "LETHE_LEDGER_KEY"
 KEY_FILE_ENV = "LETHE_LEDGER_KEY_FILE"
@@ -119,18 +120,8 @@ def _parse_hex(text: str, where: str) -> bytes:
 
 def write_head(path: Path, seq: int, head: str) -> None:
     """Atomically record the chain's last entry (sequence number and hash)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"seq": seq, "head": head}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    data = json.dumps({"seq": seq, "head": head}).encode()
+    atomic_write_bytes(path, lambda fh: fh.write(data))
 
 
 def read_head(path: Path) -> tuple[int, str] | None:
