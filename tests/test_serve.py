@@ -80,10 +80,23 @@ def test_every_endpoint_by_role(service: dict, method: str, path: str, body: dic
             assert (status < 300) if allowed else status == 403, (role, status)
 
 
+def test_job_receipt_and_evaluation_endpoints_by_role(service: dict) -> None:
+    with TestClient(create_app(service["home"])) as client:
+        job = client.post("/forget", json={"doc_ids": ["d11"]}, headers=auth(service, "editor")).json()
+        rid = wait_job(client, job["job_id"], auth(service, "reader"))["request_id"]
+        for path in (f"/jobs/{job['job_id']}", f"/receipts/{rid}", "/evaluation"):
+            assert client.get(path).status_code == 401
+            assert client.get(path, headers={"Authorization": "Bearer nope"}).status_code == 401
+            for role in ROLES:
+                assert client.get(path, headers=auth(service, role)).status_code == 200, (path, role)
+        assert client.get(f"/receipts/{'0' * 32}", headers=auth(service, "reader")).status_code == 404
+        assert client.get("/jobs/nope", headers=auth(service, "reader")).status_code == 404
+
+
 def test_a_key_reaches_only_its_tenant(service: dict) -> None:
     with TestClient(create_app(service["home"])) as client:
         job = client.post("/forget", json={"doc_ids": ["d3"]}, headers=auth(service, "editor")).json()
-        assert client.get(f"/jobs/{job['job_id']}", headers=auth(service, "admin", "other")).status_code == 404
+        assert client.get(f"/jobs/{job['job_id']}", headers=auth(service, "admin", "other")).status_code == 403
         assert client.get("/documents/d0", headers=auth(service, "admin", "other")).status_code == 404
         assert client.post("/search", json={"query": "fox"}, headers=auth(service, "reader", "other")).json()[
             "hits"] == []  # a new tenant starts empty

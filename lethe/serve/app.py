@@ -304,8 +304,10 @@ def _routes_read(app: FastAPI, service: Service, role: Callable) -> None:
     @app.get("/jobs/{job_id}")
     def job(job_id: str, who: Annotated[Principal, Depends(role("reader"))]) -> dict[str, Any]:
         found = service.jobs.get(job_id)
-        if found is None or found.tenant != who.tenant:
+        if found is None:
             raise HTTPException(404, f"no job {job_id!r}")
+        if found.tenant != who.tenant:
+            raise HTTPException(403, "this job belongs to another tenant; this key reaches only its own")
         return found.__dict__
 
     @app.get("/evaluation")
