@@ -215,6 +215,8 @@ def test_skip_unknown_lists_them_as_not_found_never_as_deleted(workspace) -> Non
     assert rep.level == "deleted" and r["n_docs"] == 2 and r["not_found"] == 5 and len(r["not_found_hashes"]) == 5
     assert not set(r["not_found_hashes"]) & set(r["doc_hashes"])
     assert sum(r["removed_from_indexes"].values()) == 4  # 2 documents x 2 indexes
+    again = forget(workspace, ForgetRequest(("d3", "d5"), ("u5",)))  # d3 gone already; an owner named like a doc
+    assert again.receipt["already_forgotten"] == 1 and again.receipt["n_docs"] == 3  # d5 + u5's d8, d9
 
 
 def test_a_failing_step_marks_the_request_failed_and_retry_finishes_it(workspace, monkeypatch) -> None:

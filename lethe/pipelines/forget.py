@@ -89,8 +89,9 @@ def check_request(ws: Workspace, request: ForgetRequest) -> Checked:
     owners = [o for o in dict.fromkeys(request.owners) if _owner_known(ws, o)]
     unknown_owners = [o for o in dict.fromkeys(request.owners)
                       if o not in owners and ws.ledger.hash_id(o, "owner") not in gone_owners]
-    already = len(set(request.doc_ids) | set(request.owners)) - len(docs) - len(owners) - len(unknown)
-    return Checked(docs, owners, already - len(unknown_owners), unknown, unknown_owners)
+    already = (len(set(request.doc_ids)) - len(docs) - len(unknown)
+               + len(set(request.owners)) - len(owners) - len(unknown_owners))
+    return Checked(docs, owners, already, unknown, unknown_owners)
 
 
 def _ids_anywhere(ws: Workspace, doc_ids: tuple[str, ...]) -> set[str]:
