@@ -33,7 +33,7 @@ CalibrationOpt = Annotated[float, typer.Option(
 
 NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="fail at once if another process is changing the "
                                                              "workspace, instead of waiting for it")]
-QRELS_CHOICES = ("error", "keep", "drop")
+QRELS_CHOICES = ("warn", "error", "keep", "drop")
 EMPTY_CHOICES = ("error", "skip")
 
 
@@ -72,7 +72,8 @@ def index(
     dense_kind: Annotated[str, typer.Option(help="flat | ivf | hnsw")] = "flat",
     encoder: Annotated[str, typer.Option(help="registry name of the bi-encoder")] = "minilm",
     variant: Annotated[str, typer.Option(help="BM25 variant: lucene | okapi")] = "lucene",
-    unknown_qrels: Annotated[str, typer.Option(help="error | keep | drop")] = "error",
+    unknown_qrels: Annotated[str, typer.Option(
+        help="judgments of documents outside the corpus: warn (keep, with a count) | error | keep | drop")] = "warn",
     empty_docs: Annotated[str, typer.Option(help="error | skip")] = "error",
     readmit: Annotated[list[str] | None, typer.Option(
         "--readmit", help="ingest this forgotten document again (repeatable; needs --reason; recorded in the ledger)")
@@ -139,7 +140,8 @@ def eval_(
     measures: Annotated[str, typer.Option(help="ir-measures strings, space separated")] = "nDCG@10 R@100 RR@10",
     k: Annotated[int, typer.Option(help="depth of the run")] = 100,
     out: Annotated[Path, typer.Option(help="where the TREC run and per-query figures go")] = Path("runs"),
-    unknown_qrels: Annotated[str, typer.Option(help="error | keep | drop")] = "error",
+    unknown_qrels: Annotated[str, typer.Option(
+        help="judgments of documents outside the corpus: warn (keep, with a count) | error | keep | drop")] = "warn",
     empty_docs: Annotated[str, typer.Option(help="error | skip")] = "error",
     model: Annotated[str | None, typer.Option(help="evaluate a registry bi-encoder NAME[@VERSION] (dense)")] = None,
     rerank: Annotated[str | None, typer.Option(
@@ -205,7 +207,8 @@ def rerank_cmd(
     passage_view: ViewOpt = None,
     split: Annotated[str, typer.Option(help="qrels split for the figures")] = "test",
     out: Annotated[Path | None, typer.Option(help="reranked run (default: RUN.reranked)")] = None,
-    unknown_qrels: Annotated[str, typer.Option(help="error | keep | drop")] = "keep",
+    unknown_qrels: Annotated[str, typer.Option(
+        help="judgments of documents outside the corpus: warn (keep, with a count) | error | keep | drop")] = "warn",
     empty_docs: Annotated[str, typer.Option(help="error | skip")] = "error",
 ) -> None:
     """Rerank a TREC run file; writes the new run and prints its figures and cost per query."""

@@ -250,7 +250,7 @@ def test_qrels_unknown_ids_and_bad_score(tmp_path: Path) -> None:
         [("q1", "d1", "1"), ("q1", "nope", "1"), ("q9", "d2", "1"), ("q2", "d2", "high"), ("q2", "d3")],
     )
     with pytest.raises(DataErrors) as err:
-        load_beir(root)
+        load_beir(root, unknown_qrels="error")
     msg = str(err.value)
     assert len(err.value.errors) == 4
     assert "test.tsv:3: unknown corpus-id 'nope'" in msg  # line 1 is the header
@@ -265,18 +265,24 @@ def test_qrels_trec_four_columns_without_header(tmp_path: Path) -> None:
     assert load_qrels_tsv(f) == {"q1": {"d1": 3, "d2": 1}}
 
 
-def test_unknown_qrels_keep_and_drop(tmp_path: Path) -> None:
+def test_unknown_qrels_keep_and_drop(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = make_beir(tmp_path / "modes")
     write_tsv(root / "qrels" / "test.tsv", [("q1", "d1", "1"), ("q1", "ghost", "2"), ("q2", "d2", "1")])
     with pytest.raises(DataErrors, match="unknown corpus-id 'ghost'"):
-        load_beir(root)
+        load_beir(root, unknown_qrels="error")
+    with caplog.at_level("WARNING", logger="lethe.data"):
+        warned = load_beir(root)  # the default: kept, with one warning line and its count
+    assert warned.qrels["test"] == {"q1": {"d1": 1, "ghost": 2}, "q2": {"d2": 1}}
+    assert [r.getMessage().split(": ", 1)[1] for r in caplog.records] == [
+        "1 judgment(s) of 1 document(s) outside the corpus kept; they count as never retrieved "
+        "(unknown_qrels='warn'; 'drop' or 'error' to change)"]
     kept = load_beir(root, unknown_qrels="keep")
     assert kept.qrels["test"] == {"q1": {"d1": 1, "ghost": 2}, "q2": {"d2": 1}}
     dropped = load_beir(root, unknown_qrels="drop")
     assert dropped.qrels["test"] == {"q1": {"d1": 1}, "q2": {"d2": 1}}
     # an unknown query (judging a known document) is an error in every mode
     write_tsv(root / "qrels" / "test.tsv", [("q7", "d1", "1")])
-    for mode in ("keep", "drop"):
+    for mode in ("warn", "keep", "drop"):
         with pytest.raises(DataErrors, match="unknown query-id 'q7'"):
             load_beir(root, unknown_qrels=mode)
 
@@ -293,7 +299,8 @@ def test_empty_docs_skip_through_load_dataset(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [
-        ({"unknown_qrels": "ignore"}, "unknown_qrels='ignore' is not valid; choose from ['error', 'keep', 'drop']"),
+        ({"unknown_qrels": "ignore"},
+         "unknown_qrels='ignore' is not valid; choose from ['warn', 'error', 'keep', 'drop']"),
         ({"empty_docs": "drop"}, "empty_docs='drop' is not valid; choose from ['error', 'skip']"),
     ],
 )

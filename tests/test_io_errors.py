@@ -307,7 +307,8 @@ def test_data_qrels_entry_is_a_directory(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [
-        ({"unknown_qrels": "ignore"}, "unknown_qrels='ignore' is not valid; choose from ['error', 'keep', 'drop']"),
+        ({"unknown_qrels": "ignore"},
+         "unknown_qrels='ignore' is not valid; choose from ['warn', 'error', 'keep', 'drop']"),
         ({"empty_docs": "drop"}, "empty_docs='drop' is not valid; choose from ['error', 'skip']"),
     ],
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import logging
 import os
 import zlib
 from collections.abc import Iterator
@@ -86,7 +87,7 @@ def resolve_dataset_path(name_or_path: str | Path, data_root: str | Path | None 
 
 
 #: what to do with qrels naming documents absent from the corpus
-UNKNOWN_QRELS_MODES = ("error", "keep", "drop")
+UNKNOWN_QRELS_MODES = ("warn", "error", "keep", "drop")
 #: what to do with documents whose title and text are both empty
 EMPTY_DOC_MODES = ("error", "skip")
 
@@ -107,13 +108,14 @@ def load_dataset(
     name_or_path: str | Path,
     owner_field: str | None = None,
     data_root: str | Path | None = None,
-    unknown_qrels: str = "error",
+    unknown_qrels: str = "warn",
     empty_docs: str = "error",
 ) -> Dataset:
     """Load a collection by name (``$LETHE_DATA``), BEIR directory, JSONL file or ``hf:org/name``.
 
-    ``unknown_qrels``: ``error`` (default), ``keep`` (judged documents outside a corpus subset,
-    e.g. the TREC DL subsets: they still count in the ideal DCG) or ``drop``.
+    ``unknown_qrels`` (judgments of documents outside the corpus, e.g. the TREC DL passage subsets):
+    ``warn`` (default: kept, as trec_eval and ir-measures score them — never retrieved, still in the
+    ideal DCG — with a one-line warning and count), ``keep`` (silently), ``drop`` or ``error``.
     ``empty_docs``: ``error`` (default) or ``skip`` (e.g. Cranfield has two empty records).
     Invalid modes raise :class:`LetheError` before anything is read.
     """
@@ -131,7 +133,7 @@ def load_dataset(
 def load_beir(
     path: str | Path,
     owner_field: str | None = None,
-    unknown_qrels: str = "error",
+    unknown_qrels: str = "warn",
     empty_docs: str = "error",
 ) -> Dataset:
     """Load a BEIR-layout directory: corpus, queries and every ``qrels/<split>.tsv[.gz]``."""
@@ -147,11 +149,22 @@ def load_beir(
         for f in sorted(qrels_dir.iterdir()):
             split = f.name.split(".")[0]
             if f.name.endswith((".tsv", ".tsv.gz")):
-                known = None if unknown_qrels == "keep" else corpus
+                known = None if unknown_qrels in ("keep", "warn") else corpus
                 qrels[split] = load_qrels_tsv(
                     f, known, queries, drop_unknown=unknown_qrels == "drop"
                 )
+                if unknown_qrels == "warn":
+                    _warn_outside(f, qrels[split], corpus)
     return Dataset(name=root.name, corpus=corpus, queries=queries, qrels=qrels, path=root)
+
+
+def _warn_outside(path: Path, qrels: Qrels, corpus: dict[str, Doc]) -> None:
+    """One warning line counting the judgments of documents the corpus does not hold."""
+    outside = [d for judged in qrels.values() for d in judged if d not in corpus]
+    if outside:
+        logging.getLogger("lethe.data").warning(
+            "%s: %d judgment(s) of %d document(s) outside the corpus kept; they count as never retrieved "
+            "(unknown_qrels='warn'; 'drop' or 'error' to change)", path, len(outside), len(set(outside)))
 
 
 def _find(root: Path, name: str) -> Path:
