@@ -79,9 +79,7 @@ class Checked:
 
 
 def check_request(ws: Workspace, request: ForgetRequest) -> Checked:
-    """Sort the request's ids; raises :class:`ForgetError` for an empty request. Writes nothing."""
-    if not request.doc_ids and not request.owners:
-        raise ForgetError("empty request: name at least one --doc or --owner")
+    """Sort the request's ids (a ``ForgetRequest`` is never empty). Writes nothing."""
     held = _ids_anywhere(ws, request.doc_ids)
     gone_docs, gone_owners = ws.ledger.forgotten_hashes("doc"), ws.ledger.forgotten_hashes("owner")
     docs = [d for d in dict.fromkeys(request.doc_ids) if d in held]
@@ -228,10 +226,7 @@ def _recover(ws: Workspace, rid: str) -> RecoveredRequest:
     want_docs, want_owners = set(first.payload["doc_hashes"]), set(first.payload["owner_hashes"])
     receipt = ws.ledger.receipt(rid)  # an incomplete request's receipt names every document it resolved to
     want_docs |= set(receipt.payload.get("doc_hashes", [])) if receipt else set()
-    candidates = set(ws.store.ids())
-    for info in ws.indexes():
-        candidates |= _ids_of(ws, info)
-    docs = sorted(d for d in candidates if ws.ledger.hash_id(d) in want_docs)
+    docs = sorted(d for d in _held_ids(ws) if ws.ledger.hash_id(d) in want_docs)
     owners = sorted(o for o in ws.store.owners() if ws.ledger.hash_id(o, "owner") in want_owners)
     return RecoveredRequest(tuple(docs), tuple(owners), first.payload.get("reason", ""))
 
@@ -361,6 +356,14 @@ def _resolve(ws: Workspace, request: ForgetRequest | RecoveredRequest, unlearn: 
     }
 
 
+def _held_ids(ws: Workspace) -> set[str]:
+    """Every document id the store or an index holds."""
+    held = set(ws.store.ids())
+    for info in ws.indexes():
+        held |= _ids_of(ws, info)
+    return held
+
+
 def _ids_of(ws: Workspace, info: IndexInfo) -> set[str]:
     return set(ws.registry.lineage_of(info.ref).doc_ids)
 
@@ -434,10 +437,7 @@ def _named_ids_left(ws: Workspace, rid: str) -> list[str]:
     """Ids in the store or any index whose keyed hash the request named."""
     first = next(e for e in ws.ledger.entries(rid) if e.kind == "pending")
     named = set(first.payload["doc_hashes"])
-    held = set(ws.store.ids())
-    for info in ws.indexes():
-        held |= _ids_of(ws, info)
-    return [d for d in held if ws.ledger.hash_id(d) in named]
+    return [d for d in _held_ids(ws) if ws.ledger.hash_id(d) in named]
 
 
 def _receipt(ws: Workspace, rid: str, request: ForgetRequest | RecoveredRequest, plan: dict[str, Any],

@@ -159,6 +159,12 @@ class Service:
                 self.readers[tenant] = TenantReader(self.tenant_home(tenant))
             return self.readers[tenant]
 
+    def read(self, tenant: str, fn: Callable[[Workspace], Any]) -> Any:
+        """``fn(workspace)`` on the tenant's read side, under its reader lock."""
+        reader = self.reader(tenant)
+        with reader.lock:
+            return fn(reader.ws)
+
     def run_job(self, job: Job, request: dict[str, Any]) -> Outcome:
         """Run one forget job (in the child process or this thread), then drop the tenant's cached indexes."""
         args = (str(self.home), job.tenant, job.id, request)
@@ -169,14 +175,15 @@ class Service:
         return outcome
 
     def _in_child(self, *args: Any) -> Outcome:
-        for attempt in (1, 2):
-            try:
-                return self._call(run_forget_job, *args)
-            except BrokenProcessPool as exc:
-                self._executor = None  # the child died: a new one resumes the request from its journal
-                if attempt == 2:
-                    return "failed", None, None, f"the job's process died twice ({exc}); submit the request again"
-        raise AssertionError("unreachable")
+        try:
+            return self._call(run_forget_job, *args)
+        except BrokenProcessPool:
+            self._executor = None  # the child died: a new one resumes the request from its journal
+        try:
+            return self._call(run_forget_job, *args)
+        except BrokenProcessPool as exc:
+            self._executor = None
+            return "failed", None, None, f"the job's process died twice ({exc}); submit the request again"
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` in the job process (started on first use; it exits if this server dies)."""
@@ -294,9 +301,7 @@ def _routes_read(app: FastAPI, service: Service, role: Callable) -> None:
 
     @app.get("/documents/{doc_id}")
     def document(doc_id: str, who: Annotated[Principal, Depends(role("reader"))]) -> dict[str, Any]:
-        reader = service.reader(who.tenant)
-        with reader.lock:
-            doc = reader.ws.store.get(doc_id)
+        doc = service.read(who.tenant, lambda ws: ws.store.get(doc_id))
         if doc is None:
             raise HTTPException(404, f"no document {doc_id!r}")
         return {"id": doc.id, "title": doc.title, "text": doc.text, "owners": list(doc.owners)}
@@ -322,19 +327,14 @@ def _routes_read(app: FastAPI, service: Service, role: Callable) -> None:
 
     @app.get("/receipts")
     def receipts(who: Annotated[Principal, Depends(role("reader"))]) -> list[dict[str, Any]]:
-        reader = service.reader(who.tenant)
-        with reader.lock:
-            led = reader.ws.ledger
-            found = [led.receipt(rid) for rid in led.receipt_requests()]
+        found = service.read(who.tenant, lambda ws: [ws.ledger.receipt(r) for r in ws.ledger.receipt_requests()])
         return [{"request_id": e.request_id, "level": e.payload.get("level"), "n_docs": e.payload.get("n_docs"),
                  "reason": e.payload.get("reason"), "finished_at": e.payload.get("finished_at")}
                 for e in found if e is not None]
 
     @app.get("/receipts/{request_id}")
     def receipt(request_id: str, who: Annotated[Principal, Depends(role("reader"))]) -> dict[str, Any]:
-        reader = service.reader(who.tenant)
-        with reader.lock:
-            entry = reader.ws.ledger.receipt(request_id)
+        entry = service.read(who.tenant, lambda ws: ws.ledger.receipt(request_id))
         if entry is None:
             raise HTTPException(404, f"no receipt for request {request_id!r}")
         return {**entry.payload, "entry_hash": entry.entry_hash}
@@ -360,9 +360,8 @@ def _routes_write(app: FastAPI, service: Service, role: Callable) -> None:
 
         if not body.doc_ids and not body.owners:
             raise HTTPException(422, "doc_ids, owners: name at least one document id or owner")
-        reader = service.reader(who.tenant)
-        with reader.lock:
-            checked = check_request(reader.ws, ForgetRequest(tuple(body.doc_ids), tuple(body.owners), body.reason))
+        request = ForgetRequest(tuple(body.doc_ids), tuple(body.owners), body.reason)
+        checked = service.read(who.tenant, lambda ws: check_request(ws, request))
         unknown = [("doc_ids", checked.unknown_docs), ("owners", checked.unknown_owners)]
         for field_name, ids in unknown:
             if ids:
@@ -380,8 +379,6 @@ def _routes_admin(app: FastAPI, service: Service, role: Callable) -> None:
 
     @app.get("/models")
     def models(who: Annotated[Principal, Depends(role("admin"))]) -> list[dict[str, Any]]:
-        reader = service.reader(who.tenant)
-        with reader.lock:
-            refs = reader.ws.registry.list()
+        refs = service.read(who.tenant, lambda ws: ws.registry.list())
         return [{"name": r.name, "version": r.version, "kind": r.kind, "status": r.status,
                  "retired_by": (r.manifest.get("tombstone") or {}).get("retired_by")} for r in refs]
