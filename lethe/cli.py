@@ -296,25 +296,30 @@ def forget(
                                "(default: unknown ids are an error and nothing changes)")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print each receipt as one JSON object")] = False,
     crash_after: Annotated[str | None, typer.Option(hidden=True, help="test hook: crash after a step")] = None,
-    unlearn: Annotated[str | None, typer.Option(
-        help="also unlearn every model trained on the data: retrain | grad_ascent | grad_diff | npo | pdu | "
-             "relabel | reglu | fit")] = None,
-    unlearn_steps: Annotated[int, typer.Option(help="optimiser steps of an approximate method")] = 10,
-    unlearn_lr: Annotated[float, typer.Option(help="learning rate of an approximate method")] = 2e-5,
+    unlearn: Annotated[str, typer.Option(
+        help="what to do with models trained on the data: auto (default: the cheapest route to a verified "
+             "level; sharded retrain, or an approximate method checked by an audit, retraining when it fails) | "
+             "sharded | retrain | grad_ascent | grad_diff | npo | pdu | relabel | reglu | fit | none (leave "
+             "them; the receipt lists them as still trained on the data)")] = "auto",
+    unlearn_steps: Annotated[int | None, typer.Option(help="optimiser steps of an approximate method")] = None,
+    unlearn_lr: Annotated[float | None, typer.Option(
+        help="learning rate of an approximate method (before the method's own scale)")] = None,
     no_wait: NoWaitOpt = False,
 ) -> None:
     """Remove documents (or every document of an owner) from the store, every index and cache —
     and, with --unlearn, from the weights of every model trained on them. Exits 0 only when the
     requested level was reached."""
-    from lethe.unlearning.methods import UnlearnConfig, get_method
+    from lethe.pipelines.unlearn import PIPELINE_METHODS
+    from lethe.unlearning.methods import UnlearnConfig
 
-    if unlearn is not None:
-        get_method(unlearn)  # a clear error before anything is touched
+    _choice("--unlearn", unlearn, (*PIPELINE_METHODS, "none"))  # a clear error before anything is touched
     if sum([resume, retry is not None, bool(doc or owner)]) != 1:
         raise LetheError("give exactly one of: --doc/--owner ids, --resume, or --retry ID")
-    cfg = UnlearnConfig(steps=unlearn_steps, lr=unlearn_lr)
+    defaults = UnlearnConfig()
+    cfg = UnlearnConfig(steps=unlearn_steps or defaults.steps, lr=unlearn_lr or defaults.lr)
     with _workspace(home, show_progress=False, create=False, no_wait=no_wait) as ws:
-        reports = _run_forget(ws, doc, owner, reason, resume, retry, skip_unknown, crash_after, unlearn, cfg)
+        reports = _run_forget(ws, doc, owner, reason, resume, retry, skip_unknown, crash_after,
+                              None if unlearn == "none" else unlearn, cfg)
     for rep in reports:
         _print_receipt(rep, as_json)
     unfinished = [r for r in reports if not r.reached]
@@ -363,7 +368,11 @@ def _print_receipt(rep, as_json: bool = False) -> None:  # noqa: ANN001
         console.print(f"[yellow]models still trained on this data: {r['models_still_trained_on_data']}")
     console.print(f"models: {r['model_level']}")
     for m in r.get("unlearning", []):
-        console.print(f"  {m['model']} -> {m.get('new', '-')}: {m.get('method', '-')} ({m.get('level')})")
+        audit = m.get("audit") or {}
+        checked = f", audit {audit['verdict']}" if audit else ""
+        escalated = f", after {m['escalated_from']} ({m['why_escalated']})" if m.get("escalated_from") else ""
+        console.print(f"  {m['model']} -> {m.get('new', '-')}: {m.get('route', m.get('method', '-'))} "
+                      f"([bold]{m.get('level')}[/bold]{checked}{escalated})")
     console.print_json(json.dumps(r["verification"]))
     console.print(f"chain head: {rep.chain_head} (keep it outside the workspace; `lethe verify --head` checks it)")
 
@@ -372,15 +381,28 @@ def _print_receipt(rep, as_json: bool = False) -> None:  # noqa: ANN001
 def verify(
     home: HomeOpt = None,
     head: Annotated[str | None, typer.Option(help="a chain head kept outside the workspace (from a receipt)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print only the result, as one JSON object")] = False,
+    no_trace: Annotated[bool, typer.Option(
+        "--no-trace", help="skip the scan of every file for forgotten ids and text (it reads every byte)")] = False,
     no_wait: NoWaitOpt = False,
 ) -> None:
-    """Re-check the ledger chain (keyed hashes, head file) and that every forgotten document is gone
-    from store and indexes; waits for a running writer so it checks one committed state."""
+    """Re-check the ledger chain (keyed hashes, head file), that every forgotten document is gone
+    from store and indexes, and that no forgotten id or text is left in any file of the workspace
+    (a scan of every byte, with keyed hashes only); waits for a running writer so it checks one
+    committed state."""
     from lethe.pipelines.forget import verify_workspace
 
     with _workspace(home, show_progress=False, create=False, no_wait=no_wait) as ws:
-        result = verify_workspace(ws, head=head)
+        result = verify_workspace(ws, head=head, trace=not no_trace)
     console.print_json(json.dumps(result))
+    if as_json:
+        raise typer.Exit(0 if result["ok"] else 1)
+    trace = result.get("trace")
+    if trace is not None:
+        console.print(f"trace scan: {trace['files_scanned']} files, {trace['bytes_scanned'] / 1e6:.1f} MB in "
+                      f"{trace['seconds']:.1f}s; " + (f"[red]forgotten data found in {trace['found']}"
+                                                       if trace["found"] else "no forgotten id or text found"),
+                      highlight=False)
     if not result["ok"]:
         console.print("[red]verification FAILED" + (f"; to finish: {'; '.join(result['to_finish'])}"
                                                     if result["to_finish"] else ""))
@@ -391,6 +413,23 @@ def verify(
 train_app = typer.Typer(help="Train a teacher cross-encoder or a student embedder (with lineage).",
                         no_args_is_help=True)
 app.add_typer(train_app, name="train")
+
+
+ShardsOpt = Annotated[int, typer.Option(
+    help="train K SISA shards by owner (K >= 2), served as one merged model: `lethe forget` then retrains only "
+         "the shards that held the data (exact)")]
+ShardLrOpt = Annotated[float, typer.Option(help="a shard's learning rate, as a multiple of --lr")]
+HoldoutOpt = Annotated[float, typer.Option(
+    help="fraction of training queries held out and registered with the model as the unlearning audit's "
+         "non-member reference and retain probe (0: none; the audit cannot then verify approximate unlearning)")]
+
+
+def _trained(ref, losses: list[float]) -> str:  # noqa: ANN001
+    """How a model was trained, in a few words."""
+    sharded = (ref.manifest.get("extra", {}) or {}).get("sharded")
+    if sharded:
+        return f"{sharded['k']} shards, merged"
+    return f"{len(losses)} steps, final loss {losses[-1]:.4f}" if losses else "no step"
 
 
 def _parse_fusion(text: str | None) -> dict[str, float] | None:
@@ -415,6 +454,9 @@ def train_cross_encoder_cmd(
     max_length: Annotated[int, typer.Option(help="tokens per (query, document) pair")] = 128,
     max_minutes: Annotated[float | None, typer.Option(help="stop training after this long")] = None,
     eval_split: Annotated[str | None, typer.Option(help="re-rank BM25 top-100 of this split after")] = None,
+    shards: ShardsOpt = 0,
+    shard_lr_scale: ShardLrOpt = 5.0,
+    audit_holdout: HoldoutOpt = 0.15,
     no_wait: NoWaitOpt = False,
 ) -> None:
     """Train a cross-encoder teacher on a split's qrels with BM25 + dense (RRF) hard negatives."""
@@ -424,13 +466,13 @@ def train_cross_encoder_cmd(
     ds = _load(data, None, "error", "error")
     with _workspace(home, no_wait=no_wait) as ws, ws.writing():
         _ensure_indexed(ws, ds)
-        td = training_data(ws, ds, split)
+        td, reference = training_data(ws, ds, split).hold_out(audit_holdout)
         cfg = CETrainConfig(epochs=epochs, lr=lr, max_length=max_length,
                             max_seconds=max_minutes * 60 if max_minutes else None)
         on_step, close = progress_bar(f"training {name}")
-        ref, losses = train_teacher(ws, td, name, base, cfg, negatives, on_step)
+        ref, losses = train_teacher(ws, td, name, base, cfg, negatives, on_step, reference, shards, shard_lr_scale)
         close()
-        console.print(f"registered [bold]{ref}[/bold] ({len(losses)} steps, final loss {losses[-1]:.4f})")
+        console.print(f"registered [bold]{ref}[/bold] ({_trained(ref, losses)})")
         if eval_split:
             figs = rerank_eval(ws, ds, str(ref), eval_split)
             console.print(f"BM25 top-100 re-ranked by {ref} on {eval_split}: {figs}")
@@ -439,9 +481,11 @@ def train_cross_encoder_cmd(
 @train_app.command("embedder")
 def train_embedder_cmd(
     data: Annotated[str, typer.Option(help="dataset with a training qrels split")],
-    teacher: Annotated[str, typer.Option(help="registry name of the teacher cross-encoder")],
+    teacher: Annotated[str | None, typer.Option(
+        help="registry name of the teacher cross-encoder (dse, lganna)")] = None,
     home: HomeOpt = None,
-    recipe: Annotated[str, typer.Option(help="dse | lganna")] = "dse",
+    recipe: Annotated[str, typer.Option(
+        help="dse | lganna (distil the teacher) | contrastive (InfoNCE on the qrels, no teacher)")] = "dse",
     split: Annotated[str, typer.Option(help="training split")] = "train",
     name: Annotated[str | None, typer.Option(help="registry name of the student")] = None,
     base: Annotated[str, typer.Option(help="registry bi-encoder to start from")] = "minilm",
@@ -454,27 +498,37 @@ def train_embedder_cmd(
     ratio: Annotated[float, typer.Option(help="keep a negative only if t(q,n) < ratio * t(q,p)")] = 0.95,
     max_minutes: Annotated[float | None, typer.Option(help="stop training after this long")] = None,
     eval_split: Annotated[str, typer.Option(help="split to evaluate the new version on")] = "test",
+    shards: ShardsOpt = 0,
+    shard_lr_scale: ShardLrOpt = 5.0,
+    audit_holdout: HoldoutOpt = 0.15,
     no_wait: NoWaitOpt = False,
 ) -> None:
-    """Distil a teacher into a bi-encoder (DSE or LG-ANNA recipe), register it, evaluate it."""
+    """Train a bi-encoder (distil a teacher with the DSE or LG-ANNA recipe, or contrastive on the qrels),
+    register it, evaluate it."""
     from lethe.embedding.train import EmbedTrainConfig
     from lethe.pipelines.train import model_eval, progress_bar, score_pools, train_embedder, training_data
 
-    _choice("--recipe", recipe, ("dse", "lganna"))
+    _choice("--recipe", recipe, ("dse", "lganna", "contrastive"))
+    if (teacher is None) != (recipe == "contrastive"):
+        raise LetheError("--teacher is needed by the dse and lganna recipes, and not used by contrastive")
     ds = _load(data, None, "error", "error")
     with _workspace(home, no_wait=no_wait) as ws, ws.writing():
         _ensure_indexed(ws, ds)
-        td = training_data(ws, ds, split)
-        cache_ref, _ = score_pools(ws, td, teacher, fusion=_parse_fusion(fusion))
-        console.print(f"teacher scores cached as {cache_ref}")
+        td, reference = training_data(ws, ds, split).hold_out(audit_holdout)
+        cache = None
+        if teacher is not None:
+            cache_ref, _ = score_pools(ws, td, teacher, fusion=_parse_fusion(fusion))
+            console.print(f"teacher scores cached as {cache_ref}")
+            cache = str(cache_ref)
         cfg = EmbedTrainConfig(recipe=recipe, epochs=epochs, lr=lr, instruction=instruction, n_examples=examples,
                                max_seconds=max_minutes * 60 if max_minutes else None)
         on_step, close = progress_bar(f"training {recipe}")
-        ref, result, mined = train_embedder(ws, td, str(cache_ref), cfg, name or f"{recipe}-{ds.name}", base,
-                                            negatives, ratio, on_step=on_step)
+        ref, result, mined = train_embedder(ws, td, cache, cfg, name or f"{recipe}-{ds.name}", base,
+                                            negatives, ratio, on_step=on_step, reference=reference, shards=shards,
+                                            shard_lr_scale=shard_lr_scale)
         close()
-        console.print(f"registered [bold]{ref}[/bold]: {len(mined)} examples, {result.steps} steps, "
-                      f"{result.seconds:.0f}s")
+        console.print(f"registered [bold]{ref}[/bold]: {len(mined)} examples, {result.seconds:.0f}s "
+                      f"({_trained(ref, result.losses)})")
         figs = model_eval(ws, ds, str(ref), eval_split)
         console.print(f"{ref} on {ds.name}/{eval_split}: " + ", ".join(f"{k} {v:.4f}" for k, v in figs.items()))
 

@@ -90,6 +90,19 @@ def test_dense_with_packaged_minilm(tmp_path: Path) -> None:
     assert "verification passed" in invoke("verify", "--home", home).output
 
 
+def last_json(out: str) -> dict:
+    """The last JSON object printed (log lines from libraries may come before it)."""
+    decoder = json.JSONDecoder()
+    for i in reversed([i for i, c in enumerate(out) if c == "{"]):
+        try:
+            obj, _ = decoder.raw_decode(out[i:])
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and "request_id" in obj:
+            return obj
+    raise AssertionError(f"no receipt in {out!r}")
+
+
 def test_train_commands_on_tiny_models(tmp_path: Path, tiny_bert_dir: Path) -> None:
     import shutil
 
@@ -114,8 +127,16 @@ def test_train_commands_on_tiny_models(tmp_path: Path, tiny_bert_dir: Path) -> N
     out = invoke("eval", "--data", str(data), "--home", str(home), "--model", "lganna-tiny@v1",
                  "--out", str(tmp_path / "runs")).output
     assert "nDCG@10" in out
-    out = invoke("forget", "--doc", "d2", "--home", str(home)).output
+    out = invoke("forget", "--doc", "d2", "--home", str(home), "--unlearn", "none").output
     assert "models still trained on this data" in out and "teacher@v1" in out
+    out = invoke("train", "embedder", "--data", str(data), "--home", str(home), "--split", "test", "--base", "tiny",
+                 "--recipe", "contrastive", "--negatives", "2", "--shards", "2", "--name", "sharded").output
+    assert "registered sharded@v1" in out and "2 shards, merged" in out
+    out = invoke("forget", "--doc", "d0", "--home", str(home), "--json").output  # --unlearn auto by default
+    receipt = last_json(out)
+    by_model = {m["model"]: m for m in receipt["unlearning"]}
+    assert by_model["sharded@v1"]["route"] == "sharded" and by_model["sharded@v1"]["level"] == "exact"
+    assert receipt["model_level"] == "exact" and receipt["models_still_trained_on_data"] == []
 
 
 def test_rerank_commands_on_a_tiny_llm(tmp_path: Path) -> None:

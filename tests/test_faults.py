@@ -125,7 +125,7 @@ def test_readers_never_block_and_see_a_committed_state(tmp_path: Path, tiny_bert
     check_clean(home, ["d0", "d2", "d4", "d10"])
 
 
-STEPS = ["pending", "resolve", "store", "index:bm25", "index:dense", "cache", "verify", "receipt"]
+STEPS = ["pending", "resolve", "store", "index:bm25", "index:dense", "cache", "verify", "scrub", "receipt"]
 
 
 @pytest.mark.parametrize("step", STEPS)
@@ -160,7 +160,7 @@ def trained_home(tmp_path: Path, tiny_bert_dir: Path) -> Path:
 
 @pytest.mark.parametrize("step", UNLEARN_STEPS)
 def test_kill9_at_every_step_of_an_unlearning_forget_then_resume(trained_home: Path, step: str) -> None:
-    args = ("--unlearn", "grad_diff", "--unlearn-steps", "2", "--unlearn-lr", "1e-3")
+    args = ("--unlearn", "auto", "--unlearn-steps", "2", "--unlearn-lr", "1e-3")
     rc, out, err = finish(start("forget", "--home", trained_home, "--doc", "d0", *args,
                                 "--crash-after", f"kill:{step}"))
     assert rc == -signal.SIGKILL, (out, err)

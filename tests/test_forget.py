@@ -11,7 +11,7 @@ from lethe.errors import ForgetError
 from lethe.pipelines.forget import InjectedCrash, forget, resume, verify_workspace
 from lethe.types import ForgetRequest
 
-STEPS = ["resolve", "store", "index:bm25", "index:dense", "cache", "verify"]
+STEPS = ["resolve", "store", "index:bm25", "index:dense", "cache", "verify", "scrub"]
 
 
 def all_bytes(home: Path) -> bytes:

@@ -122,7 +122,7 @@ def test_search_documents_and_forget_end_to_end(service: dict) -> None:
         assert job.status_code == 202 and job.json()["state"] == "queued"
         done = wait_job(client, job.json()["job_id"], reader)
         assert done["state"] == "done" and done["level"] == "deleted", done
-        assert done["step"] == "verify" and done["steps_done"] == 6  # resolve, store, bm25, dense, cache, verify
+        assert done["step"] == "scrub" and done["steps_done"] == 7  # resolve, store, bm25, dense, cache, verify, scrub
         hits = client.post("/search", json={"query": "cardano staking rewards plutus", "k": 12, "retriever": "rrf"},
                            headers=reader).json()["hits"]
         assert not {h["doc_id"] for h in hits} & {"d0", "d2", "d4", "d10"}
@@ -194,7 +194,7 @@ def test_a_job_killed_mid_run_is_resumed_on_restart(service: dict) -> None:
     with TestClient(create_app(service["home"])) as client:
         done = wait_job(client, job["job_id"], reader)
         assert done["state"] == "done" and done["level"] == "deleted"
-        assert "index:bm25" not in {done["step"]} and done["steps_done"] == 3  # dense, cache, verify: resumed
+        assert "index:bm25" not in {done["step"]} and done["steps_done"] == 4  # dense, cache, verify, scrub: resumed
         assert client.get("/verify", headers=auth(service, "admin")).json()["ok"]
 
 
@@ -281,6 +281,6 @@ def test_jobs_can_run_in_a_child_process(service: dict) -> None:
     with TestClient(create_app(service["home"], job_process=True)) as client:
         job = client.post("/forget", json={"doc_ids": ["d7"]}, headers=editor).json()
         done = wait_job(client, job["job_id"], reader, timeout=120)
-        assert done["state"] == "done" and done["steps_done"] == 6, done
+        assert done["state"] == "done" and done["steps_done"] == 7, done
         hits = client.post("/search", json={"query": "deep learning retrieval", "k": 12}, headers=reader).json()
         assert "d7" not in {h["doc_id"] for h in hits["hits"]}

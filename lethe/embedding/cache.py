@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lethe.store.docstore import connect, scrub, transaction
+from lethe.store.sqlite import checkpoint, connect, transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vectors (
@@ -61,14 +61,14 @@ class EmbeddingCache:
         hashes = list(dict.fromkeys(hashes))
         with transaction(self.conn) as c:
             n = sum(c.execute("DELETE FROM vectors WHERE hash=?", (h,)).rowcount for h in hashes)
-        scrub(self.conn)
+        checkpoint(self.conn)
         return n
 
     def purge_model(self, model: str) -> int:
         """Delete every vector of one encoder version (e.g. a retired model)."""
         with transaction(self.conn) as c:
             n = c.execute("DELETE FROM vectors WHERE model=?", (model,)).rowcount
-        scrub(self.conn)
+        checkpoint(self.conn)
         return n
 
     def contains_hash(self, h: str) -> bool:

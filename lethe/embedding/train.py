@@ -26,7 +26,9 @@ from typing import Any
 from lethe.embedding.pools import MinedExample
 from lethe.ranking.cross_encoder import make_optimizer
 
-RECIPES = ("dse", "lganna")
+#: ``contrastive``: InfoNCE over qrels positives and pool negatives, no teacher
+#: (``lethe.pipelines.train.fit_bi_encoder``)
+RECIPES = ("dse", "lganna", "contrastive")
 
 
 @dataclass

@@ -4,7 +4,9 @@
 interleave. It first checks the request (every id and owner exists, or was forgotten earlier) and
 writes nothing if it does not hold; then it records the request as pending, removes the documents
 (or every document of the owners) from the store, every index that holds them (found through
-``registry.affected_by``) and the embedding cache, verifies, and appends a hash-chained receipt.
+``registry.affected_by``) and the embedding cache, verifies, turns the ids still written in what
+stays (lineage and records of models not replaced, manifests) into keyed hashes and checkpoints every
+database (:mod:`lethe.pipelines.scrub`), and appends a hash-chained receipt.
 Each step is journaled: after a crash, :func:`resume` finishes pending requests without redoing
 finished steps. A step that raises marks the request ``failed`` in the ledger (with its reason);
 :func:`retry` continues a failed request from its journal, or runs an incomplete one again,
@@ -23,9 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lethe.errors import ForgetError, LedgerError
+from lethe.pipelines.scrub import hashed_forms, scrub_request, trace_report
 from lethe.pipelines.workspace import OWN_TEXT_PROBES, IndexInfo, Workspace
 from lethe.retrieval.bm25 import BM25Index
 from lethe.retrieval.dense import DenseIndex
+from lethe.store.redact import HASHED
 from lethe.types import ForgetRequest
 from lethe.unlearning.methods import UnlearnConfig
 
@@ -65,6 +69,9 @@ class RecoveredRequest:
     doc_ids: tuple[str, ...]
     owners: tuple[str, ...]
     reason: str = ""
+    #: the hashed forms (``h:<hash>``) of every id it named, by lineage field: models that were not
+    #: replaced keep only those in their lineage after an earlier run's ``scrub`` step
+    keys: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,15 +107,17 @@ def _ids_anywhere(ws: Workspace, doc_ids: tuple[str, ...]) -> set[str]:
         held |= ids & _ids_of(ws, info)
     rest = sorted(ids - held)
     if rest:
-        for art in ws.registry.affected_by(doc_ids=rest):
-            held |= ids & set(ws.registry.lineage_of(art).doc_ids)
+        hashed = dict(zip(hashed_forms(ws, rest, "doc"), rest, strict=True))
+        for art in ws.registry.affected_by(doc_ids=[*rest, *hashed]):
+            seen = set(ws.registry.lineage_of(art).doc_ids)
+            held |= (ids & seen) | {hashed[h] for h in seen & hashed.keys()}
     return held
 
 
 def _owner_known(ws: Workspace, owner: str) -> bool:
     if ws.store.docs_of_owner(owner) or ws.store.queries_of_owner(owner):
         return True
-    return bool(ws.registry.affected_by(owner_ids=[owner]))
+    return bool(ws.registry.affected_by(owner_ids=[owner, *hashed_forms(ws, [owner], "owner")]))
 
 
 def _refuse_unknown(checked: Checked, skip_unknown: bool) -> None:
@@ -228,7 +237,10 @@ def _recover(ws: Workspace, rid: str) -> RecoveredRequest:
     want_docs |= set(receipt.payload.get("doc_hashes", [])) if receipt else set()
     docs = sorted(d for d in _held_ids(ws) if ws.ledger.hash_id(d) in want_docs)
     owners = sorted(o for o in ws.store.owners() if ws.ledger.hash_id(o, "owner") in want_owners)
-    return RecoveredRequest(tuple(docs), tuple(owners), first.payload.get("reason", ""))
+    queries = receipt.payload.get("query_hashes", []) if receipt else []
+    keys = {name: tuple(sorted(HASHED + h for h in hashes))
+            for name, hashes in (("doc_ids", want_docs), ("owner_ids", want_owners), ("query_ids", queries))}
+    return RecoveredRequest(tuple(docs), tuple(owners), first.payload.get("reason", ""), keys)
 
 
 def _step(ws: Workspace, rid: str, name: str, ran: list[str], crash_after: str | None, fn) -> dict:  # noqa: ANN001
@@ -292,6 +304,8 @@ def _run(ws: Workspace, rid: str, request: ForgetRequest | RecoveredRequest, cra
     names = set(plan["indexes"]) | set(reindexed.values())
     indexes = [i for i in ws.indexes() if i.ref.name in names]
     checks = _step(ws, rid, "verify", ran, crash_after, lambda: verify_request(ws, plan, indexes, rid))
+    _step(ws, rid, "scrub", ran, crash_after, lambda: scrub_request(
+        ws, ids, [*plan["request_owners"]], qids))
     receipt = _receipt(ws, rid, request, plan, removed, checks, models, reindexed)
     entry = ws.ledger.append(rid, "receipt", receipt)
     _crash_point("receipt", crash_after)
@@ -309,11 +323,25 @@ def _unlearn_models(ws: Workspace, rid: str, plan: dict[str, Any], ran: list[str
     out = []
     for model in plan["models"]:
         res = _step(ws, rid, f"model:{model}", ran, crash_after,
-                    lambda m=model: unlearn_model(ws, rid, m, plan, plan["unlearn"], cfg, dict(replaced)))
+                    lambda m=model: _forgotten_before(ws, m, plan)
+                    or unlearn_model(ws, rid, m, plan, plan["unlearn"], cfg, dict(replaced)))
         if res.get("new"):
             replaced[res["model"]] = res["new"]
         out.append(res)
     return out
+
+
+def _forgotten_before(ws: Workspace, model: str, plan: dict[str, Any]) -> dict[str, Any] | None:
+    """A model whose lineage names some of the request's ids only by their keyed hash (an earlier
+    request forgot them without replacing it, and their texts are gone): it cannot be unlearned of
+    them here, and stays listed as still trained on the data."""
+    lineage = ws.registry.lineage_of(model)
+    keys = plan.get("lineage_keys", {})
+    if not any(set(keys.get(f, ())) & set(getattr(lineage, f)) for f in ("doc_ids", "owner_ids", "query_ids")):
+        return None
+    return {"model": model, "level": "not_unlearned",
+            "why": "an earlier request forgot some of this data without unlearning this model; its texts are "
+                   "gone from the store, so it cannot be unlearned of them here (retrain it from the data kept)"}
 
 
 def _finish_models(ws: Workspace, rid: str, models: list[dict[str, Any]], ran: list[str],
@@ -340,13 +368,17 @@ def _resolve(ws: Workspace, request: ForgetRequest | RecoveredRequest, unlearn: 
     ids = [d for d in dict.fromkeys([*request.doc_ids, *owned]) if d in held]  # unknown ids are never "deleted"
     qids = sorted({q for o in request.owners for q in ws.store.queries_of_owner(o)})
     holders = [i for i in ws.indexes() if any(d in _ids_of(ws, i) for d in ids)]
-    affected = ws.registry.affected_by(doc_ids=ids, owner_ids=request.owners, query_ids=qids)
+    keys = _lineage_keys(ws, request, ids, qids)
+    affected = ws.registry.affected_by(doc_ids=[*ids, *keys["doc_ids"]], owner_ids=[*request.owners,
+                                       *keys["owner_ids"]], query_ids=[*qids, *keys["query_ids"]])
     docs = ws.store.get_many(ids)
     return {
         "request_docs": list(request.doc_ids), "request_owners": list(request.owners),
         "reason": request.reason, "doc_ids": ids, "query_ids": qids,
         "hashes": sorted(set(ws.store.hashes(ids).values())),
         "probe_texts": {d.id: d.contents for d in docs[:OWN_TEXT_PROBES]},
+        "text_windows": ws.ledger.text_windows(_texts(ws, docs, qids)),
+        "lineage_keys": {f: list(v) for f, v in keys.items()},
         "indexes": sorted({i.ref.name for i in holders} | {a.name for a in affected if a.kind == "index"}
                           | ({i.ref.name for i in ws.indexes()} if isinstance(request, RecoveredRequest) else set())),
         "models": [str(a) for a in affected if a.kind != "index"],
@@ -354,6 +386,23 @@ def _resolve(ws: Workspace, request: ForgetRequest | RecoveredRequest, unlearn: 
         "unlearn": unlearn,
         "started_at": time.time(),
     }
+
+
+def _lineage_keys(ws: Workspace, request: ForgetRequest | RecoveredRequest, ids: list[str],
+                  qids: list[str]) -> dict[str, tuple[str, ...]]:
+    """The hashed forms of the request's ids, by lineage field (how a model not replaced by an earlier
+    request names them after its ``scrub`` step)."""
+    keys = {"doc_ids": set(hashed_forms(ws, ids, "doc")), "owner_ids": set(hashed_forms(ws, request.owners, "owner")),
+            "query_ids": set(hashed_forms(ws, qids, "query"))}
+    if isinstance(request, RecoveredRequest):
+        for name, extra in request.keys.items():
+            keys[name] |= set(extra)
+    return {name: tuple(sorted(v)) for name, v in keys.items()}
+
+
+def _texts(ws: Workspace, docs: list, qids: list[str]) -> list[str]:  # noqa: ANN001
+    """Every text a request forgets, as stored (title, text, both) and its queries' texts."""
+    return [t for d in docs for t in (d.title, d.text, d.contents)] + list(ws.store.query_texts(qids).values())
 
 
 def _held_ids(ws: Workspace) -> set[str]:
@@ -448,8 +497,8 @@ def _receipt(ws: Workspace, rid: str, request: ForgetRequest | RecoveredRequest,
     level = "deleted" if checks["all_passed"] else "incomplete"
     first = next(e for e in ws.ledger.entries(rid) if e.kind == "pending").payload
     models = models or []
-    handled = {m["model"] for m in models if m.get("level") in ("exact", "approximate", "unchanged")}
-    still = [m for m in plan["models"] if m not in handled]
+    handled = {m["model"] for m in models if m.get("level") in ("exact", "unlearned", "unchanged")}
+    still = [m for m in plan["models"] if m not in handled]  # an ``unverified`` model may still hold the data
     if not plan["models"]:
         model_level = "no model saw the data"
     elif not models:
@@ -464,6 +513,7 @@ def _receipt(ws: Workspace, rid: str, request: ForgetRequest | RecoveredRequest,
         "owner_hashes": ws.ledger.hash_ids(request.owners, "owner"),
         "query_hashes": ws.ledger.hash_ids(plan["query_ids"], "query"),
         "content_hashes": ws.ledger.hash_ids(plan["hashes"], "content"),
+        "text_windows": plan.get("text_windows", ""),
         "n_docs": len(plan["doc_ids"]), "n_queries": len(plan["query_ids"]),
         "not_found": len(first.get("not_found_hashes", [])), "not_found_hashes": first.get("not_found_hashes", []),
         "already_forgotten": first.get("already_forgotten", 0),
@@ -475,12 +525,13 @@ def _receipt(ws: Workspace, rid: str, request: ForgetRequest | RecoveredRequest,
     }
 
 
-def verify_workspace(ws: Workspace, head: str | None = None) -> dict[str, Any]:
+def verify_workspace(ws: Workspace, head: str | None = None, trace: bool = True) -> dict[str, Any]:
     """Re-check every request later (``lethe verify``): no id text is needed, only keyed hashes.
 
     Holds the writer lock, so the checks see one committed state (a running forget finishes first).
     ``head`` is a chain head kept outside the workspace (a receipt's ``chain_head``); the head file
-    beside the workspace is checked too.
+    beside the workspace is checked too. ``trace`` scans every file under the home for the forgotten
+    ids and texts (:func:`lethe.pipelines.scrub.trace_report`); anything found fails verification.
     """
     with ws.writing():
         out: dict[str, Any] = {"ledger_chain_intact": True}
@@ -492,8 +543,10 @@ def verify_workspace(ws: Workspace, head: str | None = None) -> dict[str, Any]:
         store_ids, forgotten = set(ws.store.ids()), ws.ledger.forgotten_hashes("doc")
         out["indexes"] = {info.ref.name: _index_now(ws, info, store_ids, forgotten) for info in ws.indexes()}
         out.update(_request_states(ws))
+        if trace:
+            out["trace"] = trace_report(ws)
     flags = [out["ledger_chain_intact"], out["store_free_of_forgotten"], out["queries_free_of_forgotten"],
-             not out["pending_requests"], not out["failed_requests"]]
+             not out["pending_requests"], not out["failed_requests"], not out.get("trace", {}).get("found")]
     flags += [r["checks_at_forget_time_passed"] and r["level"] == "deleted" for r in out["receipts"]]
     flags += [v for c in out["indexes"].values() for v in c.values()]
     out["ok"] = all(flags)

@@ -22,6 +22,7 @@ from lethe.errors import LetheError
 from lethe.pipelines.workspace import DEFAULT_ENCODER, Workspace
 from lethe.ranking.cross_encoder import CETrainConfig, CrossEncoderReranker, Group, train_cross_encoder
 from lethe.registry import ArtifactRef, Lineage, ModelSpec
+from lethe.unlearning.audit import AUDIT_FILE, AuditReference, hold_out
 
 Progress = Callable[[int, int, float], None]
 #: every trained model's payload keeps the exact groups it was trained on (unlearning reads them)
@@ -44,6 +45,25 @@ class TrainingData:
         owners = {o for d in docs for o in self.owners.get(d, ())}
         owners |= {o for q in self.queries for o in self.owners.get(f"query:{q}", ())}
         return Lineage(doc_ids=sorted(docs), owner_ids=sorted(owners), query_ids=sorted(self.queries))
+
+    def hold_out(self, frac: float = 0.15, seed: int = 0) -> tuple[TrainingData, AuditReference | None]:
+        """The data without held-out queries, and the audit reference they make (``frac=0``: no hold-out).
+
+        The held-out queries never enter training: their relevant pairs are the model's registered
+        non-members, their qrels its retain probe (``lethe.unlearning.audit``).
+        """
+        if frac <= 0:
+            return self, None
+        held, ref = hold_out(self.qrels, frac, seed=seed)
+        keep = [q for q in self.queries if q not in held]
+        if not held or not keep:
+            return self, None
+        return TrainingData({q: self.queries[q] for q in keep}, {q: self.qrels[q] for q in keep}, self.texts,
+                            {q: p for q, p in self.pools.items() if q not in held}, self.owners), ref
+
+    def query_owners(self) -> dict[str, tuple[str, ...]]:
+        """Query id -> owners (from the ``query:ID`` keys of ``owners``)."""
+        return {k.split(":", 1)[1]: v for k, v in self.owners.items() if k.startswith("query:")}
 
     def pool_docs(self) -> set[str]:
         docs = {d for pool in self.pools.values() for d in pool}
@@ -87,29 +107,128 @@ def listwise_rows(data: TrainingData, n_negatives: int = 7) -> list[MinedExample
     return rows
 
 
-def train_teacher(ws: Workspace, data: TrainingData, name: str = "teacher", base: str = DEFAULT_ENCODER,
-                  cfg: CETrainConfig | None = None, n_negatives: int = 7,
-                  on_step: Progress | None = None) -> tuple[ArtifactRef, list[float]]:
-    """Train a cross-encoder from ``base`` (a registry bi-encoder or cross-encoder) and register it."""
+def new_cross_encoder(ws: Workspace, base_ref: ArtifactRef, seed: int):  # noqa: ANN201
+    """A ``CrossEncoder`` grown from a registry model (its new head drawn with ``seed``: the same every time)."""
     import torch
     from sentence_transformers import CrossEncoder
 
+    torch.manual_seed(seed)
+    return CrossEncoder(str(ws.registry.resolve_path(base_ref)), num_labels=1, device="cpu")
+
+
+def train_teacher(ws: Workspace, data: TrainingData, name: str = "teacher", base: str = DEFAULT_ENCODER,
+                  cfg: CETrainConfig | None = None, n_negatives: int = 7,
+                  on_step: Progress | None = None, reference: AuditReference | None = None,
+                  shards: int = 0, shard_lr_scale: float = 5.0) -> tuple[ArtifactRef, list[float]]:
+    """Train a cross-encoder from ``base`` (a registry bi-encoder or cross-encoder) and register it.
+
+    ``shards`` > 1 trains SISA shards by owner instead (:func:`train_shards`); ``reference`` (from
+    :meth:`TrainingData.hold_out`) is registered with the model for the unlearning audit.
+    """
+    from lethe.unlearning.scorers import CrossEncoderScorer
+
     cfg = cfg or CETrainConfig()
     base_ref = _ensure(ws, base)
-    torch.manual_seed(cfg.seed)  # a new classification head is drawn at load: the same seed, the same teacher
-    model = CrossEncoder(str(ws.registry.resolve_path(base_ref)), num_labels=1, device="cpu")
-    groups, seen = listwise_groups(data, n_negatives)
+    rows = listwise_rows(data, n_negatives)
+    seen = {d for r in rows for d in (r.positive, *r.negatives)}
     t0 = time.perf_counter()
-    losses = train_cross_encoder(model, groups, cfg, on_step)
+    model = new_cross_encoder(ws, base_ref, cfg.seed)
+    sharded = None
+    if shards:
+        sharded = train_shards(CrossEncoderScorer(model, max_length=cfg.max_length),
+                               cross_encoder_recipe(cfg, data.queries, data.texts, shard_lr_scale), rows, data, shards)
+        model, losses = sharded.combined().model, []
+    else:
+        groups = [Group(data.queries[r.query_id], data.texts[r.positive], [data.texts[d] for d in r.negatives])
+                  for r in rows]
+        losses = train_cross_encoder(model, groups, cfg, on_step)
     extra = {"train": _jsonable(cfg.__dict__), "steps": len(losses), "final_loss": losses[-1] if losses else None,
              "max_length": cfg.max_length, "seconds": round(time.perf_counter() - t0, 1)}
+    if sharded is not None:
+        extra["sharded"] = {"k": shards, "lr_scale": shard_lr_scale, "combine": sharded.combine}
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
-        save_examples(Path(tmp) / EXAMPLES_FILE, listwise_rows(data, n_negatives))
+        write_training_record(Path(tmp), rows, reference, sharded)
         ref = _register_or_derive(ws, ModelSpec(name=name, kind="cross_encoder", source="path:payload",
                                                 params={"max_length": cfg.max_length}),
                                   Path(tmp), data.lineage(seen | data.pool_docs()), {"init": base_ref}, extra)
     return ref, losses
+
+
+SHARDS_DIR = "shards"
+
+
+def write_training_record(folder: Path, rows: Sequence[MinedExample], reference: AuditReference | None,
+                          sharded: Any = None) -> None:
+    """What a trained model keeps beside its weights: its groups, its audit reference, its shards."""
+    save_examples(folder / EXAMPLES_FILE, rows)
+    if reference is not None:
+        reference.save(folder / AUDIT_FILE)
+    if sharded is not None:
+        sharded.save(folder / SHARDS_DIR)
+
+
+def read_reference(ws: Workspace, name: str) -> AuditReference | None:
+    """The audit reference registered with a model (None when it was trained without one)."""
+    path = ws.registry.resolve_path(ws.registry.get(name)) / AUDIT_FILE
+    return AuditReference.load(path) if path.exists() else None
+
+
+def cross_encoder_recipe(cfg: CETrainConfig, queries: Mapping[str, str], texts: Mapping[str, str],
+                         lr_scale: float = 1.0) -> Callable[[Any, list[MinedExample]], None]:
+    """The teacher's recipe as a shard recipe (listwise groups by id; ``lr_scale`` x the rate)."""
+    from dataclasses import replace
+
+    scaled = replace(cfg, lr=cfg.lr * lr_scale, max_seconds=None)
+
+    def recipe(scorer: Any, rows: list[MinedExample]) -> None:
+        groups = [Group(queries[r.query_id], texts[r.positive], [texts[d] for d in r.negatives]) for r in rows]
+        train_cross_encoder(scorer.model, groups, scaled)
+
+    return recipe
+
+
+def bi_encoder_recipe(cfg: EmbedTrainConfig, queries: Mapping[str, str], texts: Mapping[str, str],
+                      lr_scale: float = 1.0) -> Callable[[Any, list[MinedExample]], None]:
+    """A student's recipe as a shard recipe (``lr_scale`` x the rate; contrastive in deletion-stable order)."""
+    from dataclasses import replace
+
+    scaled = replace(cfg, lr=cfg.lr * lr_scale, max_seconds=None)
+
+    def recipe(scorer: Any, rows: list[MinedExample]) -> None:
+        fit_bi_encoder(scorer.model, rows, queries, texts, scaled, stable_order=True)
+
+    return recipe
+
+
+def fit_bi_encoder(model: Any, rows: Sequence[MinedExample], queries: Mapping[str, str], texts: Mapping[str, str],
+                   cfg: EmbedTrainConfig, on_step: Progress | None = None, stable_order: bool = False) -> TrainResult:
+    """Train a bi-encoder in place with ``cfg.recipe``: ``contrastive`` (InfoNCE over each group, no
+    teacher: ``lethe.unlearning.methods.train_groups``) or a distillation recipe (``train_bi_encoder``)."""
+    if cfg.recipe != "contrastive":
+        return train_bi_encoder(model, rows, queries, texts, cfg, on_step)
+    from lethe.unlearning.methods import train_groups
+    from lethe.unlearning.scorers import BiEncoderScorer
+
+    t0 = time.perf_counter()
+    scorer = BiEncoderScorer(model, max_length=cfg.max_length, query_prompt=query_prompt(cfg))
+    losses = train_groups(scorer, rows, queries, texts, cfg.epochs, cfg.lr, cfg.batch_size, seed=cfg.seed,
+                          on_step=on_step, stable_order=stable_order)
+    return TrainResult(losses, time.perf_counter() - t0, len(losses))
+
+
+def train_shards(base: Any, recipe: Callable[[Any, list[MinedExample]], None], rows: Sequence[MinedExample],
+                 data: TrainingData, k: int) -> Any:
+    """SISA shards by owner over ``base`` (every weight of a shard trained; served as the mean of their
+    weight changes, rounded as stored)."""
+    from lethe.unlearning.sharded import ShardedModel
+
+    if k < 2:
+        raise LetheError(f"shards must be at least 2 (or 0: no shards), not {k}")
+    model = ShardedModel(base, recipe, k=k, lora_r=0)
+    model.fit(rows, {d: o for d, o in data.owners.items() if not d.startswith("query:")}, data.query_owners())
+    model.round_checkpoints()
+    return model
 
 
 def read_examples(ws: Workspace, name: str) -> list[MinedExample]:
@@ -185,34 +304,48 @@ def load_scores(ws: Workspace, cache: str) -> TeacherScores:
     return TeacherScores.load(ws.registry.resolve_path(cache) / "scores.json")
 
 
-def train_embedder(ws: Workspace, data: TrainingData, cache: str, cfg: EmbedTrainConfig, name: str,
+def train_embedder(ws: Workspace, data: TrainingData, cache: str | None, cfg: EmbedTrainConfig, name: str,
                    base: str = DEFAULT_ENCODER, n_negatives: int = 7, ratio: float | None = 0.95,
                    margin: float | None = None, lora: dict[str, Any] | None = None,
-                   on_step: Progress | None = None) -> tuple[ArtifactRef, TrainResult, list[MinedExample]]:
-    """Mine negatives with the cached teacher scores, train a student, register it with lineage."""
-    import math
+                   on_step: Progress | None = None, reference: AuditReference | None = None,
+                   shards: int = 0, shard_lr_scale: float = 5.0,
+                   ) -> tuple[ArtifactRef, TrainResult, list[MinedExample]]:
+    """Train a student and register it with lineage: mined with the cached teacher scores (``dse`` /
+    ``lganna``), or on the pools' listwise groups without a teacher (``contrastive``, ``cache=None``).
 
-    cache_ref = ws.registry.get(cache)
-    scores = load_scores(ws, str(cache_ref))
-    logits = cache_ref.manifest.get("params", {}).get("scale", "logit") == "logit"
-    sigmoid = (lambda x: 1.0 / (1.0 + math.exp(-x))) if logits else None
-    cfg.teacher_sigmoid = logits
-    examples = mine(data.pools, data.qrels, scores, n_negatives, ratio, margin, transform=sigmoid)
-    if not examples:
-        raise LetheError("no training example survived mining; lower n_negatives or relax the margin")
+    ``shards`` > 1 trains SISA shards by owner (:func:`train_shards`), served as one merged model.
+    """
+    examples, scores, cache_ref = _student_rows(ws, data, cache, cfg, n_negatives, ratio, margin)
     base_ref = _ensure(ws, base)
     model = ws.registry.load(base_ref)
     if lora is not None:
         from lethe.embedding.llm import add_lora
 
         add_lora(model, **lora)
-    result = train_bi_encoder(model, examples, data.queries, data.texts, cfg, on_step)
-    seen = {e.positive for e in examples} | {d for e in examples for d in e.negatives} | scores.doc_ids()
-    teacher_ref = ws.registry.get(cache_ref.manifest.get("extra", {}).get("teacher") or cache_ref.name)
-    parents = {"teacher": teacher_ref, "cache": cache_ref, "init": base_ref}
+    sharded = None
+    if shards:
+        if lora is not None:
+            raise LetheError("--shards trains every weight of each shard; it cannot be combined with LoRA")
+        from lethe.unlearning.scorers import BiEncoderScorer
+
+        t0 = time.perf_counter()
+        sharded = train_shards(BiEncoderScorer(model, cfg.max_length, query_prompt(cfg)),
+                               bi_encoder_recipe(cfg, data.queries, data.texts, shard_lr_scale), examples, data, shards)
+        model = sharded.combined().model
+        result = TrainResult([], time.perf_counter() - t0, 0)
+    else:
+        result = fit_bi_encoder(model, examples, data.queries, data.texts, cfg, on_step)
+    seen = {e.positive for e in examples} | {d for e in examples for d in e.negatives}
+    parents: dict[str, Any] = {"init": base_ref}
+    if cache_ref is not None:
+        seen |= scores.doc_ids()
+        parents["teacher"] = ws.registry.get(cache_ref.manifest.get("extra", {}).get("teacher") or cache_ref.name)
+        parents["cache"] = cache_ref
     params = {"query_prompt": query_prompt(cfg), "recipe": cfg.recipe}
     extra = {"train": cfg.to_dict(), "steps": result.steps, "seconds": round(result.seconds, 1),
              "examples": len(examples)}
+    if sharded is not None:
+        extra["sharded"] = {"k": shards, "lr_scale": shard_lr_scale, "combine": sharded.combine}
     with tempfile.TemporaryDirectory() as tmp:
         if lora is not None:
             from lethe.embedding.llm import save_adapter
@@ -222,9 +355,32 @@ def train_embedder(ws: Workspace, data: TrainingData, cache: str, cfg: EmbedTrai
         else:
             model.save(tmp)
             spec = ModelSpec(name=name, kind="bi_encoder", source="path:payload", params=params)
-        save_examples(Path(tmp) / EXAMPLES_FILE, examples)
+        write_training_record(Path(tmp), examples, reference, sharded)
         ref = _register_or_derive(ws, spec, Path(tmp), data.lineage(seen), parents, extra)
     return ref, result, examples
+
+
+def _student_rows(ws: Workspace, data: TrainingData, cache: str | None, cfg: EmbedTrainConfig, n_negatives: int,
+                  ratio: float | None, margin: float | None) -> tuple[list[MinedExample], Any, Any]:
+    """The student's groups: mined with teacher scores, or the pools' listwise groups (``contrastive``)."""
+    import math
+
+    if cfg.recipe == "contrastive" or cache is None:
+        if cfg.recipe != "contrastive":
+            raise LetheError(f"recipe {cfg.recipe!r} distils a teacher: give the teacher (or use --recipe contrastive)")
+        rows = listwise_rows(data, n_negatives)
+        if not rows:
+            raise LetheError("no training group: no training query has a judged positive and a pool negative")
+        return rows, None, None
+    cache_ref = ws.registry.get(cache)
+    scores = load_scores(ws, str(cache_ref))
+    logits = cache_ref.manifest.get("params", {}).get("scale", "logit") == "logit"
+    sigmoid = (lambda x: 1.0 / (1.0 + math.exp(-x))) if logits else None
+    cfg.teacher_sigmoid = logits
+    examples = mine(data.pools, data.qrels, scores, n_negatives, ratio, margin, transform=sigmoid)
+    if not examples:
+        raise LetheError("no training example survived mining; lower n_negatives or relax the margin")
+    return examples, scores, cache_ref
 
 
 def _ensure(ws: Workspace, name: str) -> ArtifactRef:

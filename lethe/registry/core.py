@@ -9,7 +9,7 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,13 @@ from lethe.registry.manifest import (
 )
 from lethe.registry.refs import ArtifactRef, Lineage, parse_ref
 from lethe.registry.spec import ModelSpec, parse_source
+from lethe.store.redact import HASHED
 
 #: statuses an artifact can have
 STATUSES: tuple[str, ...] = ("active", "retired")
 _COLUMNS = "id, name, version, kind, source, status, manifest"
+#: the ledger's hash kind of each lineage field
+LINEAGE_KINDS: dict[str, str] = {"doc_ids": "doc", "owner_ids": "owner", "query_ids": "query"}
 #: the spec fields a derived version inherits from its parent
 _SPEC_KEYS: tuple[str, ...] = ("name", "kind", "source", "revision", "base", "params")
 
@@ -427,6 +430,61 @@ class Registry:
                 fill_temp_ids(self._conn, f"q_{field_name}", getattr(wanted, field_name))
             rows = self._conn.execute(AFFECTED_SQL).fetchall()
         return [self._to_ref(r) for r in rows]
+
+    def hash_lineage(self, doc_ids: Iterable[str] = (), owner_ids: Iterable[str] = (),
+                     query_ids: Iterable[str] = (), hasher: Callable[[str, str], str] | None = None) -> int:
+        """Replace forgotten ids in every artifact's lineage by ``h:`` + ``hasher(id, kind)`` (kind
+        ``doc``, ``owner`` or ``query``; the ledger's keyed hash), in one transaction.
+
+        For the models a forget request does not replace: their lineage still says they saw a
+        forgotten item (:meth:`affected_by` finds them when asked with the hashed form) without
+        naming it. Returns the number of lineage rows rewritten.
+        """
+        if hasher is None:
+            raise RegistryError("hash_lineage() needs the hasher (the ledger's hash_id)")
+        wanted = Lineage(doc_ids, owner_ids, query_ids)
+        touched: builtins.list[int] = []
+        with transaction(self._conn):
+            for field_name, (table, column) in LINEAGE_TABLES.items():
+                kind = LINEAGE_KINDS[field_name]
+                for value in getattr(wanted, field_name):
+                    touched += self._hash_rows(table, column, value, HASHED + hasher(value, kind))
+            for art_id in sorted(set(touched)):
+                self._write_manifest_file(art_id, self._refresh_counts(art_id))
+        return len(touched)
+
+    def _hash_rows(self, table: str, column: str, value: str, hashed: str) -> builtins.list[int]:
+        """Rename one id in a lineage table (inside the caller's transaction); the artifacts it was in."""
+        ids = [r[0] for r in self._conn.execute(f"SELECT artifact_id FROM {table} WHERE {column} = ?", (value,))]
+        if ids:
+            self._conn.execute(f"INSERT OR IGNORE INTO {table}(artifact_id, {column}) "
+                               f"SELECT artifact_id, ? FROM {table} WHERE {column} = ?", (hashed, value))
+            self._conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (value,))
+        return ids
+
+    def rewrite_manifests(self, change: Callable[[dict[str, Any]], dict[str, Any]]) -> int:
+        """Apply ``change`` to every manifest (retired ones too), in the database and in the manifest
+        files, in one transaction; returns how many changed (e.g. forgotten ids made keyed hashes)."""
+        changed = 0
+        with transaction(self._conn):
+            rows = self._conn.execute("SELECT id, manifest FROM artifacts ORDER BY id").fetchall()
+            for art_id, text in rows:
+                old = json.loads(text)
+                new = change(old)
+                if new != old:
+                    self._conn.execute("UPDATE artifacts SET manifest = ? WHERE id = ?", (dumps(new), art_id))
+                    self._write_manifest_file(art_id, new)
+                    changed += 1
+        return changed
+
+    def _write_manifest_file(self, art_id: int, manifest: dict[str, Any]) -> None:
+        row = self._conn.execute("SELECT name, version FROM artifacts WHERE id = ?", (art_id,)).fetchone()
+        write_json_atomic(self._manifest_path(row["name"], row["version"]), manifest)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The registry database's connection (to checkpoint it, or read it; write through methods)."""
+        return self._conn
 
     # -- status, forgetting -------------------------------------------------------------------
 

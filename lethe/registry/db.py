@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
+
+from lethe.store.sqlite import connect as sqlite_connect
+from lethe.store.sqlite import transaction
+
+__all__ = ["AFFECTED_SQL", "LINEAGE_TABLES", "SCHEMA_VERSION", "connect", "fill_temp_ids", "transaction"]
 
 SCHEMA_VERSION = 1
 
@@ -86,13 +90,10 @@ ORDER BY depth, a.id
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """Open (and create) the registry database in WAL mode; transactions are explicit."""
-    conn = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
+    """Open (and create) the registry database: WAL, secure delete (deleted lineage rows are zeroed,
+    not left in free pages), foreign keys (:mod:`lethe.store.sqlite`); transactions are explicit."""
+    conn = sqlite_connect(path, timeout=30.0)
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA secure_delete=ON")  # deleted lineage rows are zeroed, not left in free pages
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA synchronous=NORMAL")
     _create_schema(conn)
     return conn
 
@@ -103,21 +104,6 @@ def _create_schema(conn: sqlite3.Connection) -> None:
             if statement.strip():
                 conn.execute(statement)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-
-
-@contextmanager
-def transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error (writers queue, never clash).
-
-    ``mode="DEFERRED"`` gives a read snapshot that takes no write lock on the main database.
-    """
-    conn.execute(f"BEGIN {mode}")
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 def fill_temp_ids(conn: sqlite3.Connection, table: str, ids: Iterable[str]) -> None:

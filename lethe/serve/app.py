@@ -71,7 +71,10 @@ class ForgetIn(Strict):
     doc_ids: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list, max_length=100_000)
     owners: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list, max_length=10_000)
     reason: str = Field("", max_length=2000)
-    unlearn: Literal["retrain", "grad_ascent", "grad_diff", "npo", "pdu", "relabel", "reglu", "fit"] | None = None
+    #: as ``lethe forget --unlearn``: ``auto`` (default) takes the cheapest route to a verified level for
+    #: every model trained on the data; ``none`` leaves the models (they stay listed as trained on it)
+    unlearn: Literal["auto", "sharded", "retrain", "grad_ascent", "grad_diff", "npo", "pdu", "relabel", "reglu", "fit",
+                     "none"] = "auto"
 
 
 class TenantReader:

@@ -1,7 +1,8 @@
 """Forget jobs: a durable queue (SQLite) and one worker thread that runs them one at a time.
 
-A job's raw ids are kept only while it waits or runs; when it ends they are erased (secure delete and
-a WAL checkpoint), and the job keeps the ledger's request id and level. On start, jobs left
+A job's raw ids are kept only while it waits or runs; when it ends they are erased, from its request
+and from its error message (secure delete and a WAL checkpoint), and the job keeps the ledger's
+request id and level. On start, jobs left
 ``queued`` or ``running`` by a crash run again: the forget pipeline resumes a pending request from its
 journal, and replaying a finished one is a no-op.
 """
@@ -9,6 +10,7 @@ journal, and replaying a finished one is a no-op.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lethe.store.docstore import connect, scrub, transaction
+from lethe.store.sqlite import checkpoint, connect, transaction
 
 STATES = ("queued", "running", "done", "failed")
 _SCHEMA = """
@@ -105,12 +107,14 @@ class JobStore:
             c.execute("UPDATE jobs SET step=?, steps_done=steps_done+1 WHERE id=?", (step, jid))
 
     def finish(self, jid: str, state: str, request_id: str | None, level: str | None, error: str | None) -> None:
-        """Mark a job done or failed and erase its raw ids."""
+        """Mark a job done or failed and erase its raw ids: its request, and their mentions in its error."""
         with self.lock:
             with transaction(self.conn) as c:
+                row = c.execute("SELECT request FROM jobs WHERE id=?", (jid,)).fetchone()
+                error = redact_ids(error, request_ids(row[0])) if error and row else error
                 c.execute("UPDATE jobs SET state=?, request='{}', request_id=?, level=?, error=?, finished_at=? "
                           "WHERE id=?", (state, request_id, level, error, time.time(), jid))
-            scrub(self.conn)
+            checkpoint(self.conn)
 
     def add_point(self, tenant: str, label: str, value: float) -> None:
         """Record one evaluation figure of a tenant (for the before/after chart)."""
@@ -130,6 +134,22 @@ class JobStore:
         with self.lock:
             rows = self.conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
         return {**dict.fromkeys(STATES, 0), **{s: int(n) for s, n in rows}}
+
+
+def request_ids(request: str) -> list[str]:
+    """The document ids and owners a job's stored request names."""
+    try:
+        obj = json.loads(request)
+    except ValueError:
+        return []
+    return [str(i) for key in ("doc_ids", "owners") for i in (obj.get(key) or [])] if isinstance(obj, dict) else []
+
+
+def redact_ids(text: str, ids: list[str]) -> str:
+    """``text`` with every whole-token mention of one of ``ids`` replaced by ``<id>``."""
+    for i in sorted(set(ids), key=len, reverse=True):
+        text = re.sub(rf"(?<![\w\-]){re.escape(i)}(?![\w\-])", "<id>", text)
+    return text
 
 
 class Worker:

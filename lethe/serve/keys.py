@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lethe.errors import LetheError
-from lethe.store.docstore import connect, transaction
+from lethe.store.sqlite import connect, transaction
 
 ROLES = ("reader", "editor", "admin")
 TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")

@@ -69,7 +69,8 @@ def run_forget_job(service_home: str, tenant: str, job_id: str, request: dict[st
             evaluator = Evaluator()
             record_figure(jobs, evaluator, ws, tenant, "before forgetting", first_only=True)
             req = ForgetRequest(tuple(request["doc_ids"]), tuple(request["owners"]), request["reason"])
-            rep = forget(ws, req, unlearn=request.get("unlearn"))
+            unlearn = request.get("unlearn", "auto")
+            rep = forget(ws, req, unlearn=None if unlearn in (None, "none") else unlearn)
             if not rep.noop:
                 record_figure(jobs, evaluator, ws, tenant, f"after {rep.request_id[:8]}")
     except LetheError as exc:

@@ -1,8 +1,9 @@
 """SQLite document store: documents with owners and content hashes, deleted for real.
 
-The database runs in WAL mode with ``PRAGMA secure_delete=ON``: SQLite overwrites the content of
-deleted rows with zeros, and every delete ends with a ``wal_checkpoint(TRUNCATE)`` so that no old
-page image of a deleted document survives in the write-ahead log either.
+The database runs in WAL mode with ``PRAGMA secure_delete=ON`` (:mod:`lethe.store.sqlite`): SQLite
+overwrites the content of deleted rows with zeros, and every delete ends with a
+``wal_checkpoint(TRUNCATE)`` so that no old page image of a deleted document survives in the
+write-ahead log either.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Collection, Iterable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from lethe.errors import StoreError
+from lethe.store.sqlite import checkpoint, connect, transaction
 from lethe.types import Doc, Query
 
 _SCHEMA = """
@@ -48,36 +49,6 @@ CREATE INDEX IF NOT EXISTS query_owners_owner ON query_owners(owner_id);
 def content_hash(doc: Doc) -> str:
     """sha256 of what the indexes see (title + text): the key of every derived cache."""
     return hashlib.sha256(doc.contents.encode("utf-8")).hexdigest()
-
-
-def connect(path: Path) -> sqlite3.Connection:
-    """Open a SQLite database in WAL mode with secure deletion and foreign keys on."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA secure_delete=ON")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    return conn
-
-
-@contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
-def scrub(conn: sqlite3.Connection) -> None:
-    """Push zeroed pages into the main file and truncate the WAL to nothing."""
-    row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-    if row and row[0] != 0:
-        raise StoreError("could not checkpoint the WAL (another connection holds it); retry")
 
 
 class DocStore:
@@ -152,14 +123,14 @@ class DocStore:
         with transaction(self.conn) as c:
             present = self._existing(c, ids)
             c.executemany("DELETE FROM docs WHERE id=?", [(i,) for i in present])
-        scrub(self.conn)
+        checkpoint(self.conn)
         return len(present)
 
     def delete_queries(self, query_ids: Collection[str]) -> int:
         """Delete queries (e.g. an owner's own questions); returns how many were present."""
         with transaction(self.conn) as c:
             n = sum(c.execute("DELETE FROM queries WHERE id=?", (i,)).rowcount for i in query_ids)
-        scrub(self.conn)
+        checkpoint(self.conn)
         return n
 
     # -- reading -------------------------------------------------------------------------------
@@ -233,6 +204,16 @@ class DocStore:
         """Ids of the queries ``owner_id`` asked."""
         sql = "SELECT query_id FROM query_owners WHERE owner_id=? ORDER BY query_id"
         return [r[0] for r in self.conn.execute(sql, (owner_id,))]
+
+    def query_owners(self, query_ids: Iterable[str]) -> dict[str, tuple[str, ...]]:
+        """``{query id: owners}`` for the stored queries among ``query_ids`` that have owners."""
+        out: dict[str, list[str]] = {}
+        for chunk in _chunks(list(dict.fromkeys(query_ids)), 500):
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT query_id, owner_id FROM query_owners WHERE query_id IN ({marks}) ORDER BY rowid"
+            for qid, owner in self.conn.execute(sql, chunk):
+                out.setdefault(qid, []).append(owner)
+        return {q: tuple(o) for q, o in out.items()}
 
     def query_ids(self) -> list[str]:
         """Every stored query id."""

@@ -24,11 +24,14 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lethe.errors import LedgerError
-from lethe.store.docstore import connect, scrub, transaction
 from lethe.store.keys import LedgerKey, key_beside, read_head, write_head
+from lethe.store.sqlite import checkpoint, connect, transaction
+
+if TYPE_CHECKING:
+    from lethe.store.trace import TraceKeys
 
 GENESIS = "0" * 64
 FORMAT = 2
@@ -143,6 +146,19 @@ class Ledger:
     def hash_ids(self, values: Iterable[str], kind: str = "doc") -> list[str]:
         """Keyed hashes, sorted (order carries no information)."""
         return sorted(self.hash_id(v, kind) for v in values)
+
+    def trace_keys(self) -> TraceKeys:
+        """The keyed hashes the trace scan uses: ids as :meth:`hash_id`, text windows with a key derived
+        for ``text-window``."""
+        from lethe.store.trace import TraceKeys  # numpy, only when tracing
+
+        return TraceKeys(self._ids_key, self.key.derive("text-window"))
+
+    def text_windows(self, texts: Iterable[str]) -> str:
+        """The keyed digests of every 32-byte window of ``texts``, packed for a receipt's ``text_windows``."""
+        from lethe.store.trace import encode_windows
+
+        return encode_windows(self.trace_keys().text_windows(texts))
 
     def request_id(self, doc_ids: Iterable[str], owners: Iterable[str]) -> str:
         """A stable id for a request: the same ids and owners give the same id."""
@@ -284,6 +300,17 @@ class Ledger:
                 out.difference_update(e.payload.get(f"{kind}_hashes", []))
         return out
 
+    def forgotten_windows(self) -> set[bytes]:
+        """The text-window digests of every receipt (re-admitted texts are not subtracted: the trace
+        scan drops the windows it finds in what the store holds now)."""
+        from lethe.store.trace import decode_windows
+
+        out: set[bytes] = set()
+        for e in self.entries():
+            if e.kind == "receipt":
+                out |= decode_windows(e.payload.get("text_windows", ""))
+        return out
+
     # -- journal -------------------------------------------------------------------------------
     def step_done(self, request_id: str, step: str) -> dict[str, Any] | None:
         """The recorded result of a finished step, or None if it has not finished."""
@@ -304,7 +331,7 @@ class Ledger:
         """Erase a request's journal rows (they held its raw ids while it ran)."""
         with transaction(self.conn) as c:
             c.execute("DELETE FROM journal WHERE request_id=?", (request_id,))
-        scrub(self.conn)
+        checkpoint(self.conn)
 
     def clear_stale_journals(self) -> list[str]:
         """Erase the journal rows of finished requests (a crash between a request's receipt and the

@@ -120,6 +120,7 @@ class ReGLU(Method):
     """Representation-guided LoRA init (RILA) + retain-orthogonal regulariser (ROL) + inverse hinge."""
 
     name = "reglu"
+    lr_scale = 10.0
 
     def __init__(self, rcfg: ReGLUConfig | None = None) -> None:
         self.rcfg = rcfg or ReGLUConfig()

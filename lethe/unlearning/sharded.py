@@ -22,13 +22,15 @@ component of the result has seen the data, and each shard's ``seen`` set proves 
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from lethe.embedding.pools import MinedExample
+from lethe.embedding.pools import MinedExample, load_examples, save_examples
 from lethe.errors import LetheError
 from lethe.unlearning.scorers import Scorer
 from lethe.unlearning.sets import without_docs
@@ -219,6 +221,54 @@ class ShardedModel:
     def proves_forgotten(self, docs: Iterable[str], queries: Iterable[str] = ()) -> bool:
         """True when no shard's data holds any of ``docs`` / ``queries`` (the exactness proof)."""
         return not self.affected(docs, queries)
+
+    def round_checkpoints(self) -> None:
+        """Round every checkpoint to float16, as :meth:`save` stores them, so that the model served now
+        and the one :meth:`load` rebuilds later are the same."""
+        import torch
+
+        for shard in self.shards.values():
+            shard.checkpoints = [{n: d.to(torch.float16).to(torch.float32) if hasattr(d, "to") else d
+                                  for n, d in ck.items()} for ck in shard.checkpoints]
+
+    def save(self, folder: Path) -> None:
+        """Write every shard (its slices' groups and float16 checkpoints) and the settings to ``folder``."""
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {"k": self.k, "combine": self.combine, "lora_r": self.lora_r, "lora_alpha": self.lora_alpha,
+                "lora_targets": self.lora_targets, "slices": self.slices,
+                "shards": [{"shard": s, "checkpoints": len(sh.checkpoints)} for s, sh in sorted(self.shards.items())]}
+        (folder / "shards.json").write_text(json.dumps(meta, sort_keys=True), encoding="utf-8")
+        for s, shard in self.shards.items():
+            for i, rows in enumerate(shard.slices):
+                save_examples(folder / f"shard-{s}-slice-{i}.jsonl", rows)
+            for i, ck in enumerate(shard.checkpoints):
+                tensors = {n: d.detach().to("cpu").half().contiguous() for n, d in ck.items() if hasattr(d, "half")}
+                save_file(tensors, str(folder / f"shard-{s}-ckpt-{i}.safetensors"))
+
+    @classmethod
+    def load(cls, folder: Path, base: Scorer, recipe: ShardRecipe) -> ShardedModel:
+        """A model written by :meth:`save`, over ``base`` (the same init weights), trained on by ``recipe``."""
+        from safetensors.torch import load_file
+
+        path = folder / "shards.json"
+        if not path.exists():
+            raise LetheError(f"{folder} holds no sharded model (no shards.json)")
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        model = cls(base, recipe, k=meta["k"], combine=meta["combine"], lora_r=meta["lora_r"],
+                    lora_alpha=meta["lora_alpha"], lora_targets=meta["lora_targets"], slices=meta["slices"])
+        for info in meta["shards"]:  # numbers, not strings: a shard number is never mistaken for an id
+            s = int(info["shard"])
+            slices = [load_examples(folder / f"shard-{s}-slice-{i}.jsonl") for i in range(model.slices)]
+            cks = [{n: t.float() for n, t in load_file(str(folder / f"shard-{s}-ckpt-{i}.safetensors")).items()}
+                   for i in range(info["checkpoints"])]
+            model.shards[s] = Shard(slices, cks)
+        return model
+
+    def member(self, s: int) -> Scorer:
+        """Shard ``s`` alone: the base with its whole weight change (one member of a score ensemble)."""
+        return self._with_deltas([(1.0, self.shards[s].delta)])
 
     def combined(self) -> Scorer:
         """A copy of the base with ``c * sum_k dW_k`` added (``c`` from ``combine``)."""

@@ -107,6 +107,7 @@ class ULD(Method):
     """Assistant trained with reversed objectives; served score = target - alpha * assistant."""
 
     name = "uld"
+    lr_scale = 10.0
     output_only = True
 
     def __init__(self, ucfg: ULDConfig | None = None) -> None:
