@@ -44,8 +44,8 @@ from lethe.pipelines.forget import forget, verify_workspace
 from lethe.pipelines.train import bi_encoder_recipe, train_embedder, train_shards, training_data
 from lethe.pipelines.unlearn import probe_ndcg, scorer_of
 from lethe.pipelines.workspace import Workspace
+from lethe.training.scorers import BiEncoderScorer, pair_scores
 from lethe.types import ForgetRequest
-from lethe.unlearning.scorers import BiEncoderScorer, pair_scores
 from lethe.unlearning.sets import split_examples
 from lethe.unlearning.verify import ks_p, mia_auc
 

@@ -36,7 +36,7 @@ from lethe.ranking import CETrainConfig
 from lethe.ranking.base import rerank_run
 from lethe.ranking.listwise_train import RANK_PAIRS, ListwiseTrainConfig
 from lethe.ranking.llm import MODES as LISTWISE_MODES
-from lethe.ranking.llm import PASSAGE_VIEWS
+from lethe.ranking.prompts import PASSAGE_VIEWS
 from lethe.retrieval.fusion import rrf
 from lethe.types import Hit
 

@@ -192,8 +192,8 @@ def _existing(ws: Workspace, name: str) -> ArtifactRef | None:
 def teacher_rerank_eval(ws: Workspace, ds: Dataset, teacher: str, fusion: dict, qids: list[str],
                         depth: int) -> tuple[float, float]:
     """nDCG@10 of BM25 top-``depth`` re-ranked by the cross-encoder alone and by the fusion teacher."""
-    from lethe.embedding.pools import TeacherScores
     from lethe.pipelines.train import TrainingData, fuse_teacher, teacher_reranker
+    from lethe.training.pools import TeacherScores
 
     rr = teacher_reranker(ws, teacher)
     hits = ws.load_index("bm25").search([ds.queries[q].text for q in qids], depth)

@@ -31,20 +31,16 @@ import numpy as np
 from train_embedder import with_split  # the same seeded 70/30 query split as the training benchmark
 
 from lethe.data import Dataset, load_dataset
-from lethe.embedding.pools import MinedExample
 from lethe.pipelines.evaluate import evaluate
 from lethe.pipelines.workspace import Workspace
 from lethe.registry import sources
+from lethe.training.contrastive import train_groups
+from lethe.training.pools import MinedExample
+from lethe.training.scorers import BiEncoderScorer, pair_scores
 from lethe.unlearning.audit import AuditReference, run_audit
-from lethe.unlearning.methods import (
-    UnlearnConfig,
-    UnlearnTask,
-    calibrated_targets,
-    get_method,
-    method_config,
-    train_groups,
-)
-from lethe.unlearning.scorers import BiEncoderScorer, pair_scores
+from lethe.unlearning.base import UnlearnConfig, UnlearnTask
+from lethe.unlearning.methods import calibrated_targets
+from lethe.unlearning.registry import get_method, method_config
 from lethe.unlearning.sets import split_examples
 from lethe.unlearning.sharded import ShardedModel
 from lethe.unlearning.verify import Figures, ks_p, mia_auc, probe_auc, relearn_gap, verdict

@@ -310,7 +310,7 @@ def forget(
     and, with --unlearn, from the weights of every model trained on them. Exits 0 only when the
     requested level was reached."""
     from lethe.pipelines.unlearn import PIPELINE_METHODS
-    from lethe.unlearning.methods import UnlearnConfig
+    from lethe.unlearning.base import UnlearnConfig
 
     _choice("--unlearn", unlearn, (*PIPELINE_METHODS, "none"))  # a clear error before anything is touched
     if sum([resume, retry is not None, bool(doc or owner)]) != 1:

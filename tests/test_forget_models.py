@@ -9,7 +9,7 @@ from lethe.pipelines.forget import InjectedCrash, forget, resume
 from lethe.pipelines.train import read_examples, score_pools, train_embedder, train_teacher, training_data
 from lethe.ranking.cross_encoder import CETrainConfig
 from lethe.types import ForgetRequest
-from lethe.unlearning.methods import UnlearnConfig
+from lethe.unlearning.base import UnlearnConfig
 from tests.test_train import tiny_dataset
 
 CFG = UnlearnConfig(steps=2, lr=1e-3, forget_batch=2, retain_batch=2)

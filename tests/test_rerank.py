@@ -23,9 +23,8 @@ from lethe.ranking.listwise_train import (
     weighted_nll,
     window_examples,
 )
-from lethe.ranking.llm import (
-    ListwiseLLMReranker,
-    QueryLikelihoodReranker,
+from lethe.ranking.llm import ListwiseLLMReranker, QueryLikelihoodReranker
+from lethe.ranking.prompts import (
     identifiers,
     label_text,
     parse_permutation,
@@ -495,7 +494,7 @@ def test_relevant_pairs_compare_only_across_the_relevance_boundary(llm) -> None:
 def test_constrained_generation_names_each_identifier_at_most_once(llm) -> None:  # noqa: ANN001
     import torch
 
-    from lethe.ranking.llm import _identifier_processor
+    from lethe.ranking.decoding import identifier_processor
 
     model, tok = llm
     labels, label_ids = identifiers(tok, 4)
@@ -504,19 +503,19 @@ def test_constrained_generation_names_each_identifier_at_most_once(llm) -> None:
     ids = torch.tensor([[1, 2, 3] + prefix])
     scores = torch.zeros(1, len(tok))
     scores[0, label_ids[1]] = 9.0  # the model would repeat [B]
-    out = _identifier_processor(tok, start, labels, label_ids, True)(ids, scores.clone())
+    out = identifier_processor(tok, start, labels, label_ids, True)(ids, scores.clone())
     assert torch.isinf(out[0, label_ids[1]]) and torch.isinf(out[0, label_ids[3]])
     assert int(out[0].argmax()) in (label_ids[0], label_ids[2])
     # elsewhere (not after a bracket) nothing is masked
     mid = torch.tensor([[1, 2, 3] + tok.encode("[B]", add_special_tokens=False)])
-    assert torch.equal(_identifier_processor(tok, start, labels, label_ids, True)(mid, scores.clone()), scores)
+    assert torch.equal(identifier_processor(tok, start, labels, label_ids, True)(mid, scores.clone()), scores)
     # in generation (answer opened with a bracket): the identifiers named are distinct and real
-    from lethe.ranking.llm import prompt_ids, user_prompt
+    from lethe.ranking.prompts import prompt_ids, user_prompt
 
     labels6, ids6 = identifiers(tok, 6)
     prompt = prompt_ids(tok, user_prompt("fox", [TEXT_OF[f"d{i}"] for i in range(6)], labels6), answer_prefix="[")
     gen = model.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False, pad_token_id=tok.pad_token_id,
-                         logits_processor=_identifier_processor(tok, len(prompt) - 1, labels6, ids6, True))
+                         logits_processor=identifier_processor(tok, len(prompt) - 1, labels6, ids6, True))
     new = gen[0, len(prompt) - 1 :].tolist()
     after_bracket = [new[i] for i in range(1, len(new)) if tok.decode(new[:i], skip_special_tokens=True).endswith("[")]
     assert after_bracket and len(after_bracket) == len(set(after_bracket)) and set(after_bracket) <= set(ids6)
@@ -526,7 +525,7 @@ def test_constrained_generation_names_each_identifier_at_most_once(llm) -> None:
 def test_content_free_prior_fed_step_by_step_equals_one_forward(llm) -> None:  # noqa: ANN001
     import torch
 
-    from lethe.ranking.llm import ContentFreePrior
+    from lethe.ranking.decoding import ContentFreePrior
 
     model, tok = llm
     prompt = tok.encode("rank these passages [", add_special_tokens=False)
@@ -544,7 +543,7 @@ def test_content_free_prior_fed_step_by_step_equals_one_forward(llm) -> None:  #
 def test_calibration_subtracts_the_content_free_identifier_logprobs(llm) -> None:  # noqa: ANN001
     import torch
 
-    from lethe.ranking.llm import _identifier_processor
+    from lethe.ranking.decoding import identifier_processor
 
     model, tok = llm
     labels, label_ids = identifiers(tok, 4)
@@ -557,28 +556,29 @@ def test_calibration_subtracts_the_content_free_identifier_logprobs(llm) -> None
         def __call__(self, answer: list[int]) -> torch.Tensor:
             return prior_logits
 
-    out = _identifier_processor(tok, start, labels, label_ids, True, Fixed(), 0.5)(ids, scores.clone())
+    out = identifier_processor(tok, start, labels, label_ids, True, Fixed(), 0.5)(ids, scores.clone())
     allowed = [label_ids[0], label_ids[2], label_ids[3]]  # [B] is already named
     expected = scores[0, allowed] - 0.5 * torch.log_softmax(prior_logits[allowed], dim=-1)
     assert torch.allclose(out[0, allowed], expected)
     assert torch.isinf(out[0, label_ids[1]]) and int(out[0].argmax()) in allowed
-    unconstrained = _identifier_processor(tok, start, labels, label_ids, False, Fixed(), 0.5)(ids, scores.clone())
+    unconstrained = identifier_processor(tok, start, labels, label_ids, False, Fixed(), 0.5)(ids, scores.clone())
     assert torch.allclose(unconstrained[0, label_ids], scores[0, label_ids] - 0.5 * torch.log_softmax(
         prior_logits[label_ids], dim=-1))
-    assert _identifier_processor(tok, start, labels, label_ids, False) is None
+    assert identifier_processor(tok, start, labels, label_ids, False) is None
 
 
 def test_calibrated_generation_feeds_the_prior_the_answer(llm) -> None:  # noqa: ANN001
     import torch
 
-    from lethe.ranking.llm import CONTENT_FREE, ContentFreePrior, _identifier_processor, prompt_ids
+    from lethe.ranking.decoding import ContentFreePrior, identifier_processor
+    from lethe.ranking.prompts import CONTENT_FREE, prompt_ids
 
     model, tok = llm
     labels, label_ids = identifiers(tok, 6)
     prompt = prompt_ids(tok, user_prompt("fox", [TEXT_OF[f"d{i}"] for i in range(6)], labels), answer_prefix="[")
     cf = prompt_ids(tok, user_prompt("fox", [CONTENT_FREE] * 6, labels), answer_prefix="[")
     prior = ContentFreePrior(model, cf[:-1])
-    proc = _identifier_processor(tok, len(prompt) - 1, labels, label_ids, True, prior, 1.0)
+    proc = identifier_processor(tok, len(prompt) - 1, labels, label_ids, True, prior, 1.0)
     gen = model.generate(torch.tensor([prompt]), max_new_tokens=30, do_sample=False, pad_token_id=tok.pad_token_id,
                          logits_processor=proc)
     answer = gen[0, len(prompt) - 1 :].tolist()
@@ -604,7 +604,7 @@ def test_calibrated_listwise_counts_the_content_free_pass(llm, mode: str) -> Non
 def test_calibrated_first_token_scores_remove_the_content_free_prior(llm) -> None:  # noqa: ANN001
     import torch
 
-    from lethe.ranking.llm import CONTENT_FREE, prompt_ids
+    from lethe.ranking.prompts import CONTENT_FREE, prompt_ids
 
     model, tok = llm
     passages = [truncate_tokens(tok, TEXT_OF[f"d{i}"], 12) for i in range(5)]
@@ -620,7 +620,7 @@ def test_calibrated_first_token_scores_remove_the_content_free_prior(llm) -> Non
 
 # ------------------------------------------------------------------------------- passage views
 def test_query_snippet_keeps_the_head_and_adds_the_matching_sentence(llm) -> None:  # noqa: ANN001
-    from lethe.ranking.llm import passage_view, query_snippet
+    from lethe.ranking.prompts import passage_view, query_snippet
 
     _, tok = llm
     text = ("Alpha study of cells. Background sentence one about nothing here. Another filler sentence "

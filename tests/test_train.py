@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from lethe.data import Dataset
-from lethe.embedding.pools import TeacherScores, mine
 from lethe.embedding.train import EmbedTrainConfig, train_bi_encoder
 from lethe.pipelines.train import (
     listwise_groups,
@@ -19,6 +18,7 @@ from lethe.pipelines.train import (
     training_data,
 )
 from lethe.ranking.cross_encoder import CETrainConfig
+from lethe.training.pools import TeacherScores, mine
 from tests.conftest import make_docs, make_queries
 
 TRAIN_QRELS = {"q1": {"d0": 1, "d1": 1}, "q2": {"d2": 1, "d4": 1}, "q3": {"d5": 1, "d6": 1}}
@@ -116,9 +116,9 @@ def test_student_trains_registers_and_reloads_identically(workspace, data, cache
 
 def test_llm_embedder_with_lora_trains_and_reloads(tmp_path, workspace) -> None:
     from lethe.embedding.llm import add_lora, build_llm_embedder, save_adapter
-    from lethe.embedding.pools import MinedExample
     from lethe.registry import ModelSpec
     from lethe.registry.testing import build_tiny_llama
+    from lethe.training.pools import MinedExample
     from tests.conftest import TEXTS
 
     llm_dir = build_tiny_llama(tmp_path / "llm", TEXTS * 3)
@@ -150,7 +150,7 @@ def test_llm_embedder_with_lora_trains_and_reloads(tmp_path, workspace) -> None:
 
 
 def test_instruction_is_left_out_of_mean_pooling_in_training_and_serving(workspace, data, cache) -> None:
-    from lethe.embedding.train import _embed
+    from lethe.embedding.train import embed_texts
 
     cfg = EmbedTrainConfig(recipe="lganna", epochs=2, lr=1e-3, batch_size=3, max_length=32, warmup=0.0,
                            instruction="Given a question, retrieve answers")
@@ -162,7 +162,7 @@ def test_instruction_is_left_out_of_mean_pooling_in_training_and_serving(workspa
     queries = ["cardano staking rewards", "vitamin d"]
     served = enc.encode_queries(queries)
     with torch.no_grad():  # the training forward pass embeds queries exactly as serving does
-        trained = torch.nn.functional.normalize(_embed(enc.model, queries, 128, enc.query_prompt), dim=-1)
+        trained = torch.nn.functional.normalize(embed_texts(enc.model, queries, 128, enc.query_prompt), dim=-1)
     np.testing.assert_allclose(served, trained.numpy(), atol=1e-5)
     pooling[0].include_prompt = True  # pooling the instruction too gives other vectors: the flag does something
     assert not np.allclose(enc.encode_queries(queries), served, atol=1e-4)

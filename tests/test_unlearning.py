@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lethe.embedding.pools import MinedExample
 from lethe.errors import LetheError
-from lethe.unlearning.methods import METHODS, UnlearnConfig, UnlearnTask, get_method, log_p_target
-from lethe.unlearning.scorers import BiEncoderScorer, CrossEncoderScorer, group_scores, pair_scores
+from lethe.training.losses import log_p_target
+from lethe.training.pools import MinedExample
+from lethe.training.scorers import BiEncoderScorer, CrossEncoderScorer, group_scores, pair_scores
+from lethe.unlearning.base import UnlearnConfig, UnlearnTask
+from lethe.unlearning.registry import METHODS, get_method
 from lethe.unlearning.sets import split_examples, without_docs
 from lethe.unlearning.verify import Figures, Thresholds, auc, ks_p, mia_auc, probe_auc, relearn_gap, verdict
 from tests.conftest import make_docs
@@ -314,7 +316,7 @@ def test_refill_replaces_foreign_negatives_with_own_documents() -> None:
 def test_sharded_forgets_exactly_by_retraining_only_affected_shards(bi_scorer) -> None:  # noqa: ANN001
     import torch
 
-    from lethe.unlearning.methods import train_groups
+    from lethe.training.contrastive import train_groups
     from lethe.unlearning.sharded import ShardedModel
 
     def recipe(scorer, examples):  # noqa: ANN001, ANN202
@@ -345,7 +347,7 @@ def test_sharded_forgets_exactly_by_retraining_only_affected_shards(bi_scorer) -
 def test_full_weight_shards_merge_to_the_base_plus_the_mean_delta(bi_scorer) -> None:  # noqa: ANN001
     import torch
 
-    from lethe.unlearning.methods import train_groups
+    from lethe.training.contrastive import train_groups
     from lethe.unlearning.sharded import ShardedModel
 
     def recipe(scorer, examples):  # noqa: ANN001, ANN202
@@ -372,7 +374,7 @@ def test_full_weight_shards_merge_to_the_base_plus_the_mean_delta(bi_scorer) -> 
 def test_sliced_shards_restart_from_the_checkpoint_before_the_slice(bi_scorer) -> None:  # noqa: ANN001
     import torch
 
-    from lethe.unlearning.methods import train_groups
+    from lethe.training.contrastive import train_groups
     from lethe.unlearning.sharded import ShardedModel
 
     def recipe(scorer, examples):  # noqa: ANN001, ANN202
@@ -447,7 +449,7 @@ def test_fit_handles_a_stream_with_filtering_importance_and_layers(bi_scorer) ->
 
 
 def test_epoch_order_is_a_deletion_stable_shuffle() -> None:
-    from lethe.unlearning.methods import epoch_order
+    from lethe.training.contrastive import epoch_order
 
     many = [MinedExample(f"q{i}", f"d{i}", ("n",), (1.0, 0.0)) for i in range(30)]
     first = epoch_order(many, 42, 0)

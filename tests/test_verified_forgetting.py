@@ -17,7 +17,7 @@ from lethe.pipelines.train import read_examples, read_reference, train_embedder,
 from lethe.ranking.cross_encoder import CETrainConfig
 from lethe.types import Doc, ForgetRequest, Query
 from lethe.unlearning.audit import AuditReference, AuditThresholds, hold_out, mia_limit, run_audit
-from lethe.unlearning.methods import UnlearnConfig
+from lethe.unlearning.base import UnlearnConfig
 
 TOPICS = ["fox dog jump", "cardano stake reward", "vitamin bone health", "ledger hash chain",
           "retrieval ranking model", "ocean wave tide", "garden seed flower", "engine fuel piston"]
@@ -240,9 +240,9 @@ def test_shard_records_survive_the_scrub_of_numeric_ids(tmp_path: Path, medium_b
     """Stack Exchange ids are numbers: forgetting document "1" must not rewrite shard number 1."""
     from sentence_transformers import SentenceTransformer
 
-    from lethe.embedding.pools import MinedExample
     from lethe.store.redact import redact_tree
-    from lethe.unlearning.scorers import BiEncoderScorer
+    from lethe.training.pools import MinedExample
+    from lethe.training.scorers import BiEncoderScorer
     from lethe.unlearning.sharded import Shard, ShardedModel
 
     base = BiEncoderScorer(SentenceTransformer(str(medium_bert_dir), device="cpu"), max_length=16)

@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lethe.embedding.pools import MinedExample
-from lethe.ranking.cross_encoder import make_optimizer
+from lethe.training.pools import MinedExample
 
 #: ``contrastive``: InfoNCE over qrels positives and pool negatives, no teacher
 #: (``lethe.pipelines.train.fit_bi_encoder``)
@@ -92,38 +90,20 @@ def train_bi_encoder(model: Any, examples: Sequence[MinedExample], queries: Mapp
                      texts: Mapping[str, str], cfg: EmbedTrainConfig,
                      on_step: Callable[[int, int, float], None] | None = None) -> TrainResult:
     """Train a SentenceTransformer in place on mined examples with the configured recipe."""
-    import torch
+    from lethe.training.loop import LoopSettings, epoch_batches, run_loop
 
     rng = random.Random(cfg.seed)
-    torch.manual_seed(cfg.seed)
     losses = _losses(model, cfg)
     steps = max(1, math.ceil(len(examples) * cfg.epochs / cfg.batch_size))
-    opt, sched = make_optimizer(model, cfg.lr, cfg.weight_decay, steps, cfg.warmup)
     shots = few_shot_pool(examples, queries, texts, cfg.example_chars) if cfg.n_examples else []
-    result, order, t0 = TrainResult(), [], time.perf_counter()
     if cfg.instruction:
         set_prompt_pooling(model, cfg.pool_instruction)
-    model.train()
-    for step in range(steps):
-        if len(order) < cfg.batch_size:
-            more = list(examples)
-            rng.shuffle(more)
-            order += more
-        batch, order = order[: cfg.batch_size], order[cfg.batch_size :]
-        loss = _step_loss(model, batch, queries, texts, cfg, losses, shots, rng)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-        result.losses.append(float(loss.detach()))
-        if on_step:
-            on_step(step + 1, steps, result.losses[-1])
-        if cfg.max_seconds and time.perf_counter() - t0 > cfg.max_seconds:
-            break
-    model.eval()
-    result.seconds, result.steps = time.perf_counter() - t0, len(result.losses)
-    return result
+    batches = epoch_batches(examples, cfg.batch_size, rng)
+    settings = LoopSettings(steps, cfg.lr, cfg.weight_decay, cfg.warmup, decay=True, grouped_decay=True,
+                            seed=cfg.seed, max_seconds=cfg.max_seconds)
+    run = run_loop(model, lambda _: _step_loss(model, next(batches), queries, texts, cfg, losses, shots, rng),
+                   settings, on_step)
+    return TrainResult(run.losses, run.seconds, run.steps)
 
 
 def _losses(model: Any, cfg: EmbedTrainConfig) -> dict[str, Any]:
@@ -149,7 +129,8 @@ def _step_loss(model: Any, batch: Sequence[MinedExample], queries: Mapping[str, 
     else:  # one prompt for the batch, passed as such so pooling can leave its tokens out (as at inference)
         q_texts, prompt = [queries[e.query_id] for e in batch], query_prompt(cfg)
     columns = [[texts[e.positive] for e in batch]] + [[texts[e.negatives[j]] for e in batch] for j in range(k)]
-    emb = [_embed(model, q_texts, cfg.max_length, prompt)] + [_embed(model, col, cfg.max_length) for col in columns]
+    emb = [embed_texts(model, q_texts, cfg.max_length, prompt)]
+    emb += [embed_texts(model, col, cfg.max_length) for col in columns]
     teacher = torch.tensor([e.teacher for e in batch], dtype=emb[0].dtype)
     infonce = losses["infonce"].compute_loss_from_embeddings(emb, None)
     if cfg.alpha >= 1.0 and cfg.recipe == "dse":
@@ -193,7 +174,7 @@ def set_prompt_pooling(model: Any, include: bool) -> bool:
     return found
 
 
-def _embed(model: Any, texts: list[str], max_length: int, prompt: str | None = None):  # noqa: ANN202
+def embed_texts(model: Any, texts: list[str], max_length: int, prompt: str | None = None):  # noqa: ANN202
     old = model.max_seq_length
     model.max_seq_length = min(old or max_length, max_length)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from lethe.data import Dataset
 from lethe.errors import DataError, LetheError
 from lethe.retrieval.base import atomic_write_bytes
 from lethe.types import Hit, Qrels, Run
@@ -109,3 +110,18 @@ def evaluate_retriever(searcher, queries: Mapping[str, str], qrels: Qrels,  # no
         write_trec_run(run, out / f"{tag}.run", tag=tag)
         write_per_query(per_query, out / f"{tag}.perquery.tsv")
     return agg, per_query, run
+
+
+def evaluate_system(system, dataset: Dataset, measures: str | Iterable[str] = "nDCG@10 R@100",  # noqa: ANN001
+                    split: str | None = None, k: int = 100) -> dict[str, float]:
+    """Aggregate figures of a retriever or pipeline (``.search(texts, k)``) on a dataset's judged queries:
+    ``split`` (default ``test``, else the dataset's only split); ``measures`` as ir-measures names, in one
+    string or a list. This is ``lethe.evaluate``."""
+    names = measures.split() if isinstance(measures, str) else list(measures)
+    splits = sorted(dataset.qrels)
+    split = split or ("test" if "test" in splits else splits[0] if len(splits) == 1 else "")
+    if split not in dataset.qrels:
+        raise LetheError(f"{dataset.name} has no qrels split {split!r}; choose one of {', '.join(splits)}")
+    qrels = dataset.split_qrels(split)
+    queries = {q: dataset.queries[q].text for q in qrels if q in dataset.queries}
+    return evaluate_retriever(system, queries, qrels, names, k)[0]

@@ -31,7 +31,7 @@ from lethe.retrieval.bm25 import BM25Index
 from lethe.retrieval.dense import DenseIndex
 from lethe.store.redact import HASHED
 from lethe.types import ForgetRequest
-from lethe.unlearning.methods import UnlearnConfig
+from lethe.unlearning.base import UnlearnConfig
 
 #: at most this many unknown ids are named in an error message
 SHOWN = 10

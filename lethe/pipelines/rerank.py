@@ -113,7 +113,7 @@ def train_listwise_reranker(ws: Workspace, ds: Dataset, examples: Sequence[Listw
                             on_step: Callable[[int, int, float], None] | None = None,
                             ) -> tuple[ArtifactRef, list[float]]:
     """Train the listwise reranker on ``examples`` (full lists, or windows of them) and register it."""
-    from lethe.pipelines.train import _register_or_derive
+    from lethe.pipelines.train import register_or_derive
 
     cfg = cfg or ListwiseTrainConfig()
     if base.split("@")[0] == DEFAULT_LLM:
@@ -142,7 +142,7 @@ def train_listwise_reranker(ws: Workspace, ds: Dataset, examples: Sequence[Listw
             tokenizer.save_pretrained(tmp)
             spec = ModelSpec(name=name, kind="llm", source="path:payload", params=params)
         _write_labels(Path(tmp) / LABELS_FILE, examples)
-        ref = _register_or_derive(ws, spec, Path(tmp), lineage, {"init": base_ref}, extra)
+        ref = register_or_derive(ws, spec, Path(tmp), lineage, {"init": base_ref}, extra)
     return ref, losses
 
 
@@ -178,7 +178,7 @@ def relabel_listwise(ws: Workspace, name: str, doc_ids: Sequence[str], query_ids
     importance-aware loss — approximate; ``retrain`` trains a fresh adapter from the base on all the
     edited labels — exact. The texts are read from the store, so this runs before the store step.
     """
-    from lethe.pipelines.train import _jsonable
+    from lethe.pipelines.train import jsonable
 
     ref = ws.registry.get(name)
     docs, gone_q = set(doc_ids), set(query_ids)
@@ -225,7 +225,7 @@ def relabel_listwise(ws: Workspace, name: str, doc_ids: Sequence[str], query_ids
         new = ws.registry.derive(ref, payload_dir=Path(tmp), relation="unlearned_from", forget_request=rid,
                                  without=without, params=params,
                                  extra={"unlearning": {"method": method, "request": rid},
-                                        "train": _jsonable(train_cfg.__dict__)})
+                                        "train": jsonable(train_cfg.__dict__)})
     return new, {"edited_lists": len(edited), "steps": len(losses), "exact": method == "retrain"}
 
 

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from lethe.data import Dataset
-from lethe.embedding.pools import MinedExample, TeacherScores, build_pools, load_examples, mine, save_examples
 from lethe.embedding.train import EmbedTrainConfig, TrainResult, query_prompt, train_bi_encoder
 from lethe.errors import LetheError
 from lethe.pipelines.workspace import DEFAULT_ENCODER, Workspace
 from lethe.ranking.cross_encoder import CETrainConfig, CrossEncoderReranker, Group, train_cross_encoder
 from lethe.registry import ArtifactRef, Lineage, ModelSpec
+from lethe.training.pools import MinedExample, TeacherScores, build_pools, load_examples, mine, save_examples
 from lethe.unlearning.audit import AUDIT_FILE, AuditReference, hold_out
 
 Progress = Callable[[int, int, float], None]
@@ -125,7 +125,7 @@ def train_teacher(ws: Workspace, data: TrainingData, name: str = "teacher", base
     ``shards`` > 1 trains SISA shards by owner instead (:func:`train_shards`); ``reference`` (from
     :meth:`TrainingData.hold_out`) is registered with the model for the unlearning audit.
     """
-    from lethe.unlearning.scorers import CrossEncoderScorer
+    from lethe.training.scorers import CrossEncoderScorer
 
     cfg = cfg or CETrainConfig()
     base_ref = _ensure(ws, base)
@@ -142,14 +142,14 @@ def train_teacher(ws: Workspace, data: TrainingData, name: str = "teacher", base
         groups = [Group(data.queries[r.query_id], data.texts[r.positive], [data.texts[d] for d in r.negatives])
                   for r in rows]
         losses = train_cross_encoder(model, groups, cfg, on_step)
-    extra = {"train": _jsonable(cfg.__dict__), "steps": len(losses), "final_loss": losses[-1] if losses else None,
+    extra = {"train": jsonable(cfg.__dict__), "steps": len(losses), "final_loss": losses[-1] if losses else None,
              "max_length": cfg.max_length, "seconds": round(time.perf_counter() - t0, 1)}
     if sharded is not None:
         extra["sharded"] = {"k": shards, "lr_scale": shard_lr_scale, "combine": sharded.combine}
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         write_training_record(Path(tmp), rows, reference, sharded)
-        ref = _register_or_derive(ws, ModelSpec(name=name, kind="cross_encoder", source="path:payload",
+        ref = register_or_derive(ws, ModelSpec(name=name, kind="cross_encoder", source="path:payload",
                                                 params={"max_length": cfg.max_length}),
                                   Path(tmp), data.lineage(seen | data.pool_docs()), {"init": base_ref}, extra)
     return ref, losses
@@ -207,8 +207,8 @@ def fit_bi_encoder(model: Any, rows: Sequence[MinedExample], queries: Mapping[st
     teacher: ``lethe.unlearning.methods.train_groups``) or a distillation recipe (``train_bi_encoder``)."""
     if cfg.recipe != "contrastive":
         return train_bi_encoder(model, rows, queries, texts, cfg, on_step)
-    from lethe.unlearning.methods import train_groups
-    from lethe.unlearning.scorers import BiEncoderScorer
+    from lethe.training.contrastive import train_groups
+    from lethe.training.scorers import BiEncoderScorer
 
     t0 = time.perf_counter()
     scorer = BiEncoderScorer(model, max_length=cfg.max_length, query_prompt=query_prompt(cfg))
@@ -266,7 +266,7 @@ def score_pools(ws: Workspace, data: TrainingData, teacher: str, name: str | Non
     tref = ws.registry.get(teacher)
     with tempfile.TemporaryDirectory() as tmp:
         scores.save(Path(tmp) / "scores.json")
-        ref = _register_or_derive(ws, ModelSpec(name=name or f"{tref.name}-scores", kind="cache",
+        ref = register_or_derive(ws, ModelSpec(name=name or f"{tref.name}-scores", kind="cache",
                                                 source="path:payload", params={"scale": extra["scale"]}),
                                   Path(tmp), data.lineage(scores.doc_ids()), {"teacher": tref}, extra)
     return ref, scores
@@ -326,7 +326,7 @@ def train_embedder(ws: Workspace, data: TrainingData, cache: str | None, cfg: Em
     if shards:
         if lora is not None:
             raise LetheError("--shards trains every weight of each shard; it cannot be combined with LoRA")
-        from lethe.unlearning.scorers import BiEncoderScorer
+        from lethe.training.scorers import BiEncoderScorer
 
         t0 = time.perf_counter()
         sharded = train_shards(BiEncoderScorer(model, cfg.max_length, query_prompt(cfg)),
@@ -356,7 +356,7 @@ def train_embedder(ws: Workspace, data: TrainingData, cache: str | None, cfg: Em
             model.save(tmp)
             spec = ModelSpec(name=name, kind="bi_encoder", source="path:payload", params=params)
         write_training_record(Path(tmp), examples, reference, sharded)
-        ref = _register_or_derive(ws, spec, Path(tmp), data.lineage(seen), parents, extra)
+        ref = register_or_derive(ws, spec, Path(tmp), data.lineage(seen), parents, extra)
     return ref, result, examples
 
 
@@ -389,7 +389,7 @@ def _ensure(ws: Workspace, name: str) -> ArtifactRef:
     return ws.registry.get(name)
 
 
-def _register_or_derive(ws: Workspace, spec: ModelSpec, payload: Path, lineage: Lineage,
+def register_or_derive(ws: Workspace, spec: ModelSpec, payload: Path, lineage: Lineage,
                         parents: Mapping[str, Any], extra: dict[str, Any]) -> ArtifactRef:
     """Version 1 of a new name, or a new version (retraining never overwrites)."""
     from lethe.errors import RegistryError
@@ -402,7 +402,7 @@ def _register_or_derive(ws: Workspace, spec: ModelSpec, payload: Path, lineage: 
                               inherit_lineage=False, params=spec.params, parents=parents)
 
 
-def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+def jsonable(d: dict[str, Any]) -> dict[str, Any]:
     import json
 
     return json.loads(json.dumps(d, default=str))

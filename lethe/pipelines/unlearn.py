@@ -27,21 +27,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lethe.embedding.pools import MinedExample, TeacherScores
 from lethe.errors import ForgetError, LetheError
 from lethe.pipelines.train import SHARDS_DIR, load_scores, read_examples, read_reference, write_training_record
 from lethe.pipelines.workspace import Workspace
 from lethe.registry import ArtifactRef, Lineage
+from lethe.training.contrastive import train_groups
+from lethe.training.pools import MinedExample, TeacherScores
+from lethe.training.scorers import BiEncoderScorer, CrossEncoderScorer, Scorer, pair_scores
 from lethe.unlearning.audit import Audit, AuditReference, run_audit
-from lethe.unlearning.methods import (
-    UnlearnConfig,
-    UnlearnTask,
-    calibrated_targets,
-    get_method,
-    method_config,
-    train_groups,
-)
-from lethe.unlearning.scorers import BiEncoderScorer, CrossEncoderScorer, Scorer, pair_scores
+from lethe.unlearning.base import UnlearnConfig, UnlearnTask
+from lethe.unlearning.methods import calibrated_targets
+from lethe.unlearning.registry import get_method, method_config
 from lethe.unlearning.sets import split_examples
 from lethe.unlearning.sharded import shard_of
 

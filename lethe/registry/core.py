@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lethe.errors import RegistryError
-from lethe.registry import loaders, sources
+from lethe.registry import gguf, loaders, sources
 from lethe.registry.db import (
     AFFECTED_SQL,
     LINEAGE_TABLES,
@@ -60,6 +60,7 @@ class Registry:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._conn: sqlite3.Connection = connect(self.root / "registry.db")
+        self._gguf = gguf.GGUFCache(self.root / "gguf-cache", self.root / "trash")
         self._sweep()
 
     # -- housekeeping -------------------------------------------------------------------------
@@ -207,7 +208,7 @@ class Registry:
             self._check_active(base)
             base_ref = str(base)
             edges.append(("base", base))
-        gguf_info = self._gguf_register_info(spec)
+        gguf_info = gguf.register_info(spec)
         staged = self._stage(payload_dir)
         try:
             with transaction(self._conn):
@@ -568,7 +569,7 @@ class Registry:
             return sources.resolve_pkg(rest)
         if scheme == "gguf":
             return self._gguf_dir(art)
-        return _hf_snapshot(rest, art.manifest.get("revision"))
+        return sources.hf_snapshot(rest, art.manifest.get("revision"))
 
     def load(self, ref: RefLike, device: str = "cpu") -> Any:
         """The model object: ``SentenceTransformer`` (bi_encoder), ``CrossEncoder``
@@ -596,34 +597,9 @@ class Registry:
 
     # -- gguf ---------------------------------------------------------------------------------
 
-    def _gguf_register_info(self, spec: ModelSpec) -> dict[str, Any]:
-        """For a local .gguf source: its sha256, size and quantization, hashed once here."""
-        scheme, rest = parse_source(spec.source)
-        if scheme != "gguf" or rest.startswith("hf:"):
-            return {}
-        path = sources.resolve_gguf_file(rest)
-        info = _gguf_info(path)
-        return {"gguf": info, "dequantized_from": info["quant_type"]}
-
     def _gguf_dir(self, art: ArtifactRef) -> Path:
-        """The float32 conversion of a .gguf source, made once per file content (sha256)."""
-        rest = parse_source(art.source)[1]
-        path = sources.resolve_gguf_file(rest, art.manifest.get("revision"))
-        known = art.manifest.get("gguf") or {}
-        stat = path.stat()
-        if known.get("size") == stat.st_size and known.get("mtime_ns") == stat.st_mtime_ns:
-            info = known
-        else:
-            info = _gguf_info(path)
-            if known.get("sha256") and known["sha256"] != info["sha256"]:
-                raise RegistryError(
-                    f"{art}: {path} changed since it was registered (sha256 {known['sha256']} "
-                    f"-> {info['sha256']}); register the new file as a new artifact")
-            self._store_gguf_info(art, info)
-        cache = self.root / "gguf-cache" / info["sha256"]
-        if not (cache / "config.json").is_file():
-            loaders.convert_gguf(path, cache)
-        return cache
+        """The float32 conversion of a .gguf source (:class:`~lethe.registry.gguf.GGUFCache`)."""
+        return self._gguf.folder(art, self._store_gguf_info)
 
     def _store_gguf_info(self, art: ArtifactRef, info: dict[str, Any]) -> None:
         with transaction(self._conn):
@@ -640,23 +616,7 @@ class Registry:
             "AND json_extract(manifest, '$.payload') IS NULL "
             "AND json_extract(manifest, '$.gguf.sha256') = ?", (sha,)).fetchone()[0]
         if users == 0:
-            destroy(self.root / "gguf-cache" / sha, self.root / "trash")
-
-
-def _gguf_info(path: Path) -> dict[str, Any]:
-    stat = path.stat()
-    return {"file": str(path), "sha256": sources.sha256_file(path), "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns, "quant_type": loaders.gguf_quant_type(path)}
-
-
-def _hf_snapshot(repo_id: str, revision: str | None) -> Path:
-    """The local snapshot folder of a hub model (downloads unless HF_HUB_OFFLINE is set)."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id, revision=revision))
-    except Exception as exc:  # hub errors are many; report them as one
-        raise RegistryError(f"cannot get hf:{repo_id} (revision {revision}): {exc}") from exc
+            self._gguf.drop(sha)
 
 
 def _check_status(status: str) -> None:

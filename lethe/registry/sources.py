@@ -119,3 +119,13 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def hf_snapshot(repo_id: str, revision: str | None) -> Path:
+    """The local snapshot folder of a hub model (downloads unless HF_HUB_OFFLINE is set)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision))
+    except Exception as exc:  # hub errors are many; report them as one
+        raise RegistryError(f"cannot get hf:{repo_id} (revision {revision}): {exc}") from exc

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from lethe.unlearning.verify import ks_p, mia_auc
+from lethe.unlearning.verify import ks_p, mia_auc, rounded
 
 AUDIT_FILE = "audit.json"
 
@@ -133,12 +133,7 @@ class Audit:
 
     def to_dict(self, digits: int = 4) -> dict[str, Any]:
         """JSON-able, rounded; NaN becomes None."""
-        out: dict[str, Any] = {}
-        for k, v in asdict(self).items():
-            if isinstance(v, float):
-                v = None if math.isnan(v) else round(v, digits)
-            out[k] = v
-        return out
+        return rounded(self, digits)
 
 
 def checks(mia: float, ks: float, retain: float, relearn: float, limit: float, retain_before: float,

@@ -23,18 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from lethe.unlearning.methods import (
-    NPO,
-    Method,
-    UnlearnConfig,
-    UnlearnResult,
-    UnlearnTask,
-    _retain_loss,
-    infonce,
-    optimise,
-    register,
-)
-from lethe.unlearning.scorers import group_scores
+from lethe.training.losses import infonce
+from lethe.training.scorers import group_scores
+from lethe.unlearning.base import Method, UnlearnConfig, UnlearnResult, UnlearnTask, optimise, retain_loss
+from lethe.unlearning.methods import NPO
+from lethe.unlearning.registry import register
 
 
 @dataclass
@@ -191,7 +184,7 @@ class FIT(Method):
 
             s = group_scores(t.scorer, forget, t.queries, t.texts)
             target = torch.tensor([rng.randrange(1, s.shape[1]) for _ in range(s.shape[0])])
-            return torch.nn.functional.cross_entropy(s * t.scorer.scale, target) + c.alpha * _retain_loss(t, retain)
+            return torch.nn.functional.cross_entropy(s * t.scorer.scale, target) + c.alpha * retain_loss(t, retain)
 
         return optimise(task, cfg, random_label)
 

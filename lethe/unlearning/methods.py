@@ -20,207 +20,19 @@ candidate-score matrix ``S`` (column 0 = the group's positive):
 
 from __future__ import annotations
 
-import hashlib
 import math
-import random
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from lethe.embedding.pools import MinedExample
 from lethe.errors import LetheError
-from lethe.unlearning.scorers import Scorer, group_scores, pair_scores
-from lethe.unlearning.sets import UnlearnSets
-
-METHODS: dict[str, type[Method]] = {}
-EXTRA_MODULES = ("lethe.unlearning.reglu", "lethe.unlearning.uld", "lethe.unlearning.fit")
-
-
-def register(cls: type[Method]) -> type[Method]:
-    """Class decorator: add a method to :data:`METHODS` under its ``name``."""
-    METHODS[cls.name] = cls
-    return cls
-
-
-def method_config(name: str, cfg: UnlearnConfig | None = None) -> UnlearnConfig:
-    """``cfg`` (default settings when None) with the rate scaled by the method's own ``lr_scale``: what
-    ``lethe forget --unlearn NAME`` and ``benchmarks/unlearn.py`` both run."""
-    from dataclasses import replace
-
-    cfg = cfg or UnlearnConfig()
-    return replace(cfg, lr=cfg.lr * type(get_method(name)).lr_scale)
-
-
-def get_method(name: str) -> Method:
-    """An instance of the registered method ``name``; raises listing the known ones."""
-    import importlib
-
-    for module in EXTRA_MODULES:  # methods that live in their own modules register on import
-        importlib.import_module(module)
-    if name not in METHODS:
-        raise LetheError(f"unknown unlearning method {name!r}; choose one of {', '.join(sorted(METHODS))}")
-    return METHODS[name]()
-
-
-@dataclass
-class UnlearnConfig:
-    """Settings shared by the approximate methods (defaults suit MiniLM-size models on CPU)."""
-
-    steps: int = 3               # the settings benchmarks/unlearn.py measured (benchmarks/RESULTS.md)
-    lr: float = 3e-5             # before the method's own ``lr_scale`` (:func:`method_config`)
-    forget_batch: int = 8
-    retain_batch: int = 8
-    alpha: float = 1.0           # retain weight (grad_diff, npo)
-    beta: float = 0.1            # npo
-    pdu_tol: float = 0.1         # pdu: epsilon = (1 + tol) * L_retain(theta_0)
-    pdu_lambda0: float = 1.0     # pdu: initial dual variable
-    pdu_eta: float = 1.0         # pdu: dual step
-    forget_weight: float = 1.0   # relabel: weight of the retargeted forget pairs
-    stop_at_target: bool = True  # relabel: no step once a forget batch's positives are at their targets
-    seed: int = 0
-    max_seconds: float | None = None
-
-
-@dataclass
-class UnlearnTask:
-    """One model to unlearn: ``scorer`` is changed in place; ``reference`` is the frozen original."""
-
-    scorer: Scorer
-    sets: UnlearnSets
-    queries: Mapping[str, str]
-    texts: Mapping[str, str]
-    reference: Scorer | None = None
-    unseen_target: float | None = None
-    # per (query id, doc id) targets for relabel, e.g. from :func:`calibrated_targets`
-    pair_targets: Mapping[tuple[str, str], float] | None = None
-    retrain: Callable[[list[MinedExample]], Scorer] | None = None
-    sharded: Any = None  # a ShardedModel trained on the same data (for ``sharded``)
-
-
-@dataclass
-class UnlearnResult:
-    """What a method produced."""
-
-    scorer: Scorer
-    method: str
-    seconds: float
-    exact: bool = False
-    losses: list[float] = field(default_factory=list)
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-class Method:
-    """Base class: ``run(task, cfg)``; approximate methods implement ``loss``."""
-
-    name: ClassVar[str] = ""
-    exact: ClassVar[bool] = False
-    output_only: ClassVar[bool] = False
-    warmup: ClassVar[bool] = False  # linear learning-rate warm-up over the steps
-    #: the method's own multiplier of ``UnlearnConfig.lr`` (a rank-r adapter needs larger steps than full
-    #: fine-tuning; relabel stops at its targets, so it can take larger ones): see :func:`method_config`
-    lr_scale: ClassVar[float] = 1.0
-
-    def run(self, task: UnlearnTask, cfg: UnlearnConfig | None = None) -> UnlearnResult:
-        cfg = cfg or UnlearnConfig()
-        if not task.sets.forget:
-            raise LetheError(f"{self.name}: nothing to forget (no training group has the forgotten data)")
-        t0 = time.perf_counter()
-        self.prepare(task, cfg)
-        losses = optimise(task, cfg, self.loss, self.after_step, warmup=self.warmup)
-        return UnlearnResult(task.scorer, self.name, time.perf_counter() - t0, False, losses, self.info())
-
-    def prepare(self, task: UnlearnTask, cfg: UnlearnConfig) -> None:
-        """Hook before the first step (e.g. measure the retain loss)."""
-
-    def loss(self, task: UnlearnTask, forget: list[MinedExample], retain: list[MinedExample],
-             cfg: UnlearnConfig) -> Any:
-        raise NotImplementedError
-
-    def after_step(self, task: UnlearnTask, cfg: UnlearnConfig) -> None:
-        """Hook after each optimiser step (e.g. the dual update)."""
-
-    def info(self) -> dict[str, Any]:
-        return {}
-
-
-def infonce(s: Any, scale: float) -> Any:
-    """Cross-entropy of column 0 within each group."""
-    import torch
-
-    return torch.nn.functional.cross_entropy(s * scale, torch.zeros(s.shape[0], dtype=torch.long))
-
-
-def log_p_target(s: Any, scale: float) -> Any:
-    """``log P(d_0 | q)`` per group."""
-    import torch
-
-    return torch.log_softmax(s * scale, dim=-1)[:, 0]
-
-
-def margin_flat(s: Any) -> Any:
-    """``mean_b (max_k S - mean_k S)^2`` (zero iff every candidate scores the same)."""
-    return ((s.max(dim=-1).values - s.mean(dim=-1)) ** 2).mean()
-
-
-def optimise(task: UnlearnTask, cfg: UnlearnConfig,
-             loss_fn: Callable[[UnlearnTask, list[MinedExample], list[MinedExample], UnlearnConfig], Any],
-             after_step: Callable[[UnlearnTask, UnlearnConfig], None] | None = None,
-             warmup: bool = False) -> list[float]:
-    """Up to ``cfg.steps`` AdamW steps on ``loss_fn(task, forget batch, retain batch, cfg)``; a loss of
-    ``None`` ends the run (the method says it is done). ``warmup``: step ``i`` (from 1) uses
-    ``lr * i / cfg.steps``."""
-    import torch
-
-    rng = random.Random(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    module = task.scorer.module
-    params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    forget, retain = _cycler(task.sets.forget, rng), _cycler(task.sets.retain, rng)
-    losses: list[float] = []
-    t0 = time.perf_counter()
-    module.eval()  # dropout off: small corrective updates on exact (deterministic) scores; gradients still flow
-    for step in range(cfg.steps):
-        if warmup:
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * (step + 1) / cfg.steps
-        fb = [next(forget) for _ in range(min(cfg.forget_batch, len(task.sets.forget)))]
-        rb = [next(retain) for _ in range(min(cfg.retain_batch, len(task.sets.retain)))] if task.sets.retain else []
-        loss = loss_fn(task, fb, rb, cfg)
-        if loss is None:  # the method has reached its target: no further step
-            break
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad()
-        losses.append(float(loss.detach()))
-        if after_step:
-            after_step(task, cfg)
-        if cfg.max_seconds and time.perf_counter() - t0 > cfg.max_seconds:
-            break
-    return losses
-
-
-def _cycler(items: Sequence[MinedExample], rng: random.Random):  # noqa: ANN202
-    pool: list[MinedExample] = []
-    while True:
-        if not pool:
-            pool = list(items)
-            rng.shuffle(pool)
-            if not pool:
-                return
-        yield pool.pop()
-
-
-def _retain_loss(task: UnlearnTask, retain: list[MinedExample]) -> Any:
-    import torch
-
-    if not retain:
-        return torch.zeros(())
-    return infonce(group_scores(task.scorer, retain, task.queries, task.texts), task.scorer.scale)
+from lethe.training.losses import infonce, log_p_target, margin_flat
+from lethe.training.pools import MinedExample
+from lethe.training.scorers import Scorer, group_scores, pair_scores
+from lethe.unlearning.base import Method, UnlearnConfig, UnlearnResult, UnlearnTask, retain_loss
+from lethe.unlearning.registry import register
 
 
 @register
@@ -257,60 +69,6 @@ class Sharded(Method):
                              info={"shards_retrained": hit, "shards": task.sharded.k})
 
 
-def train_groups(scorer: Scorer, examples: Sequence[MinedExample], queries: Mapping[str, str],
-                 texts: Mapping[str, str], epochs: float = 1.0, lr: float = 2e-5, batch_size: int = 16,
-                 seed: int = 42, on_step: Callable[[int, int, float], None] | None = None,
-                 stable_order: bool = False) -> list[float]:
-    """The plain group recipe: InfoNCE over each (positive, negatives) group, AdamW, seeded order.
-
-    Used for the originals, the retrained oracles and the shards of the unlearning benchmark, so all
-    of them follow the same recipe and seeds. ``stable_order``: each epoch's order sorts the groups by
-    a seeded hash of (epoch, query, positive) instead of shuffling the list, so removing a group leaves
-    the others in the same relative order (a retrained SISA shard then differs from the old one by
-    the deletion, not by a new draw of the order).
-    """
-    import torch
-
-    rng = random.Random(seed)
-    torch.manual_seed(seed)
-    params = [p for p in scorer.module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    steps = max(1, math.ceil(len(examples) * epochs / batch_size))
-    order: list[MinedExample] = []
-    losses: list[float] = []
-    scorer.module.train()
-    epoch = 0
-    for step in range(steps):
-        if len(order) < batch_size:
-            more = list(examples)
-            if stable_order:
-                more = epoch_order(more, seed, epoch)
-            else:
-                rng.shuffle(more)
-            order += more
-            epoch += 1
-        batch, order = order[:batch_size], order[batch_size:]
-        loss = infonce(group_scores(scorer, batch, queries, texts), scorer.scale)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad()
-        losses.append(float(loss.detach()))
-        if on_step:
-            on_step(step + 1, steps, losses[-1])
-    scorer.module.eval()
-    return losses
-
-
-def epoch_order(examples: Sequence[MinedExample], seed: int, epoch: int) -> list[MinedExample]:
-    """Groups sorted by a seeded hash of (epoch, query, positive): a deletion-stable shuffle (removing
-    a group leaves the others in the same relative order; see ``train_groups(stable_order=True)``)."""
-    def key(e: MinedExample) -> bytes:
-        return hashlib.sha256(f"{seed}\t{epoch}\t{e.query_id}\t{e.positive}".encode()).digest()
-
-    return sorted(examples, key=key)
-
-
 @register
 class GradAscent(Method):
     """Gradient ascent on the forget groups' InfoNCE."""
@@ -331,7 +89,7 @@ class GradDiff(Method):
     def loss(self, task: UnlearnTask, forget: list[MinedExample], retain: list[MinedExample],
              cfg: UnlearnConfig) -> Any:
         s_f = group_scores(task.scorer, forget, task.queries, task.texts)
-        return -infonce(s_f, task.scorer.scale) + cfg.alpha * _retain_loss(task, retain)
+        return -infonce(s_f, task.scorer.scale) + cfg.alpha * retain_loss(task, retain)
 
 
 @register
@@ -354,7 +112,7 @@ class NPO(Method):
             s_ref = group_scores(task.reference, forget, task.queries, task.texts)
         ratio = log_p_target(s_f, task.scorer.scale) - log_p_target(s_ref, task.scorer.scale)
         npo = -(2.0 / cfg.beta) * torch.nn.functional.logsigmoid(-cfg.beta * ratio).mean()
-        return npo + cfg.alpha * _retain_loss(task, retain)
+        return npo + cfg.alpha * retain_loss(task, retain)
 
 
 @register
@@ -369,7 +127,7 @@ class PDU(Method):
         self.lam = cfg.pdu_lambda0
         with torch.no_grad():
             task.scorer.module.eval()
-            base = float(_retain_loss(task, list(task.sets.retain)[:64]))
+            base = float(retain_loss(task, list(task.sets.retain)[:64]))
         self.epsilon = (1.0 + cfg.pdu_tol) * base
         self.last_retain = base
         self.lambdas: list[float] = []
@@ -378,7 +136,7 @@ class PDU(Method):
     def loss(self, task: UnlearnTask, forget: list[MinedExample], retain: list[MinedExample],
              cfg: UnlearnConfig) -> Any:
         s_f = group_scores(task.scorer, forget, task.queries, task.texts)
-        l_r = _retain_loss(task, retain)
+        l_r = retain_loss(task, retain)
         self.last_retain = float(l_r.detach())
         return margin_flat(s_f) + self.lam * (l_r - self.epsilon)
 

@@ -20,16 +20,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from lethe.unlearning.methods import (
-    Method,
-    UnlearnConfig,
-    UnlearnResult,
-    UnlearnTask,
-    _retain_loss,
-    optimise,
-    register,
-)
-from lethe.unlearning.scorers import group_scores
+from lethe.training.scorers import group_scores
+from lethe.unlearning.base import Method, UnlearnConfig, UnlearnResult, UnlearnTask, optimise, retain_loss
+from lethe.unlearning.registry import register
 
 TARGETS = ("query", "key", "value", "q_proj", "k_proj", "v_proj")
 
@@ -176,7 +169,7 @@ class ReGLU(Method):
         p = torch.softmax(s_f * task.scorer.scale, dim=-1)
         ihl = torch.clamp(1 + p[:, 0] - p[:, 1:].max(dim=-1).values, min=0).mean()
         rol = sum(((ad.lora_B.T @ self.bases[n]) ** 2).sum() for n, ad in self.adapters.items())
-        return ihl + self.rcfg.retain_weight * _retain_loss(task, retain) + self.rcfg.rol_weight * rol
+        return ihl + self.rcfg.retain_weight * retain_loss(task, retain) + self.rcfg.rol_weight * rol
 
 
 def _set_module(root: Any, name: str, new: Any) -> None:

@@ -1,6 +1,6 @@
 """Forget and retain sets of one model for one request (METHODS card 0).
 
-Training items are :class:`~lethe.embedding.pools.MinedExample` groups ``(query, positive,
+Training items are :class:`~lethe.training.pools.MinedExample` groups ``(query, positive,
 negatives, teacher scores)`` — what the students and the teacher were trained on. For forgotten
 documents ``D*`` (and forgotten queries, e.g. an owner's own questions):
 
@@ -17,7 +17,7 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from lethe.embedding.pools import MinedExample
+from lethe.training.pools import MinedExample
 
 
 @dataclass

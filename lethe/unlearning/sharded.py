@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lethe.embedding.pools import MinedExample, load_examples, save_examples
 from lethe.errors import LetheError
-from lethe.unlearning.scorers import Scorer
+from lethe.training.pools import MinedExample, load_examples, save_examples
+from lethe.training.scorers import Scorer
 from lethe.unlearning.sets import without_docs
 
 #: trains a scorer in place on groups (the model's own recipe; any LoRA adapter is attached by the caller)
@@ -334,10 +334,10 @@ class ShardedModel:
         its weights before training)."""
         from peft import LoraConfig, get_peft_model
 
-        holder, attr = _slot(scorer)
+        holder, attr = model_slot(scorer)
         inner = getattr(holder, attr)
         w0 = {n: p.detach().clone() for n, p in inner.named_parameters()}
-        targets = _lora_targets(inner) if self.lora_targets == "attention" else "all-linear"
+        targets = lora_targets(inner) if self.lora_targets == "attention" else "all-linear"
         cfg = LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=0.0, target_modules=targets)
         setattr(holder, attr, get_peft_model(inner, cfg))
         self.recipe(scorer, rows)
@@ -346,7 +346,7 @@ class ShardedModel:
         return merged, _prefix(scorer, merged), w0
 
 
-def _slot(scorer: Scorer) -> tuple[Any, str]:
+def model_slot(scorer: Scorer) -> tuple[Any, str]:
     """Where the transformers model sits inside the scorer's model."""
     from lethe.embedding.llm import inner_transformer
 
@@ -363,7 +363,7 @@ def _prefix(scorer: Scorer, inner: Any) -> str:
     raise LetheError("internal: the shard's model is not inside the scorer")
 
 
-def _lora_targets(model: Any) -> list[str]:
+def lora_targets(model: Any) -> list[str]:
     """Attention projections of BERT-like (query/key/value) or Llama-like (q/k/v/o_proj) models."""
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     for group in (["query", "key", "value"], ["q_proj", "k_proj", "v_proj", "o_proj"], ["q_lin", "k_lin", "v_lin"]):

@@ -21,17 +21,10 @@ from typing import Any
 import numpy as np
 
 from lethe.errors import LetheError
-from lethe.unlearning.methods import (
-    Method,
-    UnlearnConfig,
-    UnlearnResult,
-    UnlearnTask,
-    infonce,
-    margin_flat,
-    optimise,
-    register,
-)
-from lethe.unlearning.scorers import Scorer, group_scores
+from lethe.training.losses import infonce, margin_flat
+from lethe.training.scorers import Scorer, group_scores
+from lethe.unlearning.base import Method, UnlearnConfig, UnlearnResult, UnlearnTask, optimise
+from lethe.unlearning.registry import register
 
 
 @dataclass
@@ -94,11 +87,11 @@ def truncated_copy(scorer: Scorer, layers: int) -> Scorer:
 def _add_lora(scorer: Scorer, r: int, alpha: int) -> None:
     from peft import LoraConfig, get_peft_model
 
-    from lethe.unlearning.sharded import _lora_targets, _slot
+    from lethe.unlearning.sharded import lora_targets, model_slot
 
-    holder, attr = _slot(scorer)
+    holder, attr = model_slot(scorer)
     inner = getattr(holder, attr)
-    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=_lora_targets(inner))
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=lora_targets(inner))
     setattr(holder, attr, get_peft_model(inner, cfg))
 
 

@@ -67,12 +67,17 @@ class Figures:
 
     def to_dict(self, digits: int = 4) -> dict[str, Any]:
         """JSON-able, rounded; NaN becomes None."""
-        out: dict[str, Any] = {}
-        for k, v in asdict(self).items():
-            if isinstance(v, float):
-                v = None if math.isnan(v) else round(v, digits)
-            out[k] = v
-        return out
+        return rounded(self, digits)
+
+
+def rounded(figures: Any, digits: int = 4) -> dict[str, Any]:
+    """A dataclass of figures as a JSON-able dict: floats rounded, NaN (not measured) as None."""
+    out: dict[str, Any] = {}
+    for k, v in asdict(figures).items():
+        if isinstance(v, float):
+            v = None if math.isnan(v) else round(v, digits)
+        out[k] = v
+    return out
 
 
 def ks_p(scores: Sequence[float], reference: Sequence[float]) -> float:

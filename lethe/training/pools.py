@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lethe.retrieval.base import atomic_write_bytes
 from lethe.retrieval.fusion import rrf
+from lethe.store.files import atomic_write_bytes
 from lethe.types import Qrels
 
 

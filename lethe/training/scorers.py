@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from lethe.embedding.pools import MinedExample
+from lethe.training.pools import MinedExample
 
 
 @dataclass
@@ -32,23 +32,23 @@ class BiEncoderScorer:
 
     def scores(self, queries: Sequence[str], cands: Sequence[Sequence[str]]) -> Any:
         """``[B, K]`` scores, differentiable when the model is in train mode."""
-        from lethe.embedding.train import _embed
+        from lethe.embedding.train import embed_texts
 
         k = len(cands[0])
-        q = _embed(self.model, [f"{self.query_prompt or ''}{t}" for t in queries], self.max_length)
-        d = _embed(self.model, [t for row in cands for t in row], self.max_length)
+        q = embed_texts(self.model, [f"{self.query_prompt or ''}{t}" for t in queries], self.max_length)
+        d = embed_texts(self.model, [t for row in cands for t in row], self.max_length)
         return (q.unsqueeze(1) * d.view(len(queries), k, -1)).sum(-1)
 
     def embed_docs(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Frozen document embeddings (for the probe attack)."""
         import torch
 
-        from lethe.embedding.train import _embed
+        from lethe.embedding.train import embed_texts
 
         out = []
         with torch.no_grad():
             for i in range(0, len(texts), batch_size):
-                out.append(_embed(self.model, list(texts[i : i + batch_size]), self.max_length).float().numpy())
+                out.append(embed_texts(self.model, list(texts[i : i + batch_size]), self.max_length).float().numpy())
         return np.concatenate(out) if out else np.zeros((0, 1), dtype=np.float32)
 
     def copy(self) -> BiEncoderScorer:
@@ -69,11 +69,11 @@ class CrossEncoderScorer:
 
     def scores(self, queries: Sequence[str], cands: Sequence[Sequence[str]]) -> Any:
         """``[B, K]`` logits."""
-        from lethe.ranking.cross_encoder import _logits
+        from lethe.ranking.cross_encoder import pair_logits
 
         k = len(cands[0])
         pairs = [(q, t) for q, row in zip(queries, cands) for t in row]
-        return _logits(self.model, pairs, self.max_length).view(len(queries), k)
+        return pair_logits(self.model, pairs, self.max_length).view(len(queries), k)
 
     def copy(self) -> CrossEncoderScorer:
         return CrossEncoderScorer(copy.deepcopy(self.model), self.max_length, self.scale)
