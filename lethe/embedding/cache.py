@@ -7,11 +7,10 @@ encoder version (secure delete + WAL truncation, as in the document store).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 
 import numpy as np
 
-from lethe.store.sqlite import checkpoint, connect, transaction
+from lethe.store.sqlite import SQLiteFile, checkpoint, transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vectors (
@@ -25,17 +24,10 @@ CREATE INDEX IF NOT EXISTS vectors_hash ON vectors(hash);
 """
 
 
-class EmbeddingCache:
+class EmbeddingCache(SQLiteFile):
     """Vectors by (model version, content hash)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.conn = connect(self.path)
-        self.conn.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        """Close the database connection."""
-        self.conn.close()
+    SCHEMA = _SCHEMA
 
     def get_many(self, model: str, hashes: Iterable[str]) -> dict[str, np.ndarray]:
         """Cached vectors of ``hashes`` under ``model`` (missing ones are absent)."""

@@ -12,10 +12,9 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Collection, Iterable, Iterator
-from pathlib import Path
 
 from lethe.errors import StoreError
-from lethe.store.sqlite import checkpoint, connect, transaction
+from lethe.store.sqlite import SQLiteFile, checkpoint, transaction
 from lethe.types import Doc, Query
 
 _SCHEMA = """
@@ -51,17 +50,10 @@ def content_hash(doc: Doc) -> str:
     return hashlib.sha256(doc.contents.encode("utf-8")).hexdigest()
 
 
-class DocStore:
+class DocStore(SQLiteFile):
     """Documents (and optionally queries) with owners, in one SQLite file."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.conn = connect(self.path)
-        self.conn.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        """Close the database connection."""
-        self.conn.close()
+    SCHEMA = _SCHEMA
 
     # -- writing -------------------------------------------------------------------------------
     def ingest(self, docs: Iterable[Doc], queries: Iterable[Query] = (), upsert: bool = False) -> int:

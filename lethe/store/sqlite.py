@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import ClassVar
 
 from lethe.errors import StoreError
 
@@ -56,3 +57,18 @@ def checkpoint(conn: sqlite3.Connection) -> None:
 def free_pages(conn: sqlite3.Connection) -> int:
     """Pages on the free list (with secure delete they hold zeros)."""
     return int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+
+
+class SQLiteFile:
+    """One database file of the workspace: opened through :func:`connect`, its ``SCHEMA`` applied."""
+
+    SCHEMA: ClassVar[str] = ""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.conn = connect(self.path)
+        self.conn.executescript(self.SCHEMA)
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self.conn.close()
