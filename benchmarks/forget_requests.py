@@ -148,7 +148,7 @@ def main() -> None:  # noqa: C901
     ap.add_argument("--minutes", type=float, default=None, help="stop serving requests after this long")
     ap.add_argument("--owners", action="store_true", help="user requests (default: single documents)")
     ap.add_argument("--min-docs", type=int, default=5)
-    ap.add_argument("--shards", type=int, default=16)
+    ap.add_argument("--shards", type=int, default=24)
     ap.add_argument("--shard-lr-scale", type=float, default=5.0)
     ap.add_argument("--train-queries", type=int, default=350, help="training queries sampled (0: all)")
     ap.add_argument("--epochs", type=float, default=2.0)

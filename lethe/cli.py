@@ -390,20 +390,21 @@ def verify(
     from store and indexes, and that no forgotten id or text is left in any file of the workspace
     (a scan of every byte, with keyed hashes only); waits for a running writer so it checks one
     committed state."""
-    from lethe.pipelines.forget import verify_workspace
-
     with _workspace(home, show_progress=False, create=False, no_wait=no_wait) as ws:
-        result = verify_workspace(ws, head=head, trace=not no_trace)
+        checked = ws.verify(head=head, trace=not no_trace)
+    result = checked.raw
     console.print_json(json.dumps(result))
     if as_json:
-        raise typer.Exit(0 if result["ok"] else 1)
+        raise typer.Exit(0 if checked.ok else 1)
     trace = result.get("trace")
     if trace is not None:
         console.print(f"trace scan: {trace['files_scanned']} files, {trace['bytes_scanned'] / 1e6:.1f} MB in "
                       f"{trace['seconds']:.1f}s; " + (f"[red]forgotten data found in {trace['found']}"
                                                        if trace["found"] else "no forgotten id or text found"),
                       highlight=False)
-    if not result["ok"]:
+    if not checked.ok:
+        for problem in checked.problems:
+            err_console.print(f"[red]{problem}", highlight=False)
         console.print("[red]verification FAILED" + (f"; to finish: {'; '.join(result['to_finish'])}"
                                                     if result["to_finish"] else ""))
         raise typer.Exit(1)

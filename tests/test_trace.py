@@ -252,3 +252,15 @@ def test_a_finished_jobs_error_names_no_id(tmp_path: Path) -> None:
     data = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
     assert b"zq-secret" not in data
     jobs.close()
+
+
+def test_metadata_that_names_a_forgotten_document_is_scrubbed(workspace) -> None:  # noqa: ANN001
+    """SciFact's claims name their evidence documents in metadata: the id must not stay there."""
+    from lethe.pipelines.forget import forget, verify_workspace
+    from lethe.types import ForgetRequest, Query
+
+    workspace.store.ingest([], [Query("q9", "a claim", (), metadata={"d3": [{"label": "SUPPORT"}], "also": "d3"})])
+    forget(workspace, ForgetRequest(("d3",)))
+    meta = workspace.store.conn.execute("SELECT metadata FROM queries WHERE id='q9'").fetchone()[0]
+    assert '"d3"' not in meta and meta.count('"h:') == 2
+    assert verify_workspace(workspace)["trace"]["found"] == []

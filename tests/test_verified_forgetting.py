@@ -169,6 +169,10 @@ def test_forget_sharded_retrains_only_touched_shards_and_is_exact(medium) -> Non
     assert rep.receipt["model_level"] == "exact" and rep.reached
     new = ws.registry.get("student")
     assert all(doc not in (e.positive, *e.negatives) for e in read_examples(ws, str(new)))
+    # the audit's probe vectors of the new version are cached for the next request; the old version's dropped
+    count = "SELECT COUNT(*) FROM vectors WHERE model=?"
+    assert ws.cache.conn.execute(count, (str(new),)).fetchone()[0] > 0
+    assert ws.cache.conn.execute(count, (str(ref),)).fetchone()[0] == 0
     assert doc not in ws.registry.lineage_of(new).doc_ids
 
 

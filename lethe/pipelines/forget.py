@@ -358,8 +358,14 @@ def _finish_models(ws: Workspace, rid: str, models: list[dict[str, Any]], ran: l
     olds = [r["model"] for r in models if r.get("new")]
     if olds:
         _step(ws, rid, "retire", ran, crash_after,
-              lambda: {"retired": [str(ws.registry.retire(m, request_id=rid)) for m in olds]})
+              lambda: {"retired": [_retire(ws, m, rid) for m in olds]})
     return reindexed
+
+
+def _retire(ws: Workspace, model: str, rid: str) -> str:
+    """Destroy a replaced version's weights and drop the vectors cached under it."""
+    ws.cache.purge_model(model)
+    return str(ws.registry.retire(model, request_id=rid))
 
 
 def _resolve(ws: Workspace, request: ForgetRequest | RecoveredRequest, unlearn: str | None = None) -> dict[str, Any]:

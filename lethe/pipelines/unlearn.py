@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,6 +82,9 @@ class ModelJob:
     replaced: dict[str, str]
     stale_docs: set[str] = field(default_factory=set)     # in its groups, gone from the store before this request
     stale_queries: set[str] = field(default_factory=set)
+    #: probe document vectors of the model being registered (cached under its version: the next request's
+    #: audit reads them for its "before" figures)
+    new_vectors: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def sharded(self) -> dict[str, Any] | None:
@@ -246,10 +250,28 @@ def _audit(job: ModelJob, scorer: Scorer, original: Scorer, relearn: bool = True
                      batch_size=16, seed=7)
         return attacked
 
+    def before_vectors(model: Scorer, docs: list[str]) -> dict[str, np.ndarray]:
+        return _doc_vectors(job, model, docs, str(job.ref))
+
+    def after_vectors(model: Scorer, docs: list[str]) -> dict[str, np.ndarray]:
+        job.new_vectors = _doc_vectors(job, model, docs, None)
+        return job.new_vectors
+
     return run_audit(scorer, job.sets.forget_pairs, ref, lambda m, pairs: pair_scores(m, pairs, job.queries, job.texts),
-                     lambda m: probe_ndcg(m, probe, job.queries, job.texts, ref.probe_qrels),
-                     probe_ndcg(original, probe, job.queries, job.texts, ref.probe_qrels),
+                     lambda m: probe_ndcg(m, probe, job.queries, job.texts, ref.probe_qrels, after_vectors),
+                     probe_ndcg(original, probe, job.queries, job.texts, ref.probe_qrels, before_vectors),
                      original=original, relearn=attack if related and relearn else None)
+
+
+def _doc_vectors(job: ModelJob, scorer: Scorer, docs: list[str], version: str | None) -> dict[str, np.ndarray]:
+    """Embeddings of ``docs``: those the workspace cache holds for ``version``, the rest computed."""
+    hashes = job.ws.store.hashes(docs)
+    cached = job.ws.cache.get_many(version, hashes.values()) if version else {}
+    out = {d: cached[hashes[d]] for d in docs if hashes.get(d) in cached}
+    missing = [d for d in docs if d not in out]
+    if missing:
+        out.update(zip(missing, scorer.embed_docs([job.texts[d] for d in missing])))
+    return out
 
 
 def _audit_reference(job: ModelJob) -> AuditReference | None:
@@ -285,8 +307,10 @@ def _probe(job: ModelJob, ref: AuditReference) -> dict[str, list[str]]:
 
 
 def probe_ndcg(scorer: Scorer, run: dict[str, list[str]], queries: dict[str, str], texts: dict[str, str],
-               qrels: dict[str, dict[str, int]]) -> float:
-    """nDCG@10 of ``run`` (query -> candidates) re-scored by ``scorer`` (NaN without a query)."""
+               qrels: dict[str, dict[str, int]],
+               doc_vectors: Callable[[Scorer, list[str]], dict[str, np.ndarray]] | None = None) -> float:
+    """nDCG@10 of ``run`` (query -> candidates) re-scored by ``scorer`` (NaN without a query); a
+    bi-encoder embeds each document once (``doc_vectors``: where its vectors come from)."""
     from lethe.pipelines.evaluate import evaluate
 
     pairs = [(q, d) for q, cands in run.items() for d in cands]
@@ -295,7 +319,8 @@ def probe_ndcg(scorer: Scorer, run: dict[str, list[str]], queries: dict[str, str
     if isinstance(scorer, BiEncoderScorer):  # each document embedded once, not once per pair
         docs = sorted({d for _, d in pairs})
         qids = sorted(run)
-        emb_d = dict(zip(docs, scorer.embed_docs([texts[d] for d in docs])))
+        emb_d = doc_vectors(scorer, docs) if doc_vectors else dict(zip(docs, scorer.embed_docs([texts[d]
+                                                                                                  for d in docs])))
         emb_q = dict(zip(qids, scorer.embed_docs([f"{scorer.query_prompt or ''}{queries[q]}" for q in qids])))
         s = np.array([float(emb_q[q] @ emb_d[d]) for q, d in pairs])
     else:
@@ -498,9 +523,14 @@ def _register(job: ModelJob, scorer: Scorer, rows: list[MinedExample], method: s
             scorer.model.save(tmp)
         write_training_record(Path(tmp), rows, reference, sharded)
         extra = {"unlearning": {"method": method, "request": job.rid}}
-        return job.ws.registry.derive(job.ref, payload_dir=Path(tmp), relation="unlearned_from",
-                                      forget_request=job.rid, without=without, extra=extra,
-                                      params=job.ref.manifest.get("params"))
+        new = job.ws.registry.derive(job.ref, payload_dir=Path(tmp), relation="unlearned_from",
+                                     forget_request=job.rid, without=without, extra=extra,
+                                     params=job.ref.manifest.get("params"))
+    if job.new_vectors and isinstance(scorer, BiEncoderScorer):
+        hashes = job.ws.store.hashes(job.new_vectors)
+        kept = [d for d in job.new_vectors if d in hashes]
+        job.ws.cache.put_many(str(new), [hashes[d] for d in kept], np.stack([job.new_vectors[d] for d in kept]))
+    return new
 
 
 def _unlearn_cache(ws: Workspace, rid: str, ref: ArtifactRef, plan: dict[str, Any],

@@ -17,7 +17,6 @@ from lethe.errors import LetheError
 from lethe.pipelines.workspace import Workspace
 from lethe.serve.evaluation import Evaluator
 from lethe.serve.jobs import JobStore
-from lethe.types import ForgetRequest
 
 Outcome = tuple[str, str | None, str | None, str | None]  # state, request id, level, error
 
@@ -60,17 +59,15 @@ def record_figure(jobs: JobStore, evaluator: Evaluator, ws: Workspace, tenant: s
 
 def run_forget_job(service_home: str, tenant: str, job_id: str, request: dict[str, Any]) -> Outcome:
     """Run one job to its end; never raises (a failure is an outcome)."""
-    from lethe.pipelines.forget import forget
-
     jobs = JobStore(Path(service_home))
     try:
         with Workspace(Path(service_home) / "tenants" / tenant, show_progress=False, create=False) as ws:
             ws.on_step = lambda step: jobs.set_step(job_id, step)
             evaluator = Evaluator()
             record_figure(jobs, evaluator, ws, tenant, "before forgetting", first_only=True)
-            req = ForgetRequest(tuple(request["doc_ids"]), tuple(request["owners"]), request["reason"])
             unlearn = request.get("unlearn", "auto")
-            rep = forget(ws, req, unlearn=None if unlearn in (None, "none") else unlearn)
+            rep = ws.forget(request["doc_ids"], request["owners"], request["reason"],
+                            unlearn=None if unlearn in (None, "none") else unlearn)
             if not rep.noop:
                 record_figure(jobs, evaluator, ws, tenant, f"after {rep.request_id[:8]}")
     except LetheError as exc:

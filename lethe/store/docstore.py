@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
+from typing import Any
 
 from lethe.errors import StoreError
 from lethe.store.sqlite import SQLiteFile, checkpoint, transaction
@@ -196,6 +197,25 @@ class DocStore(SQLiteFile):
         """Ids of the queries ``owner_id`` asked."""
         sql = "SELECT query_id FROM query_owners WHERE owner_id=? ORDER BY query_id"
         return [r[0] for r in self.conn.execute(sql, (owner_id,))]
+
+    def rewrite_metadata(self, needles: Iterable[str], change: Callable[[Any], Any]) -> int:
+        """Rewrite, in one transaction, the metadata of every document and query whose metadata JSON holds
+        one of ``needles`` as a string (a value or a key); returns how many rows changed. The forget
+        pipeline's ``scrub`` step uses it: a collection's metadata may name other documents (SciFact's
+        claims name their evidence documents), and a forgotten id must not stay there."""
+        changed = 0
+        with transaction(self.conn):
+            for table in ("docs", "queries"):
+                rows: dict[int, str] = {}
+                for needle in needles:
+                    sql = f"SELECT rowid, metadata FROM {table} WHERE instr(metadata, ?) > 0"
+                    rows.update(self.conn.execute(sql, (json.dumps(needle, ensure_ascii=False),)).fetchall())
+                for rowid, meta in rows.items():
+                    new = _dump(change(json.loads(meta)))
+                    if new != meta:
+                        self.conn.execute(f"UPDATE {table} SET metadata=? WHERE rowid=?", (new, rowid))
+                        changed += 1
+        return changed
 
     def query_owners(self, query_ids: Iterable[str]) -> dict[str, tuple[str, ...]]:
         """``{query id: owners}`` for the stored queries among ``query_ids`` that have owners."""
