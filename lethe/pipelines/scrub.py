@@ -99,10 +99,14 @@ _WORD = re.compile(r"[A-Za-z0-9_\-:.@/]{1,64}")
 
 
 def live_words(ws: Workspace) -> set[str]:
-    """Every id-like word (and its pieces between ``:`` ``/`` ``@``) of the texts kept (not of their
-    metadata: a kept record's metadata naming a forgotten id is a trace, which ``scrub`` removes)."""
+    """Every id-like word (and its pieces between ``:`` ``/`` ``@``) of the texts kept, metadata free text
+    included (a line number in a question body), but not a metadata string that is one id-like token as a
+    whole: that may name a forgotten record (a trace, which ``scrub`` removes)."""
     words: set[str] = set()
-    for text in _live_texts(ws, metadata=False):
+    texts = _live_texts(ws, metadata=True)
+    for text in texts:
+        if _WORD.fullmatch(text):  # a whole metadata string that could be an id may name a forgotten one
+            continue
         for w in _WORD.findall(text):
             words.add(w)
             words.update(re.split(r"[:/@]", w))

@@ -96,12 +96,13 @@ class TraceKeys:
 
 def encode_windows(digests: Iterable[bytes]) -> str:
     """Digests as one compact string (base64 of the sorted, distinct 8-byte digests)."""
-    return base64.b64encode(b"".join(sorted(set(digests)))).decode("ascii")
+    return base64.urlsafe_b64encode(b"".join(sorted(set(digests)))).decode("ascii")  # no "/": not id pieces
 
 
 def decode_windows(text: str) -> set[bytes]:
     """The digests :func:`encode_windows` packed."""
-    raw = base64.b64decode(text or "")
+    raw = base64.urlsafe_b64decode(text or "") if "-" in (text or "") or "_" in (text or "") else base64.b64decode(
+        text or "")  # receipts written before the url-safe alphabet
     return {raw[i:i + DIGEST] for i in range(0, len(raw) - DIGEST + 1, DIGEST)}
 
 
