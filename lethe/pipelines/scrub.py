@@ -110,6 +110,7 @@ def live_words(ws: Workspace) -> set[str]:
         for w in _WORD.findall(text):
             words.add(w)
             words.update(re.split(r"[:/@]", w))
+        words.update(re.findall(r"[A-Za-z0-9]+", text))  # as an analyzer splits "1.2434" or "v2-3"
     words.discard("")
     return words
 
