@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from lethe.errors import LetheError
+
+if TYPE_CHECKING:
+    from lethe.receipts import Receipt
 
 app = typer.Typer(
     help="lethe: search that can forget. Build BM25 + dense indexes, search, evaluate, and remove "
@@ -331,42 +334,37 @@ def forget(
 
 
 def _run_forget(ws, doc, owner, reason, resume, retry, skip_unknown, crash_after, unlearn, cfg) -> list:  # noqa: ANN001
-    from lethe.pipelines.forget import forget as run_forget
-    from lethe.pipelines.forget import resume as run_resume
-    from lethe.pipelines.forget import retry as run_retry
-    from lethe.types import ForgetRequest
-
+    """The receipts of one ``lethe forget`` call, through the front door (``Workspace.forget`` & co.)."""
     if retry is not None:
-        return [run_retry(ws, retry, crash_after, cfg)]
+        return [ws.retry_forget(retry, cfg, crash_after)]
     if resume:
-        reports = run_resume(ws, crash_after, cfg)
+        receipts = ws.resume_forgets(cfg, crash_after)
         failed = ws.ledger.failed_requests()
-        if not reports:
+        if not receipts:
             console.print("no pending request")
         if failed:
             err_console.print(f"[yellow]{len(failed)} failed request(s) are not resumed; run them again with "
                               f"`lethe forget --retry ID`: {failed}", highlight=False)
-        return reports
-    request = ForgetRequest(tuple(doc or ()), tuple(owner or ()), reason)
-    return [run_forget(ws, request, crash_after, unlearn, cfg, skip_unknown=skip_unknown)]
+        return receipts
+    return [ws.forget(doc or (), owner or (), reason, unlearn, skip_unknown, cfg, crash_after)]
 
 
-def _print_receipt(rep, as_json: bool = False) -> None:  # noqa: ANN001
+def _print_receipt(rep: Receipt, as_json: bool = False) -> None:
     if as_json:
-        console.print_json(json.dumps({**rep.receipt, "request_id": rep.request_id, "level": rep.level,
+        console.print_json(json.dumps({**rep.raw, "request_id": rep.request_id, "level": rep.level,
                                        "noop": rep.noop, "entry_hash": rep.chain_head}))
         return
     if rep.noop:
         why = rep.note or "was already completed"
         console.print(f"request {rep.request_id}: {why} (level {rep.level}); nothing to do")
         return
-    r = rep.receipt
+    r = rep.raw
     found = f"; {r['not_found']} not found" if r.get("not_found") else ""
-    console.print(f"request {rep.request_id}: level [bold]{r['level']}[/bold]; {r['n_docs']} documents, "
+    console.print(f"request {rep.request_id}: level [bold]{rep.level}[/bold]; {r['n_docs']} documents, "
                   f"{r['n_queries']} queries{found}; removed from indexes {r['removed_from_indexes']}")
-    if r["models_still_trained_on_data"]:
-        console.print(f"[yellow]models still trained on this data: {r['models_still_trained_on_data']}")
-    console.print(f"models: {r['model_level']}")
+    if rep.still_trained_on_data:
+        console.print(f"[yellow]models still trained on this data: {list(rep.still_trained_on_data)}")
+    console.print(f"models: {rep.model_level}")
     for m in r.get("unlearning", []):
         audit = m.get("audit") or {}
         checked = f", audit {audit['verdict']}" if audit else ""

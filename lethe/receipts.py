@@ -77,6 +77,7 @@ class Receipt:
     still_trained_on_data: tuple[str, ...]
     chain_head: str
     noop: bool = False
+    note: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -87,7 +88,8 @@ class Receipt:
         return cls(report.request_id, report.level, report.reached, r.get("model_level", ""),
                    Verification(bool(checks.get("all_passed", report.level == "deleted")), dict(checks)),
                    tuple(ModelStep.from_dict(m) for m in r.get("unlearning", [])),
-                   tuple(r.get("models_still_trained_on_data", [])), report.chain_head, report.noop, dict(r))
+                   tuple(r.get("models_still_trained_on_data", [])), report.chain_head, report.noop,
+                   report.note, dict(r))
 
 
 @dataclass(frozen=True)

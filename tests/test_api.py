@@ -88,3 +88,16 @@ def test_forget_and_verify_are_typed(opened) -> None:  # noqa: ANN001
     result = opened.verify()
     assert isinstance(result, lethe.VerifyResult) and result.ok and result.problems == ()
     assert "d1" not in opened.store.ids()
+
+
+def test_a_crashed_forget_resumes_and_retries_through_the_front_door(opened) -> None:  # noqa: ANN001
+    from lethe.pipelines.forget import InjectedCrash
+
+    with pytest.raises(InjectedCrash):
+        opened.forget(doc_ids=["d1"], reason="request", crash_after="store")
+    assert not opened.verify(trace=False).ok  # a pending request is a problem until it is finished
+    (receipt,) = opened.resume_forgets()
+    assert isinstance(receipt, lethe.Receipt) and receipt.level == "deleted" and receipt.reached
+    again = opened.retry_forget(receipt.request_id)
+    assert again.noop and again.request_id == receipt.request_id and again.level == "deleted"
+    assert opened.resume_forgets() == [] and opened.verify().ok

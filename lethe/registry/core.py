@@ -28,10 +28,10 @@ from lethe.registry.manifest import (
     library_versions,
     now_iso,
     stage_payload,
-    write_json_atomic,
 )
 from lethe.registry.refs import ArtifactRef, Lineage, parse_ref
 from lethe.registry.spec import ModelSpec, parse_source
+from lethe.store.files import atomic_write_json
 from lethe.store.redact import HASHED
 
 #: statuses an artifact can have
@@ -321,7 +321,7 @@ class Registry:
                     shutil.rmtree(target)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(staged, target)
-            write_json_atomic(self._manifest_path(name, version), manifest)
+            atomic_write_json(self._manifest_path(name, version), manifest)
         except BaseException:
             shutil.rmtree(target, ignore_errors=True)
             self._manifest_path(name, version).unlink(missing_ok=True)
@@ -379,7 +379,7 @@ class Registry:
                                     f"(request {dead.manifest.get('retired_by')})")
             work(art)
             manifest = self._refresh_counts(art.id)
-            write_json_atomic(self._manifest_path(art.name, art.version), manifest)
+            atomic_write_json(self._manifest_path(art.name, art.version), manifest)
         return self.get(art)
 
     def _status(self, art_id: int) -> str:
@@ -480,7 +480,7 @@ class Registry:
 
     def _write_manifest_file(self, art_id: int, manifest: dict[str, Any]) -> None:
         row = self._conn.execute("SELECT name, version FROM artifacts WHERE id = ?", (art_id,)).fetchone()
-        write_json_atomic(self._manifest_path(row["name"], row["version"]), manifest)
+        atomic_write_json(self._manifest_path(row["name"], row["version"]), manifest)
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -522,7 +522,7 @@ class Registry:
             for table, _ in LINEAGE_TABLES.values():
                 self._conn.execute(f"DELETE FROM {table} WHERE artifact_id = ?", (art.id,))
             manifest = self._patch_manifest(art.id, self._tombstone(art, request_id), "retired")
-            write_json_atomic(self._manifest_path(art.name, art.version), manifest)
+            atomic_write_json(self._manifest_path(art.name, art.version), manifest)
         if art.path is not None:
             destroy(art.path, self.root / "trash")
         self._drop_unused_gguf_cache(art)
@@ -605,7 +605,7 @@ class Registry:
         with transaction(self._conn):
             manifest = self._patch_manifest(art.id, {"gguf": info,
                                                      "dequantized_from": info["quant_type"]})
-            write_json_atomic(self._manifest_path(art.name, art.version), manifest)
+            atomic_write_json(self._manifest_path(art.name, art.version), manifest)
 
     def _drop_unused_gguf_cache(self, art: ArtifactRef) -> None:
         sha = (art.manifest.get("gguf") or {}).get("sha256")

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from lethe.errors import MissingDependency, RegistryError
+from lethe.store.files import atomic_write_dir
 
 _QUANT_RE = re.compile(r"(?i)(?<![A-Za-z0-9])(IQ\d_[A-Z0-9_]+|Q\d(?:_[A-Z0-9]+)*|BF16|F16|F32)"
                        r"(?=\.gguf$)")
@@ -128,24 +126,8 @@ def save_dequantized(model: Any, tokenizer: Any, out_dir: Path) -> None:
         delattr(config, "quantization_config")
     fresh = transformers.AutoModelForCausalLM.from_config(config, **float32_kwargs())
     fresh.load_state_dict(model.state_dict())
-    save_dir_atomic(out_dir, lambda tmp: (fresh.save_pretrained(tmp),
+    atomic_write_dir(out_dir, lambda tmp: (fresh.save_pretrained(tmp),
                                           tokenizer.save_pretrained(tmp)))
-
-
-def save_dir_atomic(out_dir: Path, write: Any) -> None:
-    """Call ``write(tmp_dir)`` then rename ``tmp_dir`` to ``out_dir`` (a winner already there
-    is kept)."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        write(tmp)
-        try:
-            os.replace(tmp, out_dir)
-        except OSError:
-            if not out_dir.is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_loadable(kind: str) -> None:

@@ -41,21 +41,6 @@ def dumps(data: Any) -> str:
     return json.dumps(data, sort_keys=True, default=str)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON next to ``path``, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True, default=str)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def stage_payload(src: Path, staging_root: Path) -> Path:
     """Copy a payload (a directory, or one file) into a fresh folder under ``staging_root``."""
     if not src.exists():

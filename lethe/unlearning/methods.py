@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from lethe.errors import LetheError
-from lethe.training.losses import infonce, log_p_target, margin_flat
+from lethe.training.losses import infonce, log_p_target, margin_flat, npo
 from lethe.training.pools import MinedExample
 from lethe.training.scorers import Scorer, group_scores, pair_scores
 from lethe.unlearning.base import Method, UnlearnConfig, UnlearnResult, UnlearnTask, retain_loss
@@ -111,8 +111,7 @@ class NPO(Method):
         with torch.no_grad():
             s_ref = group_scores(task.reference, forget, task.queries, task.texts)
         ratio = log_p_target(s_f, task.scorer.scale) - log_p_target(s_ref, task.scorer.scale)
-        npo = -(2.0 / cfg.beta) * torch.nn.functional.logsigmoid(-cfg.beta * ratio).mean()
-        return npo + cfg.alpha * retain_loss(task, retain)
+        return npo(ratio, cfg.beta) + cfg.alpha * retain_loss(task, retain)
 
 
 @register
