@@ -15,6 +15,7 @@ from lethe.retrieval.bm25 import BM25Index
 from lethe.types import Doc
 
 VOCAB = [f"t{i}" for i in range(25)]
+BACKENDS = ["numpy", "numba"]
 
 
 def random_corpus(seed: int, n: int = 40) -> tuple[list[str], list[list[str]]]:
@@ -75,12 +76,13 @@ ops = st.lists(st.tuples(st.sampled_from(["add", "delete"]), st.integers(0, 10_0
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 10_000), n=st.integers(1, 30), ops=ops, variant=st.sampled_from(["lucene", "okapi"]))
-def test_delete_equals_rebuild(seed: int, n: int, ops: list[tuple[str, int]], variant: str) -> None:
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 30), ops=ops, variant=st.sampled_from(["lucene", "okapi"]),
+       backend=st.sampled_from(BACKENDS))
+def test_delete_equals_rebuild(seed: int, n: int, ops: list[tuple[str, int]], variant: str, backend: str) -> None:
     rng = random.Random(seed)
     all_ids, all_toks = random_corpus(seed, n + 20)
     pool = dict(zip(all_ids, all_toks))
-    index = BM25Index(variant)
+    index = BM25Index(variant, backend=backend)
     live: list[str] = all_ids[:n]
     index.add_tokens(live, [pool[d] for d in live])
     fresh = iter(all_ids[n:])
@@ -94,7 +96,7 @@ def test_delete_equals_rebuild(seed: int, n: int, ops: list[tuple[str, int]], va
             gone = set(rng.sample(live, 1 + r % min(len(live), 4)))
             assert index.delete(gone | {"never-indexed"}) == len(gone)
             live = [d for d in live if d not in gone]
-    rebuilt = BM25Index(variant)
+    rebuilt = BM25Index(variant, backend=backend)
     if live:
         rebuilt.add_tokens(live, [pool[d] for d in live])
     queries = [rng.sample(VOCAB, 3) for _ in range(5)] + [VOCAB]
@@ -164,3 +166,157 @@ def test_ties_break_by_insertion_order() -> None:
     index = BM25Index(analyzer=Analyzer(stemmer=None))
     index.add([Doc("b", "same words"), Doc("a", "same words"), Doc("c", "other")])
     assert [h.doc_id for h in index.search(["same"], 2)[0]] == ["b", "a"]
+
+
+def zipf_corpus(seed: int, n: int, vocab: int = 400) -> tuple[list[str], list[list[str]]]:
+    """Documents over a Zipf-like vocabulary: common terms (negative okapi idf) and rare ones (short posting lists)."""
+    rng = random.Random(seed)
+    weights = [1.0 / (i + 1) for i in range(vocab)]
+    toks = [rng.choices([f"w{i}" for i in range(vocab)], weights, k=rng.randint(1, 30)) for _ in range(n)]
+    return [f"z{seed}-{i}" for i in range(n)], toks
+
+
+def reference_scores(variant: str, toks: list[list[str]], query: list[str]) -> np.ndarray:
+    """Scores of a fresh reference index over ``toks``: rank_bm25 (okapi) or bm25s (lucene)."""
+    known = {t for doc in toks for t in doc}
+    query = [t for t in query if t in known]
+    if not query:
+        return np.zeros(len(toks))
+    if variant == "okapi":
+        from rank_bm25 import BM25Okapi
+
+        return BM25Okapi(toks).get_scores(query)
+    import bm25s
+
+    ref = bm25s.BM25(method="lucene", k1=1.5, b=0.75)
+    ref.index(toks, show_progress=False)
+    return ref.get_scores(query)
+
+
+def ranked(index: BM25Index, scores: np.ndarray, k: int) -> list[tuple[str, float]]:
+    """The straightforward top-k: positive scores, best first, ties by index order."""
+    order = sorted((i for i in range(len(scores)) if scores[i] > 0), key=lambda i: (-scores[i], i))[:k]
+    return [(index.doc_ids[i], float(scores[i])) for i in order]
+
+
+@pytest.mark.parametrize("variant", ["lucene", "okapi"])
+@pytest.mark.parametrize("seed", range(4))
+def test_search_after_deletes_matches_reference(seed: int, variant: str) -> None:
+    """Search after deletes and adds: scores as a fresh reference index over the remaining
+    documents gives them, and both backends return exactly the dense ranking of those scores."""
+    rng = random.Random(seed)
+    ids, toks = zipf_corpus(seed, 300)
+    pool = dict(zip(ids, toks))
+    index = BM25Index(variant)
+    index.add_tokens(ids[:250], toks[:250])
+    index.delete(rng.sample(ids[:250], 60))
+    index.add_tokens(ids[250:], toks[250:])
+    index.delete(rng.sample(index.doc_ids, 15))
+    live = [pool[d] for d in index.doc_ids]
+    queries = [rng.choices([f"w{i}" for i in range(400)], k=rng.randint(1, 6)) for _ in range(30)]
+    queries += [["w0", "w0", "w1"], ["w399"], ["nothere"], []]
+    expected = []
+    for q in queries:
+        dense = index.score_tokens(q)
+        np.testing.assert_allclose(dense, reference_scores(variant, live, q), rtol=1e-5, atol=1e-5)
+        expected.append(ranked(index, dense, 10))
+    for backend in BACKENDS:
+        index.backend = backend
+        got = index.search_tokens_batch(queries, 10)
+        assert [[(h.doc_id, h.score) for h in hits] for hits in got] == expected  # exact, scores included
+
+
+@pytest.mark.parametrize("k", [0, 1, 7, 100, 1000])
+def test_backends_agree_on_ties_and_sizes(k: int) -> None:
+    """Many exact ties (duplicate documents: dozens in one score bucket), long and short posting
+    lists, k from 0 to past N."""
+    ids, toks = zipf_corpus(7, 400, vocab=60)
+    ids += [f"dup{i}" for i in range(200)]
+    toks += [toks[i % 5] for i in range(200)]
+    rng = random.Random(1)
+    queries = [rng.choices([f"w{i}" for i in range(60)], k=rng.randint(1, 8)) for _ in range(40)]
+    results = {}
+    for backend in BACKENDS:
+        index = BM25Index("okapi", backend=backend)
+        index.add_tokens(ids, toks)
+        results[backend] = index.search_tokens_batch(queries, k)
+        assert results[backend] == [index.search_tokens(q, k) for q in queries]
+        assert results[backend] == [ranked(index, index.score_tokens(q), k) for q in queries]
+    assert results["numpy"] == results["numba"]
+
+
+def test_search_edge_cases() -> None:
+    empty = BM25Index()
+    assert empty.search(["anything"], 5) == [[]]
+    index = BM25Index(analyzer=Analyzer(stemmer=None))
+    index.add([Doc("a", "red fish"), Doc("b", "blue fish")])
+    assert index.search(["red", "", "green"], 3) == [[index.search_tokens(["red"], 1)[0]], [], []]
+    assert index.search(["fish"], 0) == [[]]
+    index.delete(["a", "b"])
+    assert index.search(["fish"], 3) == [[]]
+    with pytest.raises(IndexError_, match="numba"):
+        BM25Index(backend="cuda")
+
+
+def test_works_without_numba() -> None:
+    """numba is optional: without it ``auto`` searches with numpy (same hits); ``numba`` says what to install."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+sys.modules["numba"] = None  # makes `import numba` fail
+from lethe.errors import MissingDependency
+from lethe.retrieval.bm25 import BM25Index
+from lethe.types import Doc
+index = BM25Index()
+index.add([Doc("a", "red fish"), Doc("b", "blue fish"), Doc("c", "red red car")])
+print([[h.doc_id for h in hits] for hits in index.search(["red fish", "car"], 2)])
+index.backend = "numba"
+try:
+    index.search(["red"])
+except MissingDependency as exc:
+    print("missing:", exc)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    index = BM25Index(backend="numba")
+    index.add([Doc("a", "red fish"), Doc("b", "blue fish"), Doc("c", "red red car")])
+    expected = [[h.doc_id for h in hits] for hits in index.search(["red fish", "car"], 2)]
+    assert out.splitlines() == [str(expected), "missing: backend='numba' needs numba: pip install numba"]
+
+
+def test_auto_backend_loads_numba_only_for_big_batches() -> None:
+    """``auto``: a small batch does not import numba; a big one does, with the same hits as numpy."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+from lethe.retrieval.bm25 import NUMBA_MIN_BATCH, BM25Index
+from lethe.types import Doc
+docs = [Doc(f"d{i}", f"term{i % 7} term{i % 11} common") for i in range(200)]
+auto, plain = BM25Index(), BM25Index(backend="numpy")
+auto.add(docs)
+plain.add(docs)
+queries = [f"term{i % 13} common" for i in range(NUMBA_MIN_BATCH)]
+assert auto.search(queries[:3], 5) == plain.search(queries[:3], 5)
+print("numba" in sys.modules)
+assert auto.search(queries, 5) == plain.search(queries, 5)
+print("numba" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True"]
+
+
+def test_big_batches_are_scored_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lethe.retrieval import bm25
+
+    ids, toks = zipf_corpus(3, 200, vocab=50)
+    index = BM25Index(backend="numba")
+    index.add_tokens(ids, toks)
+    rng = random.Random(2)
+    queries = [rng.choices([f"w{i}" for i in range(60)], k=3) for _ in range(100)]
+    whole = index.search_tokens_batch(queries, 10)
+    monkeypatch.setattr(bm25, "KERNEL_CHUNK_HITS", 70)  # chunks of 7 queries
+    assert index.search_tokens_batch(queries, 10) == whole
+    assert whole == [ranked(index, index.score_tokens(q), 10) for q in queries]

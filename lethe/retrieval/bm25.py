@@ -3,18 +3,28 @@
 bm25s and rank_bm25 freeze N, the document frequencies and the average length at build time, so
 a deleted document keeps shaping every score. Here the index stores raw term frequencies (CSR by
 term) and document lengths; collection statistics are recomputed from them, and the per-posting
-weights are recomputed lazily (one vectorised O(nnz) pass) after every change. ``delete`` removes
-the documents' postings, lengths and ids, drops terms no longer used by any document, and
+BM25 weights are recomputed lazily (one vectorised O(nnz) pass) after every change. ``delete``
+removes the documents' postings, lengths and ids, drops terms no longer used by any document, and
 compacts the matrix: the index is then identical to one built without those documents.
+
+Search sums the precomputed weights of the query terms' postings, in query-term order, and keeps
+the top k positive scores (ties by insertion order). A batch of queries is scored in one call of a
+numba kernel when numba is installed (an optional dependency), else per query with numpy; both
+paths give bit-identical scores.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import gc
 import hashlib
 import json
-from collections.abc import Collection, Sequence
+import types
+from collections.abc import Callable, Collection, Iterator, Sequence
+from itertools import chain, repeat
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -24,14 +34,24 @@ from lethe.retrieval.base import INDEX_READ_ERRORS, atomic_write_bytes, check_in
 from lethe.types import Doc, Hit
 
 VARIANTS = ("lucene", "okapi")
+BACKENDS = ("auto", "numba", "numpy")
+#: batch size from which ``backend="auto"`` loads numba (when installed)
+NUMBA_MIN_BATCH = 64
+#: hits buffered per numba kernel call (a batch is scored in chunks of queries)
+KERNEL_CHUNK_HITS = 1 << 22
 FORMAT_VERSION = 1
 
 
 class BM25Index:
-    """BM25 (``lucene`` as bm25s/Lucene >= 8, or ``okapi`` as rank_bm25) with exact deletion."""
+    """BM25 (``lucene`` as bm25s/Lucene >= 8, or ``okapi`` as rank_bm25) with exact deletion.
+
+    ``backend`` picks the search kernel: ``auto`` (numba if installed, for batches of
+    ``NUMBA_MIN_BATCH`` queries or once loaded; else numpy), ``numba`` or ``numpy``. It changes
+    speed only, never scores or rankings, and is not part of :meth:`params`.
+    """
 
     def __init__(self, variant: str = "lucene", k1: float = 1.5, b: float = 0.75, epsilon: float = 0.25,
-                 analyzer: Analyzer | None = None) -> None:
+                 analyzer: Analyzer | None = None, backend: str = "auto") -> None:
         if variant not in VARIANTS:
             raise IndexError_(f"unknown BM25 variant {variant!r}; choose from {list(VARIANTS)}")
         self.variant, self.k1, self.b, self.epsilon = variant, float(k1), float(b), float(epsilon)
@@ -45,7 +65,11 @@ class BM25Index:
         self.indptr = np.zeros(1, dtype=np.int64)
         self.postings = np.zeros(0, dtype=np.int64)  # doc index of each posting
         self.tf = np.zeros(0, dtype=np.float64)
-        self._weights: tuple[np.ndarray, np.ndarray] | None = None
+        self._weights: np.ndarray | None = None  # BM25 weight of every posting; None: stale
+        self._term_max: np.ndarray | None = None  # per term, its postings' largest positive weight
+        self._id_array: np.ndarray | None = None  # doc_ids as an object array (fast gathers)
+        self._backend = "auto"
+        self.backend = backend  # checked
 
     # -- building ------------------------------------------------------------------------------
     def add(self, docs: Sequence[Doc]) -> None:
@@ -95,32 +119,33 @@ class BM25Index:
         rows, cols = uniq // n_docs, uniq % n_docs
         self.postings, self.tf = cols.astype(np.int64), tf.astype(np.float64)
         self.indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(self.terms)))])
-        self._weights = None
+        self._invalidate()
 
     # -- deleting ------------------------------------------------------------------------------
     def delete(self, doc_ids: Collection[str]) -> int:
         """Remove documents exactly; returns how many were present.
 
-        Cost: a few vectorised passes over the postings (no re-tokenisation, no re-weighting:
-        weights are computed at query time from tf, the per-document norms and the idf).
+        Cost: a few vectorised passes over the postings (no re-tokenisation); the posting weights
+        are recomputed by the next search (or :meth:`prepare`), one more O(nnz) pass.
         """
         gone = np.asarray(sorted({self.doc_index[d] for d in doc_ids if d in self.doc_index}), dtype=np.int64)
         if not len(gone):
             return 0
         keep_doc = np.ones(len(self.doc_ids), dtype=bool)
         keep_doc[gone] = False
-        dead = np.flatnonzero(~keep_doc[self.postings])
+        keep = keep_doc[self.postings]
+        dead = np.flatnonzero(~keep)
         removed_per_term = np.bincount(np.searchsorted(self.indptr, dead, side="right") - 1,
                                        minlength=len(self.terms))
-        self.postings = np.delete(self.postings, dead)
-        self.postings -= np.searchsorted(gone, self.postings)
-        self.tf = np.delete(self.tf, dead)
+        new_index = np.cumsum(keep_doc) - 1  # old doc index -> new one (for the kept documents)
+        self.postings = new_index[self.postings[keep]]
+        self.tf = self.tf[keep]
         self.indptr = self.indptr - np.concatenate([[0], np.cumsum(removed_per_term)])
         self._forget_empty_terms(np.flatnonzero(removed_per_term))
         self.doc_ids = [d for d, k in zip(self.doc_ids, keep_doc) if k]
         self.doc_index = {d: i for i, d in enumerate(self.doc_ids)}
         self.doc_len = self.doc_len[keep_doc]
-        self._weights = None
+        self._invalidate()
         return len(gone)
 
     def _forget_empty_terms(self, candidates: np.ndarray) -> None:
@@ -147,7 +172,25 @@ class BM25Index:
         self.vocab = {t: i for i, t in enumerate(self.terms)}
         self.indptr = np.concatenate([[0], np.cumsum(counts[alive])]).astype(np.int64)
         self._holes = 0
+        self._invalidate()
+
+    @property
+    def backend(self) -> str:
+        """The search kernel: ``auto``, ``numba`` or ``numpy`` (settable; scores never depend on it)."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        if value not in BACKENDS:
+            raise IndexError_(f"unknown BM25 backend {value!r}; choose from {list(BACKENDS)}")
+        self._backend = value
+        self._invalidate()
+
+    def _invalidate(self) -> None:
+        """Mark the derived search state stale (recomputed by the next search)."""
         self._weights = None
+        self._term_max = None
+        self._id_array = None
 
     # -- statistics and scoring ----------------------------------------------------------------
     def __len__(self) -> int:
@@ -177,43 +220,170 @@ class BM25Index:
             idf = np.where(idf < 0, self.epsilon * idf[live].sum() / live.sum(), idf)
         return idf
 
-    def _query_state(self) -> tuple[np.ndarray, np.ndarray]:
-        """(idf per term, BM25 length norm per document), recomputed after each change: O(V + N)."""
+    def prepare(self) -> None:
+        """Compute the search state now (else the first search after a change does): O(nnz + N).
+
+        Each part is built aside and published by one assignment, weights last: a concurrent
+        search sees either the stale marker (and builds it too) or a complete state.
+        """
         if self._weights is None:
-            dl = self.doc_len.astype(np.float64)
-            norm = self.k1 * (1.0 - self.b + self.b * dl / max(self.avgdl, 1e-12))
-            self._weights = (self.idf(), norm)
-        return self._weights
+            kernels = self._kernels()
+            args = (self.idf(), self._length_norms(), self.k1 + 1.0 if self.variant == "okapi" else 1.0)
+            if kernels is None:
+                weights, term_max = self._posting_weights(*args), None
+            else:
+                weights, term_max = np.empty(len(self.tf)), np.empty(len(self.terms))
+                kernels.weigh(self.indptr, self.postings, self.tf, *args, weights, term_max)
+            self._term_max = term_max
+            self._weights = weights
+        if self._id_array is None:
+            ids = np.empty(len(self.doc_ids), dtype=object)
+            ids[:] = self.doc_ids
+            self._id_array = ids
+
+    def _kernels(self, batch: int = 0) -> _Kernels | None:
+        """The compiled kernels, or None to use numpy.
+
+        ``auto`` uses numba once it is loaded, or to load it for a batch of at least
+        ``NUMBA_MIN_BATCH`` queries (importing numba costs a third of a second: more than numpy
+        spends on a few hundred queries).
+        """
+        if self.backend == "numpy":
+            return None
+        if self.backend == "auto" and batch < NUMBA_MIN_BATCH and not _numba_kernels.cache_info().currsize:
+            return None
+        kernels = _numba_kernels()
+        if kernels is None and self.backend == "numba":
+            from lethe.errors import MissingDependency
+
+            raise MissingDependency("backend='numba' needs numba: pip install numba")
+        return kernels
+
+    def _term_maxima(self) -> np.ndarray:
+        """Per term, the largest positive weight of its postings (computed by numpy if numba did not)."""
+        if self._term_max is None:
+            assert self._weights is not None
+            top = np.zeros(len(self.terms))
+            live = np.flatnonzero(np.diff(self.indptr))
+            if len(live):
+                top[live] = np.maximum.reduceat(self._weights, self.indptr[live])
+            self._term_max = np.maximum(top, 0.0)
+        return self._term_max
+
+    def _length_norms(self) -> np.ndarray:
+        """BM25 length normalisation ``k1 * (1 - b + b * dl / avgdl)`` of every document."""
+        dl = self.doc_len.astype(np.float64)
+        return self.k1 * (1.0 - self.b + self.b * dl / max(self.avgdl, 1e-12))
+
+    def _posting_weights(self, idf: np.ndarray, norm: np.ndarray, factor: float) -> np.ndarray:
+        """BM25 weight of every posting, ``idf * tf / (tf + norm) * factor`` (what a query sums)."""
+        term_idf = np.repeat(idf, np.diff(self.indptr))
+        weights = term_idf * self.tf / (self.tf + norm[self.postings])
+        weights *= factor
+        return weights
+
+    def _rows(self, tokens: Sequence[str]) -> list[int]:
+        """Term rows of the known query tokens, in query order (repeats kept)."""
+        get = self.vocab.get
+        return [r for r in map(get, tokens) if r is not None]
 
     def score_tokens(self, tokens: Sequence[str]) -> np.ndarray:
         """BM25 score of every document (index order) for one tokenised query.
 
         Repeated query terms count once per occurrence (as rank_bm25 and bm25s do).
         """
-        idf, norm = self._query_state()
-        rows = [self.vocab[t] for t in tokens if t in self.vocab]
+        self.prepare()
+        idx, weights = self._gather(self._rows(tokens))
+        return np.bincount(idx, weights=weights, minlength=len(self.doc_ids))
+
+    def _gather(self, rows: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(doc index, weight) of the postings of ``rows``, row after row."""
         if not rows:
-            return np.zeros(len(self.doc_ids))
-        ip = self.indptr
-        idx = np.concatenate([self.postings[ip[r] : ip[r + 1]] for r in rows])
-        tf = np.concatenate([self.tf[ip[r] : ip[r + 1]] for r in rows])
-        term_idf = np.repeat(idf[rows], ip[np.add(rows, 1)] - ip[rows])
-        val = term_idf * tf / (tf + norm[idx])
-        if self.variant == "okapi":
-            val *= self.k1 + 1.0
-        return np.bincount(idx, weights=val, minlength=len(self.doc_ids))
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        ip, post, w = self.indptr, self.postings, self._weights
+        assert w is not None
+        if len(rows) == 1:
+            a, b = ip[rows[0]], ip[rows[0] + 1]
+            return post[a:b], w[a:b]
+        spans = [(ip[r], ip[r + 1]) for r in rows]
+        return (np.concatenate([post[a:b] for a, b in spans]), np.concatenate([w[a:b] for a, b in spans]))
 
     def search(self, queries: Sequence[str], k: int = 10) -> list[list[Hit]]:
         """Top-k hits per query; ties broken by insertion order; zero-score documents omitted."""
-        return [self.search_tokens(self.analyzer(q), k) for q in queries]
+        return self.search_tokens_batch([self.analyzer(q) for q in queries], k)
 
     def search_tokens(self, tokens: Sequence[str], k: int = 10) -> list[Hit]:
         """Top-k hits for one tokenised query."""
-        scores = self.score_tokens(tokens)
-        top = _top_k(scores, k)
-        top = top[scores[top] > 0]
-        ids = self.doc_ids
-        return [Hit(ids[i], s) for i, s in zip(top.tolist(), scores[top].tolist())]
+        return self.search_tokens_batch([tokens], k)[0]
+
+    def search_tokens_batch(self, queries: Sequence[Sequence[str]], k: int = 10) -> list[list[Hit]]:
+        """Top-k hits for each tokenised query (one kernel call for the whole batch with numba)."""
+        return self._hits(*self.top_k_tokens_batch(queries, k))
+
+    def top_k_tokens_batch(self, queries: Sequence[Sequence[str]], k: int = 10,
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What :meth:`search_tokens_batch` returns, as arrays (no Python object per hit).
+
+        Returns (doc indices into ``doc_ids``, scores, hits per query): the hits of query i are
+        the ``counts[i]`` entries after those of the queries before it, best first.
+        """
+        self.prepare()
+        rows = [self._rows(q) for q in queries]
+        if k <= 0 or not self.doc_ids:
+            return np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(len(rows), dtype=np.int64)
+        kernels = self._kernels(len(rows))
+        return self._top_k_numba(kernels, rows, k) if kernels else self._top_k_numpy(rows, k)
+
+    def _top_k_numba(self, kernels: _Kernels, rows: list[list[int]], k: int,
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The numba path: flatten the queries' rows and score them in one call per chunk of queries
+        (a chunk's output buffer holds ``chunk * k`` hits: at most ``KERNEL_CHUNK_HITS``)."""
+        n = len(self.doc_ids)
+        k = min(k, n)
+        step = max(1, KERNEL_CHUNK_HITS // k)
+        parts = [self._top_k_chunk(kernels, rows[i : i + step], k) for i in range(0, len(rows), step)]
+        if len(parts) == 1:
+            return parts[0]
+        docs, scores, counts = zip(*parts)
+        return np.concatenate(docs), np.concatenate(scores), np.concatenate(counts)
+
+    def _top_k_chunk(self, kernels: _Kernels, rows: list[list[int]], k: int,
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One kernel call for the queries ``rows``."""
+        q_ptr = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum([len(r) for r in rows], out=q_ptr[1:])
+        flat = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(q_ptr[-1]))
+        return kernels.top_k(q_ptr, flat, self.indptr, self.postings, self._weights, self._term_maxima(),
+                             len(self.doc_ids), k)
+
+    def _top_k_numpy(self, rows: list[list[int]], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The numpy path: one dense bincount and one top-k per query."""
+        n = len(self.doc_ids)
+        docs: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+        scores: list[np.ndarray] = [np.zeros(0)]
+        for r in rows:
+            idx, weights = self._gather(r)
+            dense = np.bincount(idx, weights=weights, minlength=n)
+            top = _positive_top_k(dense, k)
+            docs.append(top)
+            scores.append(dense[top])
+        counts = np.fromiter(map(len, docs[1:]), dtype=np.int64, count=len(rows))
+        return np.concatenate(docs), np.concatenate(scores), counts
+
+    def _hits(self, docs: np.ndarray, scores: np.ndarray, counts: np.ndarray) -> list[list[Hit]]:
+        """Split flat (doc index, score) arrays into per-query hit lists.
+
+        The cyclic garbage collector is paused meanwhile: the new tuples hold only strings and
+        floats (no cycles), and tens of thousands of them would otherwise trigger a young
+        collection every 700 and push themselves into the old generations, which in a loop of
+        searches costs more than building them (a full collection every few batches).
+        """
+        assert self._id_array is not None
+        ids, values = self._id_array[docs].tolist(), scores.tolist()
+        ends = np.cumsum(counts).tolist()
+        with _gc_paused():
+            flat = _make_hits(ids, values)
+            return [flat[a:b] for a, b in zip([0, *ends[:-1]], ends)]
 
     # -- identity and persistence --------------------------------------------------------------
     def params(self) -> dict[str, Any]:
@@ -302,7 +472,7 @@ class BM25Index:
 
     def copy(self) -> BM25Index:
         """An independent copy (arrays copied, analyzer shared: it is stateless but for a cache)."""
-        new = BM25Index(self.variant, self.k1, self.b, self.epsilon, self.analyzer)
+        new = BM25Index(self.variant, self.k1, self.b, self.epsilon, self.analyzer, self.backend)
         new.terms, new.vocab = list(self.terms), dict(self.vocab)
         new.doc_ids, new.doc_index = list(self.doc_ids), dict(self.doc_index)
         new.doc_len, new.indptr = self.doc_len.copy(), self.indptr.copy()
@@ -324,6 +494,255 @@ def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
         part = np.arange(n)
     order = np.lexsort((part, -scores[part]))
     return part[order][:k]
+
+
+def _positive_top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest *positive* scores, descending, ties by index."""
+    cand = np.flatnonzero(scores > 0)
+    top = _top_k(scores[cand], k)
+    return cand[top]
+
+
+def _make_hits(ids: list[str], scores: list[float]) -> list[Hit]:
+    """``[Hit(i, s) ...]``, built with ``tuple.__new__`` (what a named tuple's constructor calls; 2-4x faster)."""
+    return list(map(tuple.__new__, repeat(Hit), zip(ids, scores)))
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Disable the cyclic garbage collector for the block (re-enabled after only if it was enabled)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+class _Kernels(NamedTuple):
+    """The numba-compiled functions: posting weights and batch top-k."""
+
+    weigh: Callable[..., None]
+    top_k: Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+@functools.cache
+def _numba_kernels() -> _Kernels | None:
+    """The jitted kernels, compiled on first use (cached on disk); None when numba is not installed."""
+    try:
+        import numba
+    except ImportError:
+        return None
+    try:
+        return _jit(numba, cache=True)
+    except RuntimeError:  # no writable cache directory: compile per process
+        return _jit(numba, cache=False)
+
+
+def _jit(numba: Any, cache: bool) -> _Kernels:
+    """Compile the kernels and their helpers (numba code can call only numba code).
+
+    Each function is re-created over one copy of this module's globals in which every helper's
+    name refers to its compiled version; the module itself is left unchanged.
+    """
+    env = dict(globals())
+    for f in (_weigh, _bucket, _accumulate_all, _accumulate, _accumulate_positive, _sort_hits_general, _sort_hits,
+              _select, _batch_top_k):
+        env[f.__name__] = numba.njit(cache=cache, nogil=True)(types.FunctionType(f.__code__, env, f.__name__))
+    return _Kernels(env[_weigh.__name__], env[_batch_top_k.__name__])
+
+
+def _weigh(indptr: np.ndarray, postings: np.ndarray, tf: np.ndarray, idf: np.ndarray, norm: np.ndarray,
+           factor: float, weights: np.ndarray, term_max: np.ndarray) -> None:
+    """Fill ``weights`` as :meth:`BM25Index._posting_weights` computes them (same operations, same
+    order, so the same bits) and ``term_max`` with each term's largest positive weight."""
+    for r in range(len(indptr) - 1):
+        term_idf, top = idf[r], 0.0
+        for p in range(indptr[r], indptr[r + 1]):
+            t = tf[p]
+            w = term_idf * t / (t + norm[postings[p]]) * factor
+            weights[p] = w
+            top = max(top, w)
+        term_max[r] = top
+
+
+_BUCKETS = 1024  # histogram buckets of the top-k floor
+_CROWDED = 32  # more hits than this in one bucket: sort them by a general sort
+
+
+def _batch_top_k(q_ptr: np.ndarray, q_rows: np.ndarray, indptr: np.ndarray, postings: np.ndarray,
+                 weights: np.ndarray, term_max: np.ndarray, n_docs: int, k: int,
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-k positive scores of every query (numba-compiled; plain Python is far too slow).
+
+    Query ``i`` has term rows ``q_rows[q_ptr[i]:q_ptr[i+1]]``; a document's score is the sum of its
+    posting weights in that order (as ``np.bincount`` adds them, so the numpy path matches bit for bit).
+    Returns flat (doc index, score) arrays, best first per query (ties by index), and per-query counts.
+    """
+    n_q = len(q_ptr) - 1
+    acc = np.zeros(n_docs)
+    seen = np.zeros(n_docs, dtype=np.int64)
+    touched = np.empty(n_docs + 1, dtype=np.int64)
+    all_docs = np.arange(n_docs)
+    cand, vals = np.empty(n_docs, dtype=np.int64), np.empty(n_docs)
+    hist = np.empty(_BUCKETS, dtype=np.int64)
+    out_docs, out_scores = np.empty(n_q * k, dtype=np.int64), np.empty(n_q * k)
+    counts = np.zeros(n_q, dtype=np.int64)
+    pos = 0
+    for i in range(n_q):
+        rows = q_rows[q_ptr[i] : q_ptr[i + 1]]
+        n_post, bound, positive = 0, 0.0, True
+        for r in rows:
+            n_post += indptr[r + 1] - indptr[r]
+            bound += term_max[r]  # no score exceeds it (each weight <= its term's max; rounding is monotone)
+            positive &= term_max[r] > 0.0  # a term's weights all have the sign of its idf
+        if n_post < n_docs and positive:  # list the documents the postings touch, visit only those
+            docs = touched[: _accumulate_positive(rows, indptr, postings, weights, acc, touched)]
+        elif n_post < n_docs:
+            docs = touched[: _accumulate(rows, indptr, postings, weights, acc, seen, touched)]
+            seen[docs] = 0
+        else:  # many postings: visit every document
+            _accumulate_all(rows, indptr, postings, weights, acc)
+            docs = all_docs
+        c = _select(acc, docs, bound, k, hist, cand, vals, out_docs[pos : pos + k], out_scores[pos : pos + k])
+        counts[i] = c
+        pos += c
+    return out_docs[:pos], out_scores[:pos], counts
+
+
+def _accumulate_all(rows: np.ndarray, indptr: np.ndarray, postings: np.ndarray, weights: np.ndarray,
+                    acc: np.ndarray) -> None:
+    """``acc[doc] += weight`` over the postings of ``rows``, in order."""
+    for r in rows:
+        for p in range(indptr[r], indptr[r + 1]):
+            acc[postings[p]] += weights[p]
+
+
+def _accumulate(rows: np.ndarray, indptr: np.ndarray, postings: np.ndarray, weights: np.ndarray,
+                acc: np.ndarray, seen: np.ndarray, touched: np.ndarray) -> int:
+    """As :func:`_accumulate_all`, listing each touched document once in ``touched`` (branch-free:
+    written always, kept only on first touch); returns their count."""
+    m = 0
+    for r in rows:
+        for p in range(indptr[r], indptr[r + 1]):
+            d = postings[p]
+            touched[m] = d
+            m += 1 - seen[d]
+            seen[d] = 1
+            acc[d] += weights[p]
+    return m
+
+
+def _accumulate_positive(rows: np.ndarray, indptr: np.ndarray, postings: np.ndarray, weights: np.ndarray,
+                         acc: np.ndarray, touched: np.ndarray) -> int:
+    """As :func:`_accumulate` when every weight is positive: a document is new while its sum is 0."""
+    m = 0
+    for r in rows:
+        for p in range(indptr[r], indptr[r + 1]):
+            d = postings[p]
+            touched[m] = d
+            m += acc[d] == 0.0
+            acc[d] += weights[p]
+    return m
+
+
+def _bucket(v: float, scale: float) -> int:
+    """Histogram bucket of a positive score; never decreases as ``v`` grows."""
+    return min(int(v * scale), _BUCKETS - 1)
+
+
+def _select(acc: np.ndarray, docs: np.ndarray, bound: float, k: int, hist: np.ndarray, cand: np.ndarray,
+            vals: np.ndarray, out_docs: np.ndarray, out_vals: np.ndarray) -> int:
+    """Write the k best positive scores of ``docs`` (visited in any order) to the outputs, best first,
+    ties by index, zeroing their ``acc`` entries; returns how many.
+
+    One pass keeps a histogram (over [0, bound]) of the scores kept so far and a floor bucket: the
+    highest such that the kept scores in buckets >= floor number at least k. A score below the
+    floor is skipped after one comparison with a value just under the floor's lower edge (a
+    well-predicted branch once the floor has risen); since a score's bucket never decreases with
+    the score, the kept scores at or above the final floor include the top k.
+    """
+    scale = (_BUCKETS - 1) / bound if bound > 0.0 else 0.0
+    hist[:] = 0
+    floor, above, m = 0, 0, 0
+    low = 5e-324  # skip v < low: zero, negative, or (later) below the floor
+    for d in docs:
+        v = acc[d]
+        acc[d] = 0.0
+        if v >= low:
+            b = _bucket(v, scale)
+            if b >= floor:
+                cand[m], vals[m] = d, v
+                m += 1
+                hist[b] += 1
+                above += 1
+                if above - hist[floor] >= k:
+                    while above - hist[floor] >= k:
+                        above -= hist[floor]
+                        floor += 1
+                    low = floor / scale * (1.0 - 1e-9)  # v * scale rounds by far less than this margin
+    return _sort_hits(cand[:m], vals[:m], scale, floor, hist, k, out_docs, out_vals)
+
+
+def _sort_hits(cand: np.ndarray, vals: np.ndarray, scale: float, floor: int, hist: np.ndarray, k: int,
+               out_docs: np.ndarray, out_vals: np.ndarray) -> int:
+    """Write the best min(k, n) of the n kept hits at or above the floor bucket to the outputs, best
+    first, ties by index; return how many.
+
+    A counting sort by bucket (``hist`` counts them), highest first, then an insertion sort that only
+    moves hits within their bucket (a handful each).
+    """
+    start = np.empty(len(hist), dtype=np.int64)
+    n, crowded = 0, 0
+    for b in range(len(hist) - 1, floor - 1, -1):
+        start[b] = n
+        n += hist[b]
+        crowded = max(crowded, hist[b])
+    if crowded > _CROWDED:  # an insertion sort within so full a bucket could be quadratic
+        return _sort_hits_general(cand, vals, scale, floor, k, out_docs, out_vals)
+    docs, scores = np.empty(n, dtype=np.int64), np.empty(n)
+    for j in range(len(vals)):
+        b = _bucket(vals[j], scale)
+        if b >= floor:
+            docs[start[b]], scores[start[b]] = cand[j], vals[j]
+            start[b] += 1
+    for j in range(1, n):
+        d, v = docs[j], scores[j]
+        i = j - 1
+        while i >= 0 and (scores[i] < v or (scores[i] == v and docs[i] > d)):
+            docs[i + 1], scores[i + 1] = docs[i], scores[i]
+            i -= 1
+        docs[i + 1], scores[i + 1] = d, v
+    c = min(k, n)
+    out_docs[:c], out_vals[:c] = docs[:c], scores[:c]
+    return c
+
+
+def _sort_hits_general(cand: np.ndarray, vals: np.ndarray, scale: float, floor: int, k: int,
+                       out_docs: np.ndarray, out_vals: np.ndarray) -> int:
+    """As :func:`_sort_hits`, with a sort by score and then by index among equal scores."""
+    n = 0
+    for j in range(len(vals)):  # keep the hits at or above the floor (in place)
+        cand[n], vals[n] = cand[j], vals[j]
+        n += _bucket(vals[j], scale) >= floor
+    cand, vals = cand[:n], vals[:n]
+    order = np.argsort(vals)  # ascending: read from the end
+    c = min(k, n)
+    j = 0
+    while j < c:
+        v = vals[order[n - 1 - j]]
+        e = j + 1
+        while e < n and vals[order[n - 1 - e]] == v:
+            e += 1
+        if e - j == 1:
+            out_docs[j], out_vals[j] = cand[order[n - 1 - j]], v
+        else:  # equal scores: by index
+            run = np.sort(cand[order[n - e : n - j]])
+            for t in range(min(e, c) - j):
+                out_docs[j + t], out_vals[j + t] = run[t], v
+        j = e
+    return c
 
 
 def _lethe_version() -> str:
