@@ -155,6 +155,34 @@ def test_workspace_forget_and_verify(tmp_path: Path, tiny_bert_dir: Path) -> Non
         assert not ws.milvus_lite_path("dense").exists() and ws.verify().ok
 
 
+@pytest.mark.parametrize("step", ["resolve", "store", "index:bm25", "index:dense", "cache", "verify", "scrub"])
+def test_crash_during_a_milvus_backed_forget_resumes(tmp_path: Path, tiny_bert_dir: Path, step: str) -> None:
+    """A crash after any journal step of a forget on a Milvus-backed index resumes to the same end state."""
+    from lethe.pipelines.forget import InjectedCrash
+    from lethe.pipelines.workspace import Workspace
+    from lethe.registry import ModelSpec
+
+    docs = [dataclasses.replace(d, id=f"document-{d.id}") for d in make_docs()]
+    forgotten = ["document-d2", "document-d4"]
+    shutil.copytree(tiny_bert_dir, tmp_path / "tiny")
+    with Workspace(tmp_path / "home", show_progress=False) as ws:
+        ws.registry.register(ModelSpec(name="tiny", kind="bi_encoder", source=f"path:{tmp_path / 'tiny'}"))
+        ws.store.ingest(docs, make_queries())
+        ws.build_bm25()
+        ws.build_dense(encoder="tiny", backend="milvus")
+        with pytest.raises(InjectedCrash):
+            ws.forget(doc_ids=forgotten, reason="test", crash_after=step)
+    with Workspace(tmp_path / "home", show_progress=False) as ws:  # a new process would open it afresh
+        (receipt,) = ws.resume_forgets()
+        assert receipt.level == "deleted" and receipt.reached
+        result = ws.verify()
+        assert result.ok and not result.trace_found, result.problems
+        index = ws.load_index("dense")
+        assert isinstance(index, MilvusIndex) and len(index) == 10
+        assert not any(d in index for d in forgotten)
+        assert not set(forgotten) & lite_ids(ws.milvus_lite_path("dense"))
+
+
 def test_unreachable_uri_is_a_clear_error_before_any_write(tmp_path: Path) -> None:
     with pytest.raises(LetheError, match="127.0.0.1:1"):
         check_uri(UNREACHABLE)
