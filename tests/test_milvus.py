@@ -117,20 +117,34 @@ def test_save_load_and_no_deleted_row_left(tmp_path: Path) -> None:
     assert_same_hits(again.search_vectors(q, 10), faiss.search_vectors(q, 10))
 
 
-def test_workspace_forget_and_verify(tmp_path: Path, tiny_bert_dir: Path) -> None:
-    """Ids of 8+ characters, so the byte scan of ``verify`` would see one left in raw bytes (a Milvus Lite
-    tombstone names it in clear); the parquet check below also reads the compressed rows it cannot see."""
+def milvus_docs() -> tuple[list, list[str]]:
+    """The test documents with ids of 8+ characters (a byte scan would see one left), and two to forget."""
+    return [dataclasses.replace(d, id=f"document-{d.id}") for d in make_docs()], ["document-d2", "document-d4"]
+
+
+def milvus_workspace(tmp_path: Path, tiny_bert_dir: Path, docs: list):  # noqa: ANN201
+    """A workspace (to use as a context) holding ``docs`` with BM25 and a Milvus Lite dense index of a tiny model."""
     from lethe.pipelines.workspace import Workspace
     from lethe.registry import ModelSpec
 
-    docs = [dataclasses.replace(d, id=f"document-{d.id}") for d in make_docs()]
-    forgotten = ["document-d2", "document-d4"]
     shutil.copytree(tiny_bert_dir, tmp_path / "tiny")
-    with Workspace(tmp_path / "home", show_progress=False) as ws:
+    ws = Workspace(tmp_path / "home", show_progress=False)
+    try:
         ws.registry.register(ModelSpec(name="tiny", kind="bi_encoder", source=f"path:{tmp_path / 'tiny'}"))
         ws.store.ingest(docs, make_queries())
         ws.build_bm25()
         ws.build_dense(encoder="tiny", backend="milvus")
+    except BaseException:
+        ws.close()
+        raise
+    return ws
+
+
+def test_workspace_forget_and_verify(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    """Ids of 8+ characters, so the byte scan of ``verify`` would see one left in raw bytes (a Milvus Lite
+    tombstone names it in clear); the parquet check below also reads the compressed rows it cannot see."""
+    docs, forgotten = milvus_docs()
+    with milvus_workspace(tmp_path, tiny_bert_dir, docs) as ws:
         assert ws.registry.get("dense").manifest["params"]["backend"] == "milvus"
         index = ws.load_index("dense")
         assert isinstance(index, MilvusIndex) and len(index) == 12
@@ -160,18 +174,10 @@ def test_crash_during_a_milvus_backed_forget_resumes(tmp_path: Path, tiny_bert_d
     """A crash after any journal step of a forget on a Milvus-backed index resumes to the same end state."""
     from lethe.pipelines.forget import InjectedCrash
     from lethe.pipelines.workspace import Workspace
-    from lethe.registry import ModelSpec
 
-    docs = [dataclasses.replace(d, id=f"document-{d.id}") for d in make_docs()]
-    forgotten = ["document-d2", "document-d4"]
-    shutil.copytree(tiny_bert_dir, tmp_path / "tiny")
-    with Workspace(tmp_path / "home", show_progress=False) as ws:
-        ws.registry.register(ModelSpec(name="tiny", kind="bi_encoder", source=f"path:{tmp_path / 'tiny'}"))
-        ws.store.ingest(docs, make_queries())
-        ws.build_bm25()
-        ws.build_dense(encoder="tiny", backend="milvus")
-        with pytest.raises(InjectedCrash):
-            ws.forget(doc_ids=forgotten, reason="test", crash_after=step)
+    docs, forgotten = milvus_docs()
+    with milvus_workspace(tmp_path, tiny_bert_dir, docs) as ws, pytest.raises(InjectedCrash):
+        ws.forget(doc_ids=forgotten, reason="test", crash_after=step)
     with Workspace(tmp_path / "home", show_progress=False) as ws:  # a new process would open it afresh
         (receipt,) = ws.resume_forgets()
         assert receipt.level == "deleted" and receipt.reached

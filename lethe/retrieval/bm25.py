@@ -158,6 +158,10 @@ class BM25Index:
         self.postings, self.tf = cols.astype(np.int64), tf.astype(np.float64)
         self._df = np.bincount(rows, minlength=len(self.terms)).astype(np.int64)
         self.indptr = np.concatenate([[0], np.cumsum(self._df)]).astype(np.int64)
+        self._stale_weights()
+
+    def _stale_weights(self) -> None:
+        """New arrays (postings or terms) came: no term's weights are computed yet."""
         self._weights = np.zeros(len(self.postings))
         self._term_max = np.zeros(len(self.terms))
         self._stamp = np.full(len(self.terms), _STALE, dtype=np.int64)
@@ -630,11 +634,7 @@ class BM25Index:
         self._n_live, self._total_len = len(self._ids), int(self.doc_len.sum())
         self._df = np.diff(self.indptr).astype(np.int64)
         self._fwd_ptr = self._fwd_rows = None
-        self._weights = np.zeros(len(self.postings))
-        self._term_max = np.zeros(len(self.terms))
-        self._stamp = np.full(len(self.terms), _STALE, dtype=np.int64)
-        self._id_array = None
-        self._changed()
+        self._stale_weights()
 
     def copy_compacted(self) -> BM25Index:
         """A compacted copy (no dead documents, no forgotten terms)."""
@@ -658,9 +658,7 @@ class BM25Index:
             new._fwd_ptr, new._fwd_rows = self._fwd_ptr.copy(), self._fwd_rows.copy()
         else:
             new._fwd_ptr = new._fwd_rows = None
-        new._weights = np.zeros(len(self.postings))
-        new._term_max = np.zeros(len(self.terms))
-        new._stamp = np.full(len(self.terms), _STALE, dtype=np.int64)
+        new._stale_weights()
         return new
 
 
