@@ -2,7 +2,8 @@
 first token), zero-shot and after listwise training; one JSON object as the last line.
 
 Each system key (``first_stage``, ``cross_encoder``, ``qlm``, ``full``, ``sliding``, ``first_token``,
-``full_trained``, ``sliding_trained``) holds ``ndcg10``, ``ndcg10_fused`` (RRF with the first stage),
+``full_trained``, ``sliding_trained``) holds ``ndcg10``, ``delta_ci`` (paired-bootstrap 95% interval of
+its nDCG@10 minus the first stage's, over the same queries), ``ndcg10_fused`` (RRF with the first stage),
 ``calls_per_query``, ``input_tokens_per_query``, ``output_tokens_per_query`` and ``seconds_per_query``
 over a fixed-seed sample of ``--queries`` test queries.
 
@@ -28,7 +29,7 @@ from pathlib import Path
 from lethe.data import Dataset, load_dataset
 from lethe.data.loaders import load_trec_run
 from lethe.errors import RegistryError
-from lethe.pipelines.evaluate import evaluate
+from lethe.pipelines.evaluate import delta_ci, evaluate
 from lethe.pipelines.rerank import DEFAULT_LLM, ensure_llm, listwise_examples, load_reranker, train_listwise_reranker
 from lethe.pipelines.train import progress_bar, train_teacher, training_data
 from lethe.pipelines.workspace import Workspace
@@ -76,7 +77,7 @@ def train_models(ws: Workspace, ds: Dataset, args: argparse.Namespace, passage_t
         times["cross_encoder"] = ws.registry.get("cross-encoder").manifest.get("extra", {}).get("seconds")
     elif args.ce_minutes > 0:
         td = training_data(ws, ds, "train", train_q, pool_depth=args.depth, indexes=("bm25",))
-        cfg = CETrainConfig(lr=7e-5, max_length=192, queries_per_step=8, epochs=3,
+        cfg = CETrainConfig(lr=args.ce_lr, max_length=args.ce_max_length, queries_per_step=4, epochs=args.ce_epochs,
                             max_seconds=args.ce_minutes * 60)
         on_step, close = progress_bar("cross-encoder")
         t0 = time.perf_counter()
@@ -162,7 +163,7 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=20)
     ap.add_argument("--window", type=int, default=None, help="default: 10 at depth 20, 20 at depth 100")
     ap.add_argument("--step", type=int, default=None, help="default: window / 2")
-    ap.add_argument("--queries", type=int, default=20, help="fixed-seed sample of test queries (0: all)")
+    ap.add_argument("--queries", type=int, default=100, help="fixed-seed sample of test queries (0: all)")
     ap.add_argument("--passage-tokens", type=int, default=48)
     ap.add_argument("--passage-view", choices=PASSAGE_VIEWS, default="head",
                     help="what prompts show of a passage: its head or the query-biased snippet (LLM systems)")
@@ -173,7 +174,10 @@ def main() -> None:
     ap.add_argument("--train-lr", type=float, default=2e-4, help="listwise LoRA learning rate")
     ap.add_argument("--lora-layers", type=int, default=0,
                     help="LoRA in the top N decoder layers only (0: all); the frozen layers below need no backward")
-    ap.add_argument("--ce-minutes", type=float, default=4)
+    ap.add_argument("--ce-minutes", type=float, default=25, help="cross-encoder training time cap")
+    ap.add_argument("--ce-epochs", type=float, default=2.0, help="cross-encoder epochs (the schedule's length)")
+    ap.add_argument("--ce-lr", type=float, default=3e-5)
+    ap.add_argument("--ce-max-length", type=int, default=192, help="cross-encoder tokens per pair (train and rerank)")
     ap.add_argument("--shuffle-inputs", type=float, nargs="?", const=1.0, default=0.0,
                     help="fraction of training lists shown in a shuffled order (flag alone: all)")
     ap.add_argument("--teacher", choices=("fusion", "bm25"), default="fusion",
@@ -218,7 +222,8 @@ def main() -> None:
         queries = {q: ds.queries[q].text for q in qids}
         texts = {d.id: d.contents for d in ds.corpus.values()}
         out["queries"] = len(qids)
-        out["first_stage"] = {"ndcg10": round(evaluate(run, qrels, ["nDCG@10"])[0]["nDCG@10"], 4)}
+        agg, base = evaluate(run, qrels, ["nDCG@10"])
+        out["first_stage"] = {"ndcg10": round(agg["nDCG@10"], 4)}
         if trained:
             labels = fused_teacher(ws, queries, run) if args.teacher == "fusion" else run
             ndcg = evaluate(labels, qrels, ["nDCG@10"])[0]["nDCG@10"]
@@ -237,8 +242,10 @@ def main() -> None:
                                calibration=calibration, passage_view=args.passage_view)
             new, stats = rerank_run(rr, run, queries, args.depth)
             fused = {q: {h.doc_id: h.score for h in rrf([_hits(run[q]), _hits(new[q])])} for q in qids}
+            agg, per_query = evaluate(new, qrels, ["nDCG@10"])
             out[key] = {"model": str(ws.registry.get(name)), "mode": mode, "calibration": calibration,
-                        "ndcg10": round(evaluate(new, qrels, ["nDCG@10"])[0]["nDCG@10"], 4),
+                        "ndcg10": round(agg["nDCG@10"], 4),
+                        "delta_ci": [round(x, 4) for x in delta_ci(per_query, base)],
                         "ndcg10_fused": round(evaluate(fused, qrels, ["nDCG@10"])[0]["nDCG@10"], 4),
                         **stats.per_query(len(qids))}
             print(key, json.dumps(out[key]), file=sys.stderr, flush=True)

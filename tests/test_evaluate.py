@@ -156,3 +156,33 @@ def test_evaluate_retriever_without_out_dir(tmp_path: Path, monkeypatch: pytest.
     agg, _, _ = evaluate_retriever(FakeSearcher({}), {"q1": "x"}, {"q1": {"d1": 1}}, ["RR@10"])
     assert agg["RR@10"] == 0.0
     assert list(tmp_path.iterdir()) == []
+
+
+def test_delta_ci_matches_a_bootstrap_by_hand() -> None:
+    import numpy as np
+
+    from lethe.pipelines.evaluate import delta_ci
+
+    rng = np.random.default_rng(3)
+    base = {f"q{i}": {"nDCG@10": float(v)} for i, v in enumerate(rng.uniform(0, 1, 120))}
+    better = {q: {"nDCG@10": v["nDCG@10"] + float(d)} for (q, v), d in zip(base.items(), rng.normal(0.05, 0.1, 120))}
+    low, high = delta_ci(better, base)
+    diff = np.array([better[q]["nDCG@10"] - base[q]["nDCG@10"] for q in sorted(base)])
+    draws = np.random.default_rng(11).integers(0, len(diff), (20_000, len(diff)))
+    means = diff[draws].mean(axis=1)
+    assert abs(low - np.quantile(means, 0.025)) < 0.004
+    assert abs(high - np.quantile(means, 0.975)) < 0.004
+    assert 0 < low < diff.mean() < high
+    lo2, hi2 = delta_ci(base, better)  # the other way round: the mirror image, below 0
+    assert hi2 < 0 and abs(lo2 + high) < 0.004
+
+
+def test_delta_ci_errors_and_ties() -> None:
+    from lethe.pipelines.evaluate import delta_ci
+
+    a = {"q1": {"nDCG@10": 0.5}, "q2": {"nDCG@10": 0.7}}
+    assert delta_ci(a, a) == (0.0, 0.0)
+    with pytest.raises(LetheError, match="same queries"):
+        delta_ci(a, {"q1": {"nDCG@10": 0.5}})
+    with pytest.raises(LetheError, match="at least 2"):
+        delta_ci({"q1": {"nDCG@10": 0.5}}, {"q1": {"nDCG@10": 0.4}})

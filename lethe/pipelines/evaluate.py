@@ -51,6 +51,29 @@ def evaluate(run: Run, qrels: Qrels, measures: Iterable[str] = DEFAULT_MEASURES
     return {str(k): float(v) for k, v in agg.items()}, per_query
 
 
+def delta_ci(per_query: Mapping[str, Mapping[str, float]], baseline: Mapping[str, Mapping[str, float]],
+             measure: str = "nDCG@10", level: float = 0.95, resamples: int = 10_000, seed: int = 0,
+             ) -> tuple[float, float]:
+    """Paired-bootstrap ``level`` interval of the mean per-query difference ``per_query - baseline`` in
+    ``measure`` (queries resampled with replacement; scipy's percentile bootstrap). Both must hold the
+    same queries (the per-query figures of :func:`evaluate`); an interval above 0 means the system beats
+    the baseline on this query sample."""
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    if set(per_query) != set(baseline):
+        raise LetheError(f"delta_ci needs the same queries: {len(set(per_query) ^ set(baseline))} differ")
+    qids = sorted(per_query)
+    diff = np.array([per_query[q][measure] - baseline[q][measure] for q in qids], dtype=np.float64)
+    if len(diff) < 2:
+        raise LetheError(f"delta_ci needs at least 2 queries (got {len(diff)})")
+    if np.all(diff == diff[0]):
+        return float(diff[0]), float(diff[0])
+    res = bootstrap((diff,), np.mean, confidence_level=level, n_resamples=resamples, method="percentile",
+                    rng=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
 def write_trec_run(run: Mapping[str, Mapping[str, float]], path: str | Path, tag: str = "lethe") -> None:
     """Write a TREC run file atomically (ranks by descending score).
 

@@ -19,7 +19,14 @@ from lethe.data import Dataset
 from lethe.embedding.train import EmbedTrainConfig, TrainResult, query_prompt, train_bi_encoder
 from lethe.errors import LetheError
 from lethe.pipelines.workspace import DEFAULT_ENCODER, Workspace
-from lethe.ranking.cross_encoder import CETrainConfig, CrossEncoderReranker, Group, train_cross_encoder
+from lethe.ranking.cross_encoder import (
+    CETrainConfig,
+    CrossEncoderReranker,
+    Group,
+    segment_head,
+    train_cross_encoder,
+    use_segment_head,
+)
 from lethe.registry import ArtifactRef, Lineage, ModelSpec
 from lethe.training.pools import MinedExample, TeacherScores, build_pools, load_examples, mine, save_examples
 from lethe.unlearning.audit import AUDIT_FILE, AuditReference, hold_out
@@ -108,12 +115,19 @@ def listwise_rows(data: TrainingData, n_negatives: int = 7) -> list[MinedExample
 
 
 def new_cross_encoder(ws: Workspace, base_ref: ArtifactRef, seed: int):  # noqa: ANN201
-    """A ``CrossEncoder`` grown from a registry model (its new head drawn with ``seed``: the same every time)."""
+    """A ``CrossEncoder`` grown from a registry model (its new head drawn with ``seed``: the same every time).
+
+    Grown from a bi-encoder, it is scored by the gated segment-cosine head (``use_segment_head``): it
+    starts as good as that bi-encoder. Grown from a cross-encoder, it keeps that model's head.
+    """
     import torch
     from sentence_transformers import CrossEncoder
 
     torch.manual_seed(seed)
-    return CrossEncoder(str(ws.registry.resolve_path(base_ref)), num_labels=1, device="cpu")
+    model = CrossEncoder(str(ws.registry.resolve_path(base_ref)), num_labels=1, device="cpu")
+    if base_ref.kind == "bi_encoder" and segment_head(model) is None:
+        use_segment_head(model)
+    return model
 
 
 def train_teacher(ws: Workspace, data: TrainingData, name: str = "teacher", base: str = DEFAULT_ENCODER,

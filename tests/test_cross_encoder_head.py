@@ -1,0 +1,97 @@
+"""The gated segment-cosine head of cross-encoders grown from a bi-encoder (lethe.ranking.cross_encoder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lethe.ranking.cross_encoder import (
+    HEAD_KEY,
+    CETrainConfig,
+    CrossEncoderReranker,
+    Group,
+    pair_logits,
+    segment_head,
+    train_cross_encoder,
+    use_segment_head,
+)
+from tests.conftest import TEXTS
+
+QUERIES = ["fox jumping", "cardano rewards", "vitamin health"]
+
+
+def _grown(tiny_bert_dir: Path, gate: float = -6.0):  # noqa: ANN202
+    from sentence_transformers import CrossEncoder
+
+    model = CrossEncoder(str(tiny_bert_dir), num_labels=1, device="cpu")
+    use_segment_head(model, gate=gate)
+    return model
+
+
+def test_closed_gate_scores_exactly_as_the_bi_encoder(tiny_bert_dir: Path) -> None:
+    """At gate -> -inf the head is the bi-encoder: 20 x cosine of sentence-transformers' own embeddings."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    bi = SentenceTransformer(str(tiny_bert_dir), device="cpu")
+    ce = _grown(tiny_bert_dir, gate=-1e4)
+    pairs = [(q, t) for q in QUERIES for t in TEXTS[:5]]
+    with torch.no_grad():
+        got = pair_logits(ce, pairs, 128).numpy()
+    qv = bi.encode([q for q, _ in pairs], normalize_embeddings=True)
+    dv = bi.encode([t for _, t in pairs], normalize_embeddings=True)
+    np.testing.assert_allclose(got, 20.0 * (qv * dv).sum(1), atol=2e-4)
+
+
+def test_an_open_gate_lets_the_document_change_the_query_side(tiny_bert_dir: Path) -> None:
+    import torch
+
+    closed, opened = _grown(tiny_bert_dir, gate=-1e4), _grown(tiny_bert_dir, gate=0.0)
+    pairs = [(QUERIES[0], t) for t in TEXTS[:4]]
+    with torch.no_grad():
+        a, b = pair_logits(closed, pairs, 128).numpy(), pair_logits(opened, pairs, 128).numpy()
+    assert np.abs(a - b).max() > 1e-3
+
+
+def test_training_moves_the_gate_and_saves_it_in_the_config(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    ce = _grown(tiny_bert_dir)
+    groups = [Group(q, TEXTS[i], [TEXTS[j] for j in range(12) if j != i][:3])
+              for q, i in zip(QUERIES, (0, 1, 4))] * 4
+    losses = train_cross_encoder(ce, groups, CETrainConfig(epochs=4, lr=2e-3, queries_per_step=3,
+                                                           max_length=64, warmup=0.0))
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+    assert not hasattr(ce.model, "lethe_gate")             # only a parameter while training
+    gate = segment_head(ce)["gate"]
+    assert gate != -6.0
+    ce.save_pretrained(str(tmp_path / "ce"))
+    loaded = CrossEncoder(str(tmp_path / "ce"), num_labels=1, device="cpu")
+    assert getattr(loaded.model.config, HEAD_KEY)["gate"] == pytest.approx(gate)
+    pairs = [(q, t) for q in QUERIES for t in TEXTS[:4]]
+    with torch.no_grad():
+        np.testing.assert_allclose(pair_logits(loaded, pairs, 64).numpy(), pair_logits(ce, pairs, 64).numpy(),
+                                   atol=1e-5)
+
+
+def test_reranker_counts_the_tokens_it_reads(tiny_bert_dir: Path) -> None:
+    ce = _grown(tiny_bert_dir)
+    rr = CrossEncoderReranker(ce, max_length=64)
+    q_len = len(ce.tokenizer(QUERIES[1])["input_ids"])
+    d_len = sum(len(ce.tokenizer(t)["input_ids"]) for t in TEXTS[:3])
+    assert rr._count_tokens(QUERIES[1], TEXTS[:3]) == 3 * q_len + d_len
+
+
+def test_a_model_without_two_token_types_is_refused(tiny_bert_dir: Path) -> None:
+    from sentence_transformers import CrossEncoder
+
+    ce = CrossEncoder(str(tiny_bert_dir), num_labels=1, device="cpu")
+    emb = ce.model.base_model.embeddings
+    import torch
+
+    emb.token_type_embeddings = torch.nn.Embedding(1, emb.token_type_embeddings.weight.shape[1])
+    with pytest.raises(ValueError, match="two token types"):
+        use_segment_head(ce)
