@@ -76,7 +76,8 @@ def train_models(ws: Workspace, ds: Dataset, args: argparse.Namespace, passage_t
     if _has(ws, "cross-encoder"):
         times["cross_encoder"] = ws.registry.get("cross-encoder").manifest.get("extra", {}).get("seconds")
     elif args.ce_minutes > 0:
-        td = training_data(ws, ds, "train", train_q, pool_depth=args.depth, indexes=("bm25",))
+        td = training_data(ws, ds, "train", train_queries(ds, args.ce_train_queries), pool_depth=args.depth,
+                           indexes=("bm25",))
         cfg = CETrainConfig(lr=args.ce_lr, max_length=args.ce_max_length, queries_per_step=4, epochs=args.ce_epochs,
                             max_seconds=args.ce_minutes * 60)
         on_step, close = progress_bar("cross-encoder")
@@ -108,10 +109,20 @@ def train_models(ws: Workspace, ds: Dataset, args: argparse.Namespace, passage_t
     return times
 
 
-def train_queries(ds: Dataset, n: int) -> list[str]:
-    """The fixed-seed sample of ``n`` train-split queries the listwise models are trained on."""
+DEV_QUERIES = 100  # train-split queries held out from every model (``--eval dev``)
+
+
+def dev_queries(ds: Dataset) -> list[str]:
+    """The fixed-seed train-split queries no model trains on: the dev set for tuning (``--eval dev``)."""
     qids = sorted(q for q in ds.split_qrels("train") if q in ds.queries)
-    return random.Random(1).sample(qids, min(n, len(qids)))
+    return sorted(random.Random(7).sample(qids, min(DEV_QUERIES, len(qids) // 4)))
+
+
+def train_queries(ds: Dataset, n: int) -> list[str]:
+    """A fixed-seed sample of ``n`` train-split queries outside the dev set (0: all of them)."""
+    dev = set(dev_queries(ds))
+    qids = sorted(q for q in ds.split_qrels("train") if q in ds.queries and q not in dev)
+    return random.Random(1).sample(qids, min(n, len(qids))) if n else qids
 
 
 def eval_queries(ds: Dataset, args: argparse.Namespace) -> tuple[str, list[str]]:
@@ -120,8 +131,7 @@ def eval_queries(ds: Dataset, args: argparse.Namespace) -> tuple[str, list[str]]
         return "test", sorted(q for q in ds.split_qrels("test") if q in ds.queries)
     if "train" not in ds.qrels:
         raise SystemExit(f"--eval dev needs a train split; {args.data} has none")
-    used = set(train_queries(ds, args.train_queries))
-    return "train", sorted(q for q in ds.split_qrels("train") if q in ds.queries and q not in used)
+    return "train", dev_queries(ds)
 
 
 def dense_scores(ws: Workspace, queries: dict[str, str], run: dict[str, dict[str, float]]
@@ -168,16 +178,17 @@ def main() -> None:
     ap.add_argument("--passage-view", choices=PASSAGE_VIEWS, default="head",
                     help="what prompts show of a passage: its head or the query-biased snippet (LLM systems)")
     ap.add_argument("--home", default=None, help="workspace (default: temp); reuse it to transfer trained models")
-    ap.add_argument("--train-queries", type=int, default=200)
+    ap.add_argument("--train-queries", type=int, default=200, help="train queries of the listwise models")
+    ap.add_argument("--ce-train-queries", type=int, default=0, help="train queries of the cross-encoder (0: all)")
     ap.add_argument("--train-minutes", type=float, default=12, help="per listwise model")
     ap.add_argument("--train-epochs", type=float, default=1.0)
     ap.add_argument("--train-lr", type=float, default=2e-4, help="listwise LoRA learning rate")
     ap.add_argument("--lora-layers", type=int, default=0,
                     help="LoRA in the top N decoder layers only (0: all); the frozen layers below need no backward")
     ap.add_argument("--ce-minutes", type=float, default=25, help="cross-encoder training time cap")
-    ap.add_argument("--ce-epochs", type=float, default=2.0, help="cross-encoder epochs (the schedule's length)")
+    ap.add_argument("--ce-epochs", type=float, default=1.6, help="cross-encoder epochs (the schedule's length)")
     ap.add_argument("--ce-lr", type=float, default=3e-5)
-    ap.add_argument("--ce-max-length", type=int, default=192, help="cross-encoder tokens per pair (train and rerank)")
+    ap.add_argument("--ce-max-length", type=int, default=128, help="cross-encoder tokens per pair (train and rerank)")
     ap.add_argument("--shuffle-inputs", type=float, nargs="?", const=1.0, default=0.0,
                     help="fraction of training lists shown in a shuffled order (flag alone: all)")
     ap.add_argument("--teacher", choices=("fusion", "bm25"), default="fusion",
