@@ -85,6 +85,8 @@ def train_models(ws: Workspace, ds: Dataset, args: argparse.Namespace, passage_t
         train_teacher(ws, td, "cross-encoder", "minilm", cfg, n_negatives=7, on_step=on_step)
         close()
         times["cross_encoder"] = round(time.perf_counter() - t0, 1)
+    if not {"full", "sliding"} & set(args.listwise.split(",")):
+        return times
     hits = ws.load_index("bm25").search([ds.queries[q].text for q in train_q], args.depth)
     run = {q: [h.doc_id for h in hs] for q, hs in zip(train_q, hits)}
     bm25 = {q: {h.doc_id: h.score for h in hs} for q, hs in zip(train_q, hits)}
