@@ -79,7 +79,7 @@ def train_models(ws: Workspace, ds: Dataset, args: argparse.Namespace, passage_t
         td = training_data(ws, ds, "train", train_queries(ds, args.ce_train_queries), pool_depth=args.depth,
                            indexes=("bm25",))
         cfg = CETrainConfig(lr=args.ce_lr, max_length=args.ce_max_length, queries_per_step=4, epochs=args.ce_epochs,
-                            max_seconds=args.ce_minutes * 60)
+                            max_seconds=args.ce_minutes * 60, gate=args.ce_gate)
         on_step, close = progress_bar("cross-encoder")
         t0 = time.perf_counter()
         train_teacher(ws, td, "cross-encoder", "minilm", cfg, n_negatives=7, on_step=on_step)
@@ -190,6 +190,8 @@ def main() -> None:
     ap.add_argument("--ce-minutes", type=float, default=25, help="cross-encoder training time cap")
     ap.add_argument("--ce-epochs", type=float, default=1.6, help="cross-encoder epochs (the schedule's length)")
     ap.add_argument("--ce-lr", type=float, default=3e-5)
+    ap.add_argument("--ce-gate", type=float, default=-6.0,
+                    help="starting cross-segment attention gate (-1e4: closed; a bi-encoder tuned in the pair layout)")
     ap.add_argument("--ce-max-length", type=int, default=128, help="cross-encoder tokens per pair (train and rerank)")
     ap.add_argument("--shuffle-inputs", type=float, nargs="?", const=1.0, default=0.0,
                     help="fraction of training lists shown in a shuffled order (flag alone: all)")

@@ -114,7 +114,7 @@ def listwise_rows(data: TrainingData, n_negatives: int = 7) -> list[MinedExample
     return rows
 
 
-def new_cross_encoder(ws: Workspace, base_ref: ArtifactRef, seed: int):  # noqa: ANN201
+def new_cross_encoder(ws: Workspace, base_ref: ArtifactRef, seed: int, gate: float = -6.0):  # noqa: ANN201
     """A ``CrossEncoder`` grown from a registry model (its new head drawn with ``seed``: the same every time).
 
     Grown from a bi-encoder, it is scored by the gated segment-cosine head (``use_segment_head``): it
@@ -126,7 +126,7 @@ def new_cross_encoder(ws: Workspace, base_ref: ArtifactRef, seed: int):  # noqa:
     torch.manual_seed(seed)
     model = CrossEncoder(str(ws.registry.resolve_path(base_ref)), num_labels=1, device="cpu")
     if base_ref.kind == "bi_encoder" and segment_head(model) is None:
-        use_segment_head(model)
+        use_segment_head(model, gate=gate)
     return model
 
 
@@ -146,7 +146,7 @@ def train_teacher(ws: Workspace, data: TrainingData, name: str = "teacher", base
     rows = listwise_rows(data, n_negatives)
     seen = {d for r in rows for d in (r.positive, *r.negatives)}
     t0 = time.perf_counter()
-    model = new_cross_encoder(ws, base_ref, cfg.seed)
+    model = new_cross_encoder(ws, base_ref, cfg.seed, cfg.gate)
     sharded = None
     if shards:
         sharded = train_shards(CrossEncoderScorer(model, max_length=cfg.max_length),

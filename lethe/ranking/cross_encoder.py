@@ -182,6 +182,9 @@ class CETrainConfig:
     bce_weight: float = 0.0
     seed: int = 42
     max_seconds: float | None = None
+    # starting cross-segment gate of a segment-cosine head grown from a bi-encoder (-1e4: closed for good,
+    # i.e. the bi-encoder fine-tuned in the pair layout; the ablation of RESULTS.md)
+    gate: float = -6.0
 
 
 def train_cross_encoder(model: Any, groups: Sequence[Group], cfg: CETrainConfig,
