@@ -35,8 +35,7 @@ from lethe.pipelines.train import progress_bar, train_teacher, training_data
 from lethe.pipelines.workspace import Workspace
 from lethe.ranking import CETrainConfig
 from lethe.ranking.base import rerank_run
-from lethe.ranking.listwise_train import RANK_PAIRS, ListwiseTrainConfig
-from lethe.ranking.llm import MODES as LISTWISE_MODES
+from lethe.ranking.listwise_train import OBJECTIVES, ListwiseTrainConfig
 from lethe.ranking.prompts import PASSAGE_VIEWS
 from lethe.retrieval.fusion import rrf
 from lethe.types import Hit
@@ -102,7 +101,7 @@ def train_models(ws: Workspace, ds: Dataset, args: argparse.Namespace, passage_t
                                   passage_tokens=passage_tokens, max_seconds=args.train_minutes * 60,
                                   shuffle_inputs=args.shuffle_inputs, lora_layers=args.lora_layers,
                                   first_token_loss=args.first_token_loss, rank_positions=args.rank_positions,
-                                  rank_pairs=args.rank_pairs, passage_view=args.passage_view)
+                                  passage_view=args.passage_view, objective=args.objective)
         on_step, close = progress_bar(name)
         t0 = time.perf_counter()
         train_listwise_reranker(ws, ds, examples, name, DEFAULT_LLM, cfg, window, args.step, on_step)
@@ -199,12 +198,12 @@ def main() -> None:
                     help="orders the non-relevant candidates of each listwise label: RRF(BM25, dense MiniLM) or BM25")
     ap.add_argument("--first-token-loss", type=float, default=0.0,
                     help="lambda of FIRST's RankNet term on the first identifier's logits (0: NLL only)")
+    ap.add_argument("--objective", choices=OBJECTIVES, default="generate",
+                    help="listwise training: generate the permutation (NLL) or one-pass scores (identifier logits "
+                         "at the answer's first position, weighted Plackett-Luce loss; full_trained then reads "
+                         "them in first_token mode)")
     ap.add_argument("--rank-positions", type=int, default=1,
                     help="identifier positions the RankNet term trains (1: the first, as FIRST; 0: every one)")
-    ap.add_argument("--rank-pairs", choices=RANK_PAIRS, default="all",
-                    help="pairs of that term: every pair of the label (FIRST) or relevant above non-relevant only")
-    ap.add_argument("--calibration", type=float, default=0.0,
-                    help="contextual-calibration strength of the listwise systems (0: off; tune it with --eval dev)")
     ap.add_argument("--eval", choices=("test", "dev"), default="test",
                     help="evaluate on the test split, or on held-out train queries (dev: for tuning, not reporting)")
     ap.add_argument("--retrain", action="store_true", help="train the listwise models even if --home has them")
@@ -249,16 +248,17 @@ def main() -> None:
                   "first_token_trained": ("listwise-full", "first_token")}
         for key in filter(None, args.systems.split(",")):
             name, mode = models[key]
+            if key == "full_trained" and _has(ws, name):  # a one-pass model is read in first_token mode
+                mode = ws.registry.get(name).manifest.get("params", {}).get("mode", mode)
             if not _has(ws, name):
                 out[key] = {"skipped": f"{name} not in {home} (train it on a collection with a train split)"}
                 continue
-            calibration = args.calibration if mode in LISTWISE_MODES else 0.0
             rr = load_reranker(ws, name, mode, args.window, args.step, passage_tokens, texts=texts,
-                               calibration=calibration, passage_view=args.passage_view)
+                               passage_view=args.passage_view)
             new, stats = rerank_run(rr, run, queries, args.depth)
             fused = {q: {h.doc_id: h.score for h in rrf([_hits(run[q]), _hits(new[q])])} for q in qids}
             agg, per_query = evaluate(new, qrels, ["nDCG@10"])
-            out[key] = {"model": str(ws.registry.get(name)), "mode": mode, "calibration": calibration,
+            out[key] = {"model": str(ws.registry.get(name)), "mode": mode,
                         "ndcg10": round(agg["nDCG@10"], 4),
                         "delta_ci": [round(x, 4) for x in delta_ci(per_query, base)],
                         "ndcg10_fused": round(evaluate(fused, qrels, ["nDCG@10"])[0]["nDCG@10"], 4),

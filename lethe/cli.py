@@ -31,9 +31,6 @@ HomeOpt = Annotated[Path | None, typer.Option("--home", help="workspace director
 ViewOpt = Annotated[str | None, typer.Option(
     help="LLM rerankers: what the prompt shows of a passage, head | query (query-biased snippet); default: the "
          "view the model was trained with, else head")]
-CalibrationOpt = Annotated[float, typer.Option(
-    help="listwise LLM modes: contextual-calibration strength (0: off), subtracts the identifier prior of a "
-         "content-free prompt")]
 
 
 NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="fail at once if another process is changing the "
@@ -243,7 +240,6 @@ def eval_(
     depth: Annotated[int, typer.Option(help="candidates handed to the reranker")] = 20,
     window: Annotated[int, typer.Option(help="sliding window size")] = 10,
     step: Annotated[int, typer.Option(help="sliding window step")] = 5,
-    calibration: CalibrationOpt = 0.0,
     passage_view: ViewOpt = None,
     no_wait: NoWaitOpt = False,
 ) -> None:
@@ -269,7 +265,7 @@ def eval_(
         if rerank is not None:
             from lethe.pipelines.rerank import load_reranker
 
-            system = load_reranker(ws, rerank, rerank_mode, window, step, calibration=calibration,
+            system = load_reranker(ws, rerank, rerank_mode, window, step,
                                    passage_view=passage_view).after(system, depth)
             tag += f".{rerank.replace('@', '-')}.{rerank_mode}"
             k = min(k, depth)
@@ -295,7 +291,6 @@ def rerank_cmd(
     depth: Annotated[int, typer.Option(help="top candidates of each query to rerank")] = 20,
     window: Annotated[int, typer.Option(help="sliding window size")] = 10,
     step: Annotated[int, typer.Option(help="sliding window step")] = 5,
-    calibration: CalibrationOpt = 0.0,
     passage_view: ViewOpt = None,
     split: Annotated[str, typer.Option(help="qrels split for the figures")] = "test",
     out: Annotated[Path | None, typer.Option(help="reranked run (default: RUN.reranked)")] = None,
@@ -319,7 +314,7 @@ def rerank_cmd(
         if not len(ws.store):
             for note in ws.ingest(ds).notes:
                 err_console.print(f"[yellow]{note}", highlight=False)
-        reranker = load_reranker(ws, model, mode, window, step, calibration=calibration, passage_view=passage_view)
+        reranker = load_reranker(ws, model, mode, window, step, passage_view=passage_view)
         new, stats = rerank_run(reranker, first, queries, depth)
     target = out or run.with_name(run.name + ".reranked")
     write_trec_run(new, target, tag=f"lethe-{model}-{mode}")

@@ -46,13 +46,12 @@ def ensure_llm(ws: Workspace, name: str = DEFAULT_LLM, source: str = DEFAULT_LLM
 
 
 def load_reranker(ws: Workspace, name: str, mode: str = "full", window: int = 20, step: int = 10,
-                  passage_tokens: int = 100, texts: Any = None, calibration: float = 0.0,
-                  passage_view: str | None = None) -> Reranker:
+                  passage_tokens: int = 100, texts: Any = None, passage_view: str | None = None) -> Reranker:
     """A reranker over registry model ``name`` (cross-encoder, LLM or LLM adapter).
 
     ``mode`` applies to LLMs: ``qlm`` (query likelihood), ``full``, ``sliding`` (``window``/``step``)
-    or ``first_token``; ``calibration`` is the listwise modes' contextual-calibration strength;
-    ``passage_view`` (``head`` | ``query``) defaults to the one the model was trained with, else ``head``.
+    or ``first_token``; ``passage_view`` (``head`` | ``query``) defaults to the one the model was trained
+    with, else ``head``.
     Adapters are merged into their base for speed.
     """
     if name.split("@")[0] == DEFAULT_LLM:
@@ -75,7 +74,7 @@ def load_reranker(ws: Workspace, name: str, mode: str = "full", window: int = 20
         return QueryLikelihoodReranker(model, tokenizer, passage_tokens, passage_view=view, version=str(ref),
                                        texts=texts)
     return ListwiseLLMReranker(model, tokenizer, mode=mode, window=window, step=step, passage_tokens=passage_tokens,
-                               calibration=calibration, passage_view=view, version=str(ref), texts=texts)
+                               passage_view=view, version=str(ref), texts=texts)
 
 
 def listwise_order(candidates: Sequence[str], qrels: Mapping[str, int], teacher: Mapping[str, float]) -> list[int]:
@@ -127,7 +126,8 @@ def train_listwise_reranker(ws: Workspace, ds: Dataset, examples: Sequence[Listw
     model, losses = train_listwise(model, tokenizer, train_set, cfg, on_step)
     seconds = round(time.perf_counter() - t0, 1)
     lineage = _lineage(ds, examples)
-    params = {"mode": "sliding" if window else "full", "window": window, "step": step,
+    mode = "sliding" if window else "first_token" if cfg.objective == "scores" else "full"
+    params = {"mode": mode, "objective": cfg.objective, "window": window, "step": step,
               "passage_tokens": cfg.passage_tokens, "passage_view": cfg.passage_view, "weighted": cfg.weighted,
               "alpha": cfg.alpha}
     extra = {"train": {k: v for k, v in cfg.__dict__.items()}, "steps": len(losses),

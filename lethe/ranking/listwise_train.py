@@ -14,9 +14,13 @@ candidates' identifier tokens are trained with a RankNet loss over every pair of
 Every pair of the list then teaches the one decision a full ranking starts with (and ``first_token``
 mode reads), instead of a single token among ~60 of the permutation's NLL. ``rank_positions=0``
 applies the same term at every identifier position, over the candidates not yet named (ours [R]).
-``rank_pairs="relevant"`` keeps only the pairs that cross the judged-relevance boundary (a relevant
-candidate above a non-relevant one; ours [R]): the teacher's order among non-relevant candidates, which
-mostly follows the first stage, then no longer teaches the identifier logits to copy the input order.
+
+``objective="scores"`` trains **one-pass full ranking** instead (ours [R], docs/reranking.md): the prompt
+holds every candidate and ends where the answer's first identifier comes (``[``), as ``first_token`` mode
+reads it; the logits of the candidates' identifier tokens at that one position are the scores, and the loss
+is the importance-weighted Plackett-Luce NLL of the whole label (:func:`lethe.training.losses.weighted_listmle`):
+every candidate's place teaches the scores at once, and no token of a permutation is generated or trained.
+With shuffled inputs (``shuffle_inputs``) the input order carries no signal to copy.
 """
 
 from __future__ import annotations
@@ -85,23 +89,19 @@ class ListwiseTrainConfig:
     first_token_loss: float = 0.0
     # how many identifier positions get that term (1: the first, as FIRST; 0: every position) [R]
     rank_positions: int = 1
-    # which pairs that term compares: "all" (FIRST) or "relevant" (relevant above non-relevant only) [R]
-    rank_pairs: str = "all"
+    # "generate": the permutation's importance-aware NLL (+ the RankNet term); "scores": one-pass full
+    # ranking, a listwise loss on the identifier logits at the answer's first position [R]
+    objective: str = "generate"
     seed: int = 42
     max_seconds: float | None = None
 
     def __post_init__(self) -> None:
-        check_rank_pairs(self.rank_pairs)
         check_passage_view(self.passage_view)
+        if self.objective not in OBJECTIVES:
+            raise LetheError(f"unknown listwise objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
 
 
-RANK_PAIRS = ("all", "relevant")
-
-
-def check_rank_pairs(pairs: str) -> None:
-    """Raise a clear error unless ``pairs`` is one of :data:`RANK_PAIRS`."""
-    if pairs not in RANK_PAIRS:
-        raise LetheError(f"unknown rank_pairs {pairs!r}; choose one of {', '.join(RANK_PAIRS)}")
+OBJECTIVES = ("generate", "scores")
 
 
 def rank_weight(rank: int) -> float:
@@ -175,35 +175,29 @@ def encode(tokenizer: Any, ex: ListwiseExample, cfg: ListwiseTrainConfig) -> Enc
                    ex.relevant)
 
 
-def rank_positions_loss(logits: Any, enc: Encoded, positions: int, offset: int = 0, pairs: str = "all") -> Any:
+def rank_positions_loss(logits: Any, enc: Encoded, positions: int, offset: int = 0) -> Any:
     """The RankNet term at the first ``positions`` identifier positions, each over the candidates not yet
     named (``order[k:]``), weighted like their identifiers (``1 + 1/log2(k + 1)``); ``logits`` rows are
-    sequence positions minus ``offset``. ``pairs="relevant"`` compares only relevant with non-relevant
-    candidates (positions after the last relevant one then have no term; a list whose ``relevant`` is
-    unknown keeps every pair); a list with nothing to compare gives 0."""
-    check_rank_pairs(pairs)
+    sequence positions minus ``offset``; a list with nothing to compare gives 0."""
     heads = enc.heads[:positions] if positions > 0 else enc.heads
-    boundary = enc.relevant if pairs == "relevant" else None
     terms, total = [], 0.0
     for k, h in enumerate(heads):
-        left = None if boundary is None else boundary - k
-        if len(enc.order) - k < 2 or (left is not None and (left <= 0 or left >= len(enc.order) - k)):
+        if len(enc.order) - k < 2:
             break
         w = rank_weight(k + 1)
-        terms.append(w * first_token_rank_loss(logits[h - offset], enc.id_tokens, enc.order[k:], left))
+        terms.append(w * first_token_rank_loss(logits[h - offset], enc.id_tokens, enc.order[k:]))
         total += w
     return sum(terms) / total if terms else logits.sum() * 0.0
 
 
-def first_token_rank_loss(logits: Any, id_tokens: Sequence[int], order: Sequence[int],
-                          relevant: int | None = None) -> Any:
+def first_token_rank_loss(logits: Any, id_tokens: Sequence[int], order: Sequence[int]) -> Any:
     """FIRST's weighted RankNet (:func:`lethe.training.losses.ranknet`) over the identifier logits of one
     position (a 1-d vocabulary row), taken in label order ``order``."""
     import torch
 
     from lethe.training.losses import ranknet
 
-    return ranknet(logits[torch.as_tensor([id_tokens[i] for i in order], device=logits.device)].float(), relevant)
+    return ranknet(logits[torch.as_tensor([id_tokens[i] for i in order], device=logits.device)].float())
 
 
 def target_span(weights: Sequence[float]) -> int:
@@ -303,8 +297,12 @@ def train_listwise(model: Any, tokenizer: Any, examples: Sequence[ListwiseExampl
 
 
 def _sequence_loss(model: Any, enc: Any, cfg: ListwiseTrainConfig, dev: Any):  # noqa: ANN202
-    """Weighted NLL of one encoded example's target tokens (plus the first-token rank loss)."""
+    """Weighted NLL of one encoded example's target tokens (plus the first-token rank loss), or with
+    ``objective="scores"`` the one-pass listwise loss."""
     import torch
+
+    if cfg.objective == "scores":
+        return one_pass_loss(model, enc, dev)
 
     ids, w = enc.ids, enc.weights
     keep = target_span(w)
@@ -313,6 +311,19 @@ def _sequence_loss(model: Any, enc: Any, cfg: ListwiseTrainConfig, dev: Any):  #
     logits = model(input_ids=inp.unsqueeze(0), logits_to_keep=keep).logits[0]
     loss = weighted_nll(logits, inp[-keep:], torch.tensor(w[-keep:], device=dev))
     if cfg.first_token_loss:
-        rank = rank_positions_loss(logits, enc, cfg.rank_positions, offset=len(ids) - keep, pairs=cfg.rank_pairs)
+        rank = rank_positions_loss(logits, enc, cfg.rank_positions, offset=len(ids) - keep)
         loss = loss + cfg.first_token_loss * rank
     return loss
+
+
+def one_pass_loss(model: Any, enc: Encoded, dev: Any) -> Any:
+    """The one-pass full-ranking loss of one example: the prompt up to the answer's first ``[`` (what
+    ``first_token`` mode reads), the identifier logits at its last position as scores, and the weighted
+    Plackett-Luce NLL of the label order (:func:`lethe.training.losses.weighted_listmle`)."""
+    import torch
+
+    from lethe.training.losses import weighted_listmle
+
+    inp = torch.tensor(enc.ids[: enc.head + 1], device=dev).unsqueeze(0)
+    logits = model(input_ids=inp, logits_to_keep=1).logits[0, -1]
+    return weighted_listmle(logits[torch.as_tensor(enc.id_tokens, device=dev)], enc.order)

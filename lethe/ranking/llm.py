@@ -8,7 +8,7 @@ trivial and lets ``first_token`` rank every candidate from the identifier logits
 
 Any causal LM works (a ``(model, tokenizer)`` pair from the registry); chat models get their chat
 template, plain LMs a plain-text prompt. Prompts and passage views live in ``lethe.ranking.prompts``,
-constrained decoding and the content-free prior in ``lethe.ranking.decoding``.
+constrained decoding in ``lethe.ranking.decoding``.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ import numpy as np
 
 from lethe.errors import LetheError
 from lethe.ranking.base import Ranked, RerankStats, TextReranker, order_to_ranked
-from lethe.ranking.decoding import ContentFreePrior, all_named, identifier_processor, last_logits, model_device
+from lethe.ranking.decoding import all_named, identifier_processor, last_logits, model_device
 from lethe.ranking.prompts import (
-    CONTENT_FREE,
     QLM_PROMPT,
     check_passage_view,
     identifiers,
@@ -49,11 +48,7 @@ class ListwiseLLMReranker(TextReranker):
     first answer token). ``passage_tokens`` caps each passage's length in the prompt. ``constrained``
     (default) lets the token after an opening bracket be only an identifier not yet named, so a
     generated ranking cannot repeat or invent one (what the model leaves unnamed still follows in the
-    original order). ``calibration`` (lambda, default 0) is contextual calibration at every
-    identifier position [R]: lambda times the identifier log-probabilities the model gives to a
-    *content-free* copy of the prompt (every passage replaced by ``N/A``, fed the same answer so far)
-    is subtracted, which takes out the position prior (copying the input order) and leaves what the
-    passages' content adds. It costs one short extra sequence per prompt, counted in the stats.
+    original order).
     """
 
     model: Any
@@ -64,7 +59,6 @@ class ListwiseLLMReranker(TextReranker):
     passage_tokens: int = 100
     max_new_tokens: int | None = None
     constrained: bool = True
-    calibration: float = 0.0
     passage_view: str = "head"
     version: str = ""
     _labels: dict[int, tuple[list[str], list[int]]] = field(default_factory=dict, init=False, repr=False)
@@ -72,8 +66,6 @@ class ListwiseLLMReranker(TextReranker):
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise LetheError(f"unknown listwise mode {self.mode!r}; choose one of {', '.join(MODES)}")
-        if self.calibration < 0:
-            raise LetheError(f"calibration must be >= 0 (got {self.calibration})")
         check_passage_view(self.passage_view)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -110,17 +102,13 @@ class ListwiseLLMReranker(TextReranker):
         max_new = self.max_new_tokens or 6 * len(passages) + 8
         inp = torch.tensor([ids], device=model_device(self.model))
         stop = all_named(self.tokenizer, len(ids), labels)
-        prior = self._prior(query, len(passages)) if self.calibration else None
-        processors = identifier_processor(self.tokenizer, len(ids), labels, label_ids, self.constrained,
-                                           prior, self.calibration)
+        processors = identifier_processor(self.tokenizer, len(ids), labels, label_ids, self.constrained)
         with torch.no_grad():
             out = self.model.generate(inp, attention_mask=torch.ones_like(inp), max_new_tokens=max_new,
                                       do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
                                       stopping_criteria=stop, logits_processor=processors)
         new = out[0, len(ids):].tolist()
         stats += RerankStats(calls=1, input_tokens=len(ids), output_tokens=len(new))
-        if prior is not None and prior.tokens:  # read only once the answer reached an identifier
-            stats += RerankStats(calls=1, input_tokens=prior.tokens)
         return parse_permutation(self.tokenizer.decode(new, skip_special_tokens=True), labels)
 
     def first_token_scores(self, query: str, passages: Sequence[str], stats: RerankStats) -> np.ndarray:
@@ -133,16 +121,7 @@ class ListwiseLLMReranker(TextReranker):
         with torch.no_grad():
             logits = last_logits(self.model, inp)[token_ids].float()
         stats += RerankStats(calls=1, input_tokens=len(ids), output_tokens=0)
-        if self.calibration:
-            prior = self._prior(query, len(passages), answer_prefix="[")
-            logits = logits - self.calibration * torch.log_softmax(prior([])[token_ids].float(), dim=-1)
-            stats += RerankStats(calls=1, input_tokens=prior.tokens)
         return logits.cpu().numpy()
-
-    def _prior(self, query: str, n: int, answer_prefix: str = "") -> ContentFreePrior:
-        labels, _ = self.labels(n)
-        user = user_prompt(query, [CONTENT_FREE] * n, labels)
-        return ContentFreePrior(self.model, prompt_ids(self.tokenizer, user, answer_prefix))
 
 
 @dataclass

@@ -13,7 +13,6 @@ from lethe.errors import LetheError
 
 SYSTEM = "You are RankLLM, an intelligent assistant that can rank passages based on their relevancy to the query."
 QLM_PROMPT = "Passage: {passage}\nPlease write a question based on this passage.\nQuestion:"
-CONTENT_FREE = "N/A"  # the passage text of the content-free prompt (contextual calibration)
 BRACKETED = re.compile(r"\[([^\[\]\s]{1,6})\]")
 PASSAGE_VIEWS = ("head", "query")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")

@@ -54,19 +54,32 @@ def weighted_nll(logits: Any, input_ids: Any, weights: Any) -> Any:
     return (w * nll).sum() / (w > 0).sum().clamp(min=1)
 
 
-def ranknet(s: Any, relevant: int | None = None) -> Any:
+def ranknet(s: Any) -> Any:
     """FIRST's weighted RankNet over 1-d scores in label order (best first):
-    ``sum_{a<b} w_ab softplus(s_b - s_a) / sum w_ab`` with ``w_ab = 1/(a+b)`` (1-based ranks). With
-    ``relevant`` = m, only the pairs with ``a <= m < b`` (relevant above non-relevant) count."""
+    ``sum_{a<b} w_ab softplus(s_b - s_a) / sum w_ab`` with ``w_ab = 1/(a+b)`` (1-based ranks)."""
     import torch
 
     n = s.shape[0]
     rank = torch.arange(1, n + 1, device=s.device, dtype=torch.float32)
     w = torch.triu(1.0 / (rank[:, None] + rank[None, :]), diagonal=1)  # a (better) < b (worse)
-    if relevant is not None:
-        w = w * ((rank[:, None] <= relevant) & (rank[None, :] > relevant))
     pair = torch.nn.functional.softplus(s[None, :] - s[:, None])
     return (w * pair).sum() / w.sum().clamp(min=1e-12)
+
+
+def weighted_listmle(s: Any, order: Any) -> Any:
+    """Plackett-Luce NLL of the label ``order`` (candidate indexes, best first) under 1-d scores ``s``, each
+    rank's softmax cross-entropy over the candidates not yet placed weighted like the importance-aware
+    generation loss, ``w_k = 1 + 1/log2(k + 1)`` (k from 1): ``sum_k w_k (logsumexp(s[order[k:]]) -
+    s[order[k]]) / sum_k w_k``; the last rank has no choice and no term."""
+    import torch
+
+    t = s[torch.as_tensor(list(order), device=s.device)].float()
+    if t.shape[0] < 2:
+        return t.sum() * 0.0
+    rest = torch.logcumsumexp(t.flip(0), dim=0).flip(0)  # logsumexp of t[k:] for every k
+    k = torch.arange(1, t.shape[0], device=s.device, dtype=torch.float32)
+    w = 1.0 + 1.0 / torch.log2(k + 1.0)
+    return (w * (rest[:-1] - t[:-1])).sum() / w.sum()
 
 
 def npo(log_ratio: Any, beta: float) -> Any:
