@@ -386,7 +386,8 @@ def forget(
     unlearn: Annotated[str, typer.Option(
         help="what to do with models trained on the data: auto (default: the cheapest route to a verified "
              "level; sharded retrain, or an approximate method checked by an audit, retraining when it fails) | "
-             "sharded | retrain | grad_ascent | grad_diff | npo | pdu | relabel | reglu | fit | none (leave "
+             "sharded | retrain | grad_ascent | grad_diff | npo | pdu | relabel | reglu | fit | ofmu | laf (no labels "
+             "needed: works on a bi-encoder whose training pairs are unknown) | none (leave "
              "them; the receipt lists them as still trained on the data)")] = "auto",
     unlearn_steps: Annotated[int | None, typer.Option(help="optimiser steps of an approximate method")] = None,
     unlearn_lr: Annotated[float | None, typer.Option(

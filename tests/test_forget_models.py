@@ -116,3 +116,23 @@ def test_crash_at_each_model_step_then_resume(trained, step: str) -> None:  # no
     assert rep.level == "deleted" and rep.receipt["models_still_trained_on_data"] == []
     assert _active(ws, "teacher") == "teacher@v2" and _active(ws, "student") == "student@v2"  # no double versions
     assert not ws.ledger.pending_requests()
+
+
+def test_ofmu_and_label_free_laf_through_forget(trained) -> None:  # noqa: ANN001
+    from lethe.pipelines.train import EXAMPLES_FILE
+
+    ws = trained
+    rep = forget(ws, ForgetRequest(("d0",)), unlearn="ofmu", unlearn_cfg=CFG)
+    by_model = {m["model"]: m for m in rep.receipt["unlearning"]}
+    assert by_model["teacher@v1"]["method"] == "ofmu" and by_model["student@v1"]["method"] == "ofmu"
+    assert by_model["student@v1"]["level"] == "unverified"  # no audit reference: never called unlearned
+    # a student whose training pairs are gone: only laf can act, on the documents alone, and says it is unverified
+    (ws.registry.resolve_path(ws.registry.get("student")) / EXAMPLES_FILE).unlink()
+    rep = forget(ws, ForgetRequest(("d1",)), unlearn="laf", unlearn_cfg=CFG)
+    by_model = {m["model"]: m for m in rep.receipt["unlearning"]}
+    student = by_model["student@v2"]
+    assert student["method"] == "laf" and student["level"] == "unverified" and "not recorded" in student["why"]
+    assert not (ws.registry.resolve_path(ws.registry.get(student["new"])) / EXAMPLES_FILE).exists()
+    assert "d1" not in ws.registry.lineage_of(student["new"]).doc_ids
+    assert by_model["teacher@v2"]["level"] == "not_unlearned" and "document tower" in by_model["teacher@v2"]["why"]
+    assert "student@v2" in rep.receipt["models_still_trained_on_data"]

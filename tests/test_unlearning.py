@@ -457,3 +457,95 @@ def test_epoch_order_is_a_deletion_stable_shuffle() -> None:
     assert epoch_order(many, 42, 0) == first and epoch_order(many, 42, 1) != first and epoch_order(many, 7, 0) != first
     gone = many[11]
     assert epoch_order([e for e in many if e is not gone], 42, 0) == [e for e in first if e is not gone]
+
+
+# ------------------------------------------------------------------------------- OFMU, LAF
+def test_ofmu_surgery_removes_only_a_conflicting_component() -> None:
+    import torch
+
+    from lethe.unlearning.ofmu import surgery
+
+    g_r = [torch.tensor([1.0, 0.0])]
+    out, hit = surgery([torch.tensor([2.0, 3.0])], g_r)  # conflicts: its g_r component goes
+    assert hit and torch.allclose(out[0], torch.tensor([0.0, 3.0]))
+    out, hit = surgery([torch.tensor([-2.0, 3.0])], g_r)  # ascent there lowers the retain loss: kept
+    assert not hit and torch.allclose(out[0], torch.tensor([-2.0, 3.0]))
+
+
+@pytest.mark.parametrize("kind", ["bi", "ce"])
+def test_ofmu_forgets_and_its_penalty_grows(kind: str, bi_scorer, ce_scorer) -> None:  # noqa: ANN001
+    scorer = bi_scorer if kind == "bi" else ce_scorer
+    sets = split_examples(EXAMPLES, docs={"d0"}, retain_size=4)
+    task = _task(scorer, sets)
+    before = _log_p(task.scorer, sets)
+    cfg = UnlearnConfig(steps=4, lr=5e-3, forget_batch=2, retain_batch=4, ofmu_inner=2, ofmu_rho0=0.1, ofmu_gamma=2.0)
+    result = get_method("ofmu").run(task, cfg)
+    assert _log_p(result.scorer, sets) < before
+    assert len(result.losses) == 4 and result.info["inner_steps"] == 8
+    assert result.info["rho_final"] == pytest.approx(0.1 * 2.0**4)
+    assert _log_p(scorer, sets) == pytest.approx(before, abs=1e-5)  # the reference is untouched
+
+
+def test_ofmu_outer_step_is_the_gradient_of_retain_plus_the_penalty(bi_scorer) -> None:  # noqa: ANN001
+    """The double-backprop outer gradient equals a finite-difference check of L_r + rho ||grad L_f||^2."""
+    import torch
+
+    from lethe.unlearning.base import retain_loss
+    from lethe.unlearning.ofmu import OFMU, flat_grads
+
+    sets = split_examples(EXAMPLES, docs={"d0"}, retain_size=4)
+    task = _task(bi_scorer, sets)
+    task.scorer.module.eval()
+    params = [p for p in task.scorer.module.parameters() if p.requires_grad]
+    fb, rb, rho = sets.forget, sets.retain, 0.5
+
+    def objective() -> float:
+        g = flat_grads(OFMU._forget_loss(task, fb), params)
+        return float(retain_loss(task, rb).detach()) + rho * sum(float((x * x).sum()) for x in g)
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):
+        g_f = flat_grads(OFMU._forget_loss(task, fb), params, create_graph=True)
+        grads = flat_grads(retain_loss(task, rb) + rho * sum((g * g).sum() for g in g_f), params)
+    direction = [torch.randn_like(p) for p in params]
+    norm = sum(float((d * d).sum()) for d in direction) ** 0.5
+    direction = [d / norm for d in direction]
+    analytic = sum(float((g * d).sum()) for g, d in zip(grads, direction))
+    eps = 1e-3
+    with torch.no_grad():
+        for p, d in zip(params, direction):
+            p.add_(eps * d)
+    up = objective()
+    with torch.no_grad():
+        for p, d in zip(params, direction):
+            p.sub_(2 * eps * d)
+    down = objective()
+    assert analytic == pytest.approx((up - down) / (2 * eps), rel=0.05, abs=1e-4)
+
+
+def test_laf_moves_forgotten_documents_without_any_label(bi_scorer, ce_scorer) -> None:  # noqa: ANN001
+    from lethe.unlearning.laf import LAF, LAFConfig, alignment_loss, extractor_loss
+    from lethe.unlearning.sets import UnlearnSets
+
+    sets = UnlearnSets([], [], [], [], docs={"d0", "d1"})  # no groups, no queries: documents only
+    task = _task(bi_scorer, sets)
+    before = bi_scorer.embed_docs([TEXTS[d] for d in sorted(TEXTS)])
+    result = LAF(LAFConfig(vae_steps=50, retain_docs=8)).run(task, UnlearnConfig(steps=6, lr=5e-3, forget_batch=2,
+                                                                                retain_batch=4))
+    after = result.scorer.embed_docs([TEXTS[d] for d in sorted(TEXTS)])
+    moved = {d: 1 - float(a @ b) for d, a, b in zip(sorted(TEXTS), before, after)}
+    gone = np.mean([moved["d0"], moved["d1"]])
+    kept = np.mean([v for d, v in moved.items() if d not in ("d0", "d1")])
+    assert gone > 2 * kept and result.info["labels_used"] is False and len(result.losses) == 6
+    with pytest.raises(LetheError, match="document tower"):
+        LAF().run(_task(ce_scorer, sets))
+    with pytest.raises(LetheError, match="nothing to forget"):
+        LAF().run(_task(bi_scorer, UnlearnSets([], [], [], [], docs={"nope"})))
+    import torch
+
+    m = torch.tensor([0.0, 1.0])
+    assert float(extractor_loss(m, m)) == pytest.approx(0.0)
+    e = torch.eye(2)
+    # aligned retain rows cost nothing; pushing forget rows away (larger c_u) lowers the loss
+    assert float(alignment_loss(e, e, e, -e, 1.0)) < float(alignment_loss(e, e, e, e, 1.0))

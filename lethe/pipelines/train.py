@@ -172,10 +172,12 @@ def train_teacher(ws: Workspace, data: TrainingData, name: str = "teacher", base
 SHARDS_DIR = "shards"
 
 
-def write_training_record(folder: Path, rows: Sequence[MinedExample], reference: AuditReference | None,
+def write_training_record(folder: Path, rows: Sequence[MinedExample] | None, reference: AuditReference | None,
                           sharded: Any = None) -> None:
-    """What a trained model keeps beside its weights: its groups, its audit reference, its shards."""
-    save_examples(folder / EXAMPLES_FILE, rows)
+    """What a trained model keeps beside its weights: its groups (None: not known, none written), its audit
+    reference, its shards."""
+    if rows is not None:
+        save_examples(folder / EXAMPLES_FILE, rows)
     if reference is not None:
         reference.save(folder / AUDIT_FILE)
     if sharded is not None:

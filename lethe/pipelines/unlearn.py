@@ -50,7 +50,11 @@ EXACT = ("retrain", "sharded")
 #: retrain the touched shards of a shard-trained model) or a method that produces a plain model of the
 #: same kind (``uld`` serves two models, so it cannot replace a registry version here)
 PIPELINE_METHODS = ("auto", "sharded", "retrain", "grad_ascent", "grad_diff", "npo", "pdu", "relabel", "reglu",
-                    "fit")
+                    "fit", "ofmu", "laf")
+#: the methods that need no training groups (label-agnostic: the forgotten documents' texts are enough)
+LABEL_FREE = ("laf",)
+#: retained documents sampled from the store for a label-free method on a model without recorded groups
+LABEL_FREE_RETAIN = 256
 #: the approximate method ``auto`` tries first on a model that was not trained in shards
 AUTO_METHOD = "relabel"
 #: BM25 candidates per probe query re-scored for the audit's retain nDCG@10
@@ -126,9 +130,14 @@ def unlearn_model(ws: Workspace, rid: str, model: str, plan: dict[str, Any], met
         return _unlearn_listwise(ws, rid, ref, plan, method)
     if ref.kind not in ("cross_encoder", "bi_encoder"):
         return {"model": model, "level": "not_unlearned", "why": f"no unlearning path for kind {ref.kind}"}
+    if method in LABEL_FREE and ref.kind != "bi_encoder":
+        return {"model": model, "level": "not_unlearned",
+                "why": f"{method} moves a bi-encoder's document embeddings; a {ref.kind} has no document tower"}
     try:
         examples = read_examples(ws, model)
     except LetheError as exc:
+        if method in LABEL_FREE and ref.kind == "bi_encoder":
+            return _unlearn_without_groups(ws, rid, ref, plan, method, cfg)
         return {"model": model, "level": "not_unlearned", "why": str(exc)}
     stale_docs, stale_queries = _already_gone(ws, examples)
     if stale_docs or stale_queries:  # forgotten earlier without unlearning this model: never trained on again
@@ -146,6 +155,32 @@ def unlearn_model(ws: Workspace, rid: str, model: str, plan: dict[str, Any], met
     if route in ("sharded", "retrain"):
         return _exact(job, route, method)
     return _approximate(job, route, method == "auto", cfg)
+
+
+def _unlearn_without_groups(ws: Workspace, rid: str, ref: ArtifactRef, plan: dict[str, Any], method: str,
+                            cfg: UnlearnConfig | None) -> dict[str, Any]:
+    """A label-free method on a model whose training groups are not known: the forgotten documents' texts
+    and a seeded sample of the store's other documents are all it reads. With no member pairs there is
+    nothing to audit, so the level is ``unverified``; no groups are recorded with the new version either."""
+    import random
+
+    from lethe.unlearning.sets import UnlearnSets
+
+    docs = set(plan["doc_ids"])
+    others = sorted(set(ws.store.ids()) - docs)
+    sample = random.Random(0).sample(others, min(LABEL_FREE_RETAIN, len(others)))
+    texts = {d.id: d.contents for d in ws.store.get_many([*sorted(docs), *sample])}
+    if not docs & set(texts):
+        return {"model": str(ref), "level": "not_unlearned", "why": "no forgotten document's text is in the store"}
+    job = ModelJob(ws, rid, ref, plan, UnlearnSets([], [], [], [], docs), {}, texts, None, {})
+    original = scorer_of(ws, ref)
+    result = get_method(method).run(UnlearnTask(original.copy(), job.sets, {}, texts, reference=original),
+                                    method_config(method, cfg))
+    new = _register(job, result.scorer, None, result.method, None)
+    return {"model": str(ref), "new": str(new), "route": method, "method": result.method, "level": "unverified",
+            "requested": method, "forget_docs": result.info.get("forget_docs"), "seconds": round(result.seconds, 2),
+            "audit": None, "why": "its training groups are not recorded: forgotten without labels, and with no "
+                                  "member pairs to test, the audit cannot verify it"}
 
 
 def _already_gone(ws: Workspace, examples: list[MinedExample]) -> tuple[set[str], set[str]]:
@@ -510,7 +545,7 @@ def _retrain(ws: Workspace, ref: ArtifactRef, rows: list, queries: dict[str, str
         "query_prompt"))
 
 
-def _register(job: ModelJob, scorer: Scorer, rows: list[MinedExample], method: str,
+def _register(job: ModelJob, scorer: Scorer, rows: list[MinedExample] | None, method: str,
               sharded: ShardedModel | None) -> ArtifactRef:
     """The new version: weights, the groups it holds now, its reference without the data, its shards."""
     plan = job.plan

@@ -34,6 +34,9 @@ class UnlearnConfig:
     pdu_eta: float = 1.0         # pdu: dual step
     forget_weight: float = 1.0   # relabel: weight of the retargeted forget pairs
     stop_at_target: bool = True  # relabel: no step once a forget batch's positives are at their targets
+    ofmu_inner: int = 1          # ofmu: inner ascent steps per outer iteration (``steps`` = outer iterations)
+    ofmu_rho0: float = 1e-3      # ofmu: initial weight of the stationarity penalty
+    ofmu_gamma: float = 1.5      # ofmu: its growth per outer iteration
     seed: int = 0
     max_seconds: float | None = None
 
