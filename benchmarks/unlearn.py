@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ from lethe.training.contrastive import train_groups
 from lethe.training.pools import MinedExample
 from lethe.training.scorers import BiEncoderScorer, pair_scores
 from lethe.unlearning.audit import AuditReference, run_audit
-from lethe.unlearning.base import UnlearnConfig, UnlearnTask
+from lethe.unlearning.base import Method, UnlearnConfig, UnlearnTask
 from lethe.unlearning.methods import calibrated_targets
 from lethe.unlearning.registry import get_method, method_config
 from lethe.unlearning.sets import split_examples
@@ -47,7 +48,7 @@ from lethe.unlearning.verify import Figures, ks_p, mia_auc, probe_auc, relearn_g
 
 # Each method's learning-rate multiplier lives with the method (``Method.lr_scale``, ``method_config``), so
 # ``lethe forget --unlearn NAME`` runs what this benchmark measures.
-APPROX = ("grad_ascent", "grad_diff", "npo", "pdu", "relabel", "reglu", "uld", "fit")
+APPROX = ("grad_ascent", "grad_diff", "npo", "pdu", "relabel", "reglu", "uld", "fit", "ofmu", "laf")
 
 
 def groups_for(ws: Workspace, ds: Dataset, qids: list[str], n_neg: int, depth: int) -> list[MinedExample]:
@@ -61,6 +62,46 @@ def groups_for(ws: Workspace, ds: Dataset, qids: list[str], n_neg: int, depth: i
             continue
         out += [MinedExample(q, d, negs, (0.0,) * (1 + n_neg)) for d, r in qrels[q].items() if r > 0 and d in ds.corpus]
     return out
+
+
+UNLEARN_FIELDS = {f.name for f in fields(UnlearnConfig)}
+
+
+def draw(population: list[str], n: int, which: str) -> list[str]:
+    """The seeded test requests, or (``dev``) a disjoint draw of the same size from the rest."""
+    test = random.Random(0).sample(population, n)
+    if which == "test":
+        return test
+    rest = sorted(set(population) - set(test))
+    return random.Random(1).sample(rest, min(n, len(rest)))
+
+
+def method_spec(entry: str) -> tuple[str, dict]:
+    """``NAME@KEY=VALUE+KEY=VALUE`` -> (name, settings); values read as JSON (numbers, true/false) or text."""
+    name, _, rest = entry.partition("@")
+    settings = {}
+    for item in filter(None, rest.split("+")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--methods {entry!r}: a setting must be KEY=VALUE, got {item!r}")
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key] = value
+    return name, settings
+
+
+def configured(name: str, settings: dict) -> Method:
+    """The registered method with its own config's fields (those not of UnlearnConfig) set from ``settings``."""
+    method = get_method(name)
+    own = {k: v for k, v in settings.items() if k not in UNLEARN_FIELDS}
+    for attr, value in list(vars(method).items()):
+        if is_dataclass(value):
+            keys = {f.name for f in fields(value)} & own.keys()
+            setattr(method, attr, replace(value, **{k: own.pop(k) for k in keys}))
+    if own:
+        raise SystemExit(f"--methods: unknown setting(s) of {name}: {', '.join(sorted(own))}")
+    return method
 
 
 def minilm(max_length: int) -> BiEncoderScorer:
@@ -92,7 +133,8 @@ def cached(args: argparse.Namespace, name: str,
     from sentence_transformers import SentenceTransformer
 
     keys = ("data", "forget_frac", "forget_users", "train_queries", "negatives", "depth", "max_length", "batch",
-            "lr", "epochs")
+            "lr", "epochs", "requests")
+    keys = keys[:-1] if name == "original" else keys  # the original never saw a request
     tag = hashlib.sha256(json.dumps({k: getattr(args, k) for k in keys}, sort_keys=True).encode()).hexdigest()[:12]
     path = Path(args.cache) / f"{tag}-{name}"
     if (path / "seconds.json").exists():
@@ -111,7 +153,13 @@ def main() -> None:  # noqa: C901
     ap.add_argument("--data", required=True)
     ap.add_argument("--forget-frac", type=float, default=0.0)
     ap.add_argument("--forget-users", type=int, default=0)
-    ap.add_argument("--methods", default="retrain,sharded," + ",".join(APPROX))
+    ap.add_argument("--methods", default="retrain,sharded," + ",".join(APPROX),
+                    help="comma list; an entry NAME@KEY=VALUE+KEY=VALUE runs NAME with those settings (fields of "
+                         "UnlearnConfig, e.g. steps, lr, ofmu_inner, or of the method's own config, e.g. laf's tau) "
+                         "and reports it under the whole entry")
+    ap.add_argument("--requests", choices=("test", "dev"), default="test",
+                    help="which forget requests: the reported ones, or a disjoint seeded draw of the same size to "
+                         "tune settings on")
     ap.add_argument("--train-queries", type=int, default=0, help="0: every train query")
     ap.add_argument("--negatives", type=int, default=3)
     ap.add_argument("--depth", type=int, default=20)
@@ -168,11 +216,11 @@ def main() -> None:  # noqa: C901
                     counts.setdefault(o, []).append(d.id)
             trained_docs = {e.positive for e in groups}
             users = sorted(u for u, ds_ in counts.items() if len(ds_) >= 5 and trained_docs & set(ds_))
-            users = random.Random(0).sample(users, args.forget_users)
+            users = draw(users, args.forget_users, args.requests)
             requests = [(set(counts[u]), {q.id for q in ds.queries.values() if u in q.owners}) for u in users]
         else:
             positives = sorted({e.positive for e in groups})
-            chosen = random.Random(0).sample(positives, max(1, int(round(len(positives) * args.forget_frac))))
+            chosen = draw(positives, max(1, int(round(len(positives) * args.forget_frac))), args.requests)
             requests = [({d}, set()) for d in chosen]
         docs = set().union(*(r[0] for r in requests))
         qset = set().union(*(r[1] for r in requests))
@@ -294,7 +342,8 @@ def main() -> None:  # noqa: C901
             "mia_predicted": round(mia_auc(b_forget + gain, unseen_scores["original"]), 4),
         }
         log(json.dumps(out["calibration"]))
-        for name in args.methods.split(","):
+        for entry in args.methods.split(","):
+            name, settings = method_spec(entry)
             if name == "retrain":
                 results[name] = finish(Figures(**{**ref_oracle.__dict__, "method": "retrain"}), "oracle")
                 continue
@@ -334,13 +383,16 @@ def main() -> None:  # noqa: C901
                 task.pair_targets, _ = calibrated_targets(minilm(args.max_length), original, forget_pairs,
                                                           heldout_pairs[: args.calibration_pairs], queries, texts)
                 t_cal = time.perf_counter() - t0
-            cfg = method_config(name, UnlearnConfig(steps=args.steps, lr=args.unlearn_lr, forget_batch=8,
-                                                    retain_batch=8))
-            res = get_method(name).run(task, cfg)
+            shared = {k: v for k, v in settings.items() if k in UNLEARN_FIELDS}
+            cfg = method_config(name, replace(UnlearnConfig(steps=args.steps, lr=args.unlearn_lr, forget_batch=8,
+                                                            retain_batch=8), **shared))
+            res = configured(name, settings).run(task, cfg)
             only = bool(res.info.get("output_only", False))
-            results[name] = finish(figures(name, res.scorer, res.seconds + t_cal, output_only=only))
+            results[entry] = finish(figures(entry, res.scorer, res.seconds + t_cal, output_only=only))
+            if settings:
+                results[entry]["settings"] = settings
             if name == "relabel":
-                results[name].update(relabel_target=args.relabel_target, seconds_calibration=round(t_cal, 2),
+                results[entry].update(relabel_target=args.relabel_target, seconds_calibration=round(t_cal, 2),
                                      steps_taken=len(res.losses), **res.info)
         out["methods"] = results
         if args.plot:

@@ -549,3 +549,36 @@ def test_laf_moves_forgotten_documents_without_any_label(bi_scorer, ce_scorer) -
     e = torch.eye(2)
     # aligned retain rows cost nothing; pushing forget rows away (larger c_u) lowers the loss
     assert float(alignment_loss(e, e, e, -e, 1.0)) < float(alignment_loss(e, e, e, e, 1.0))
+
+
+# ------------------------------------------------------------------------------- label unlearning (mixup)
+def test_a_forgotten_label_drops_its_group_and_keeps_the_document() -> None:
+    sets = split_examples(EXAMPLES, docs=(), labels={("q1", "d0")}, retain_size=10)
+    assert sets.forget_pairs == [("q1", "d0")] and sets.labels == {("q1", "d0")} and not sets.docs
+    assert not sets.touched and len(sets.remaining) == 5  # d0 stays a negative of q2 and q3
+    assert sum("d0" in e.negatives for e in sets.remaining) == 2
+
+
+def test_pairwise_and_beta_mixup() -> None:
+    import torch
+
+    from lethe.unlearning.mixup import beta_mix, pairwise_mix
+
+    u, v = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), torch.zeros(3, 2, 2)
+    mu, mv = pairwise_mix(u, v, (0.25, 0.5), limit=100)
+    assert mu.shape == (6, 2) and mv.shape == (6, 2, 2)  # 3 pairs x 2 lambdas
+    assert torch.allclose(mu[0], torch.tensor([0.25, 0.75])) and torch.allclose(mu[1], torch.tensor([0.5, 0.5]))
+    assert len(pairwise_mix(u[:1], v[:1], (0.5,), 100)[0]) == 0 and len(pairwise_mix(u, v, (0.5,), 2)[0]) == 2
+    xu, _ = beta_mix(u, v, torch.Generator().manual_seed(0))
+    assert xu.shape == u.shape and bool((xu.sum(-1) >= 0).all())  # convex combinations of the rows
+
+
+def test_label_mixup_forgets_the_judgement(bi_scorer, ce_scorer) -> None:  # noqa: ANN001
+    labels = {("q1", "d0"), ("q1", "d1"), ("q4", "d9")}
+    sets = split_examples(EXAMPLES, docs=(), labels=labels, retain_size=4)
+    task = _task(bi_scorer, sets)
+    before = _log_p(task.scorer, sets)
+    result = get_method("label_mixup").run(task, UnlearnConfig(steps=6, lr=5e-3, forget_batch=3, retain_batch=3))
+    assert _log_p(result.scorer, sets) < before and result.info["mixed_forget_groups"] == 6 * 9
+    with pytest.raises(LetheError, match="separate towers"):
+        get_method("label_mixup").run(_task(ce_scorer, sets))

@@ -30,6 +30,8 @@ class UnlearnSets:
     remaining: list[MinedExample]
     docs: set[str] = field(default_factory=set)
     queries: set[str] = field(default_factory=set)
+    #: forgotten relevance judgements (query id, doc id): the pair's label goes, the document and query stay
+    labels: set[tuple[str, str]] = field(default_factory=set)
 
     @property
     def forget_pairs(self) -> list[tuple[str, str]]:
@@ -51,16 +53,19 @@ def without_docs(example: MinedExample, docs: set[str]) -> MinedExample | None:
 
 
 def split_examples(examples: Sequence[MinedExample], docs: Iterable[str], queries: Iterable[str] = (),
-                   retain_size: int | None = None, neighbours: Iterable[str] = (), seed: int = 0) -> UnlearnSets:
-    """Forget / touched / retain sets of ``examples`` for forgotten ``docs`` and ``queries``.
+                   retain_size: int | None = None, neighbours: Iterable[str] = (), seed: int = 0,
+                   labels: Iterable[tuple[str, str]] = ()) -> UnlearnSets:
+    """Forget / touched / retain sets of ``examples`` for forgotten ``docs`` and ``queries``, and forgotten
+    relevance ``labels`` (query id, doc id): the group that trained that pair as relevant is forgotten, while
+    the document and the query stay in every other group (label unlearning).
 
     ``remaining`` is every item a retrained model would see (forget items dropped, touched items
     edited) — the oracle's training set. ``retain_size`` defaults to ``max(32, 4 * |forget|)``.
     """
-    docs, queries = set(docs), set(queries)
+    docs, queries, labels = set(docs), set(queries), set(labels)
     forget, touched, rest, remaining = [], [], [], []
     for e in examples:
-        if e.positive in docs or e.query_id in queries:
+        if e.positive in docs or e.query_id in queries or (e.query_id, e.positive) in labels:
             forget.append(e)
             continue
         if docs.intersection(e.negatives):
@@ -79,4 +84,4 @@ def split_examples(examples: Sequence[MinedExample], docs: Iterable[str], querie
     rng.shuffle(about_near)
     rng.shuffle(generic)
     retain = (touched + about_near + generic)[: max(size, len(touched))]
-    return UnlearnSets(forget, touched, retain, remaining, docs, queries)
+    return UnlearnSets(forget, touched, retain, remaining, docs, queries, labels)
