@@ -582,3 +582,27 @@ def test_label_mixup_forgets_the_judgement(bi_scorer, ce_scorer) -> None:  # noq
     assert _log_p(result.scorer, sets) < before and result.info["mixed_forget_groups"] == 6 * 9
     with pytest.raises(LetheError, match="separate towers"):
         get_method("label_mixup").run(_task(ce_scorer, sets))
+
+
+# ------------------------------------------------------------------------------- SAE-guided
+def test_sae_steers_forgotten_codes_toward_unseen_documents(bi_scorer, ce_scorer) -> None:  # noqa: ANN001
+    import torch
+
+    from lethe.unlearning.sae import SAEConfig, SAEGuided, fit_sae, steering_loss, tied_features
+
+    emb = torch.randn(64, 8)
+    sae = fit_sae(emb, SAEConfig(sae_steps=200, l1=1e-4))
+    rec, z = sae(emb)
+    assert float(((rec - emb) ** 2).sum(-1).mean()) < float((emb**2).sum(-1).mean()) / 2 and bool((z >= 0).all())
+    zf, zu = torch.tensor([[3.0, 0.0, 1.0]]), torch.tensor([[0.0, 0.0, 1.0]])
+    assert tied_features(zf, zu, 1).tolist() == [0]
+    mu_u, mu_s = torch.zeros(2), torch.ones(2)
+    at_unseen = steering_loss(mu_u[None], mu_u, mu_s, 0.5, 1.0)
+    at_seen = steering_loss(mu_s[None], mu_u, mu_s, 0.5, 1.0)
+    assert float(at_unseen) < float(at_seen)
+    sets = split_examples(EXAMPLES[:2] + EXAMPLES[4:], docs={"d0"}, retain_size=4)  # d2, d5, d6 ... never trained on
+    result = SAEGuided(SAEConfig(sae_steps=100, top_features=8)).run(
+        _task(bi_scorer, sets), UnlearnConfig(steps=5, lr=5e-3, forget_batch=1, retain_batch=4))
+    assert result.info["dist_unseen_after"] < result.info["dist_unseen_before"] and len(result.losses) == 5
+    with pytest.raises(LetheError, match="document tower"):
+        SAEGuided().run(_task(ce_scorer, sets))

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from lethe.ranking.base import Ranked, RerankStats, TextReranker, order_to_ranked
+from lethe.training.elr import ELRConfig, ELRTargets, as_targets
 from lethe.types import Hit
 
 
@@ -162,11 +163,13 @@ def segment_scores(model: Any, pairs: Sequence[tuple[str, str]], max_length: int
 
 @dataclass
 class Group:
-    """One listwise training group: a query, its positive and its negatives (texts)."""
+    """One listwise training group: a query, its positive and its negatives (texts); ``key``, the
+    (query id, positive id) the group was built from (needed by ELR, whose targets are keyed by it)."""
 
     query: str
     positive: str
     negatives: list[str]
+    key: tuple[str, str] | None = None
 
 
 @dataclass
@@ -185,20 +188,30 @@ class CETrainConfig:
     # starting cross-segment gate of a segment-cosine head grown from a bi-encoder (-1e4: closed for good,
     # i.e. the bi-encoder fine-tuned in the pair layout; the ablation of RESULTS.md)
     gate: float = -6.0
+    # early-learning regularisation for noisy labels (lethe.training.elr) over each group's candidates; every
+    # group needs its ``key``. An ELRConfig keeps the targets for one call; an ELRTargets is kept (and
+    # forgotten from) by the caller. None: the plain listwise loss
+    elr: ELRConfig | ELRTargets | None = None
 
 
 def train_cross_encoder(model: Any, groups: Sequence[Group], cfg: CETrainConfig,
                         on_step: Callable[[int, int, float], None] | None = None) -> list[float]:
-    """Train ``model`` (a ``CrossEncoder``, in place) on listwise groups; returns per-step losses."""
+    """Train ``model`` (a ``CrossEncoder``, in place) on listwise groups; returns per-step losses.
+    With ``cfg.elr`` the loss adds ELR's ``lam * mean log(1 - <t, p>)``, ``p`` the softmax of each group's
+    logits, its targets keyed by ``Group.key`` (a ``ValueError`` when a group has none)."""
     from lethe.training.loop import LoopSettings, epoch_batches, run_loop
 
+    targets = as_targets(cfg.elr)
+    if targets is not None and any(g.key is None for g in groups):
+        raise ValueError("ELR keys its targets by (query id, positive id): give every Group its key")
     rng = random.Random(cfg.seed)
     steps = max(1, math.ceil(len(groups) * cfg.epochs / cfg.queries_per_step))
     batches = epoch_batches(groups, cfg.queries_per_step, rng)
     settings = LoopSettings(steps, cfg.lr, cfg.weight_decay, cfg.warmup, decay=True, grouped_decay=True,
                             seed=cfg.seed, max_seconds=cfg.max_seconds)
     with trained_gate(model):
-        return run_loop(model.model, lambda _: _listwise_loss(model, next(batches), cfg), settings, on_step).losses
+        return run_loop(model.model, lambda _: _listwise_loss(model, next(batches), cfg, targets), settings,
+                        on_step).losses
 
 
 @contextmanager
@@ -221,9 +234,14 @@ def trained_gate(model: Any) -> Iterator[None]:
         model.model.config.update({HEAD_KEY: {**head, "gate": gate}})
 
 
-def _listwise_loss(model: Any, batch: Sequence[Group], cfg: CETrainConfig):  # noqa: ANN202
+def _listwise_loss(model: Any, batch: Sequence[Group], cfg: CETrainConfig,  # noqa: ANN202
+                   targets: ELRTargets | None = None):
     from lethe.training.losses import group_nll
 
     sizes = [1 + len(g.negatives) for g in batch]
     pairs = [(g.query, t) for g in batch for t in [g.positive, *g.negatives]]
-    return group_nll(pair_logits(model, pairs, cfg.max_length), sizes, cfg.bce_weight)
+    logits = pair_logits(model, pairs, cfg.max_length)
+    loss = group_nll(logits, sizes, cfg.bce_weight)
+    if targets is None:
+        return loss
+    return loss + targets.update_and_loss([g.key for g in batch], logits.split(sizes))

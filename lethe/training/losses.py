@@ -82,6 +82,13 @@ def weighted_listmle(s: Any, order: Any) -> Any:
     return (w * (rest[:-1] - t[:-1])).sum() / w.sum()
 
 
+def elr_penalty(p: Any, t: Any) -> Any:
+    """Early-learning regularisation (Liu et al. 2020): ``mean_b log(1 - <t_b, p_b>)`` over ``[B, K]``
+    predictions ``p`` (differentiable) and targets ``t`` (their EMA, detached); lower when ``p`` agrees
+    with ``t``. Unweighted: the trainer adds ``lam`` x this (``lethe.training.elr``)."""
+    return (1.0 - (t * p).sum(dim=-1)).log().mean()
+
+
 def npo(log_ratio: Any, beta: float) -> Any:
     """Negative preference optimisation (Zhang et al. 2024) on ``log p_model - log p_reference`` of the
     forget targets: ``-(2/beta) mean log sigmoid(-beta * ratio)``."""

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 METHODS: dict[str, type[Method]] = {}
 #: the modules whose classes register themselves on import
 MODULES = ("lethe.unlearning.methods", "lethe.unlearning.reglu", "lethe.unlearning.uld", "lethe.unlearning.fit",
-           "lethe.unlearning.ofmu", "lethe.unlearning.laf", "lethe.unlearning.mixup")
+           "lethe.unlearning.ofmu", "lethe.unlearning.laf", "lethe.unlearning.mixup", "lethe.unlearning.sae")
 
 
 def register(cls: type[Method]) -> type[Method]:
