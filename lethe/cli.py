@@ -375,6 +375,9 @@ def forget(
     home: HomeOpt = None,
     doc: Annotated[list[str] | None, typer.Option("--doc", help="a document id (repeatable)")] = None,
     owner: Annotated[list[str] | None, typer.Option("--owner", help="an owner/user id (repeatable)")] = None,
+    label: Annotated[list[str] | None, typer.Option(
+        "--label", help="QUERY:DOC, a relevance judgement to forget while the query and document stay "
+                        "(repeatable; e.g. a withdrawn click)")] = None,
     reason: Annotated[str, typer.Option(help="why (kept in the receipt)")] = "",
     resume: Annotated[bool, typer.Option("--resume", help="finish requests interrupted by a crash")] = False,
     retry: Annotated[str | None, typer.Option("--retry", help="run a failed or incomplete request ID again")] = None,
@@ -401,13 +404,14 @@ def forget(
     from lethe.unlearning.base import UnlearnConfig
 
     _choice("--unlearn", unlearn, (*PIPELINE_METHODS, "none"))  # a clear error before anything is touched
-    if sum([resume, retry is not None, bool(doc or owner)]) != 1:
-        raise LetheError("give exactly one of: --doc/--owner ids, --resume, or --retry ID")
+    if sum([resume, retry is not None, bool(doc or owner or label)]) != 1:
+        raise LetheError("give exactly one of: --doc/--owner/--label ids, --resume, or --retry ID")
+    labels = [_label_pair(x) for x in label or ()]
     defaults = UnlearnConfig()
     cfg = UnlearnConfig(steps=unlearn_steps or defaults.steps, lr=unlearn_lr or defaults.lr)
     with _workspace(home, show_progress=False, create=False, no_wait=no_wait) as ws:
         reports = _run_forget(ws, doc, owner, reason, resume, retry, skip_unknown, crash_after,
-                              None if unlearn == "none" else unlearn, cfg)
+                              None if unlearn == "none" else unlearn, cfg, labels)
     for rep in reports:
         _print_receipt(rep, as_json)
     unfinished = [r for r in reports if not r.reached]
@@ -418,7 +422,16 @@ def forget(
         raise typer.Exit(1)
 
 
-def _run_forget(ws, doc, owner, reason, resume, retry, skip_unknown, crash_after, unlearn, cfg) -> list:  # noqa: ANN001
+def _label_pair(text: str) -> tuple[str, str]:
+    """``QUERY:DOC`` -> (query id, doc id); the first colon splits (document ids may hold colons)."""
+    q, sep, d = text.partition(":")
+    if not sep or not q or not d:
+        raise LetheError(f"--label {text!r}: expected QUERY:DOC (a query id, a colon, a document id)")
+    return q, d
+
+
+def _run_forget(ws, doc, owner, reason, resume, retry, skip_unknown, crash_after, unlearn, cfg,  # noqa: ANN001
+                labels=()) -> list:  # noqa: ANN001
     """The receipts of one ``lethe forget`` call, through the front door (``Workspace.forget`` & co.)."""
     if retry is not None:
         return [ws.retry_forget(retry, cfg, crash_after)]
@@ -431,7 +444,7 @@ def _run_forget(ws, doc, owner, reason, resume, retry, skip_unknown, crash_after
             err_console.print(f"[yellow]{len(failed)} failed request(s) are not resumed; run them again with "
                               f"`lethe forget --retry ID`: {failed}", highlight=False)
         return receipts
-    return [ws.forget(doc or (), owner or (), reason, unlearn, skip_unknown, cfg, crash_after)]
+    return [ws.forget(doc or (), owner or (), reason, unlearn, skip_unknown, cfg, crash_after, labels)]
 
 
 def _print_receipt(rep: Receipt, as_json: bool = False) -> None:
@@ -445,8 +458,9 @@ def _print_receipt(rep: Receipt, as_json: bool = False) -> None:
         return
     r = rep.raw
     found = f"; {r['not_found']} not found" if r.get("not_found") else ""
+    labels = f", {r['n_labels']} labels" if r.get("n_labels") else ""
     console.print(f"request {rep.request_id}: level [bold]{rep.level}[/bold]; {r['n_docs']} documents, "
-                  f"{r['n_queries']} queries{found}; removed from indexes {r['removed_from_indexes']}")
+                  f"{r['n_queries']} queries{labels}{found}; removed from indexes {r['removed_from_indexes']}")
     if rep.still_trained_on_data:
         console.print(f"[yellow]models still trained on this data: {list(rep.still_trained_on_data)}")
     console.print(f"models: {rep.model_level}")

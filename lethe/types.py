@@ -46,14 +46,20 @@ class Hit(NamedTuple):
 
 @dataclass(frozen=True)
 class ForgetRequest:
-    """What to forget: explicit doc ids and/or every document of some owners."""
+    """What to forget: explicit doc ids and/or every document of some owners, and/or relevance judgements
+    ``labels`` (query id, doc id): the pair must no longer be learned as relevant, while the document and
+    the query stay."""
 
     doc_ids: tuple[str, ...] = ()
     owners: tuple[str, ...] = ()
     reason: str = ""
+    labels: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
-        if not self.doc_ids and not self.owners:
-            from lethe.errors import ForgetError
+        from lethe.errors import ForgetError
 
-            raise ForgetError("a forget request needs at least one doc id or one owner")
+        if not self.doc_ids and not self.owners and not self.labels:
+            raise ForgetError("a forget request needs at least one doc id, owner or label")
+        bad = [pair for pair in self.labels if len(pair) != 2 or not all(pair)]
+        if bad:
+            raise ForgetError(f"a label is a (query id, doc id) pair; got {bad[0]!r}")

@@ -203,6 +203,7 @@ def test_bad_option_value_fails_before_any_write(option: str, value: str, choice
     ["forget"],  # no ids
     ["forget", "--doc", "d3", "--resume"],  # two of ids / --resume / --retry
     ["forget", "--doc", "d3", "--unlearn", "bogus"],
+    ["forget", "--label", "q1-without-a-doc"],  # QUERY:DOC expected
 ])
 def test_forget_request_is_checked_first(args: list[str], home: Path, monkeypatch: pytest.MonkeyPatch,
                                          capsys: pytest.CaptureFixture) -> None:

@@ -202,7 +202,7 @@ def test_unknown_ids_are_an_error_before_anything_is_written(workspace) -> None:
         forget(workspace, ForgetRequest(("d3", "nope-1", "nope-2")))
     with pytest.raises(ForgetError, match=r"1 unknown owner\(s\): \['ghost'\]"):
         forget(workspace, ForgetRequest(owners=("ghost",)))
-    with pytest.raises(ForgetError, match="needs at least one doc id or one owner"):
+    with pytest.raises(ForgetError, match="needs at least one doc id, owner or label"):
         forget(workspace, ForgetRequest())
     assert workspace.ledger.entries() == ledger_before and "d3" in workspace.store
     assert verify_workspace(workspace)["ok"]

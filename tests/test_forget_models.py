@@ -136,3 +136,27 @@ def test_ofmu_and_label_free_laf_through_forget(trained) -> None:  # noqa: ANN00
     assert "d1" not in ws.registry.lineage_of(student["new"]).doc_ids
     assert by_model["teacher@v2"]["level"] == "not_unlearned" and "document tower" in by_model["teacher@v2"]["why"]
     assert "student@v2" in rep.receipt["models_still_trained_on_data"]
+
+
+def test_forgetting_a_label_keeps_the_document_and_stays_forgotten(trained) -> None:  # noqa: ANN001
+    from lethe.pipelines.forget import trained_labels
+
+    ws = trained
+    assert ("q1", "d0") in trained_labels(ws)
+    rep = forget(ws, ForgetRequest(labels=(("q1", "d0"),), reason="withdrawn click"), unlearn="retrain")
+    r = rep.receipt
+    assert rep.reached and r["n_labels"] == 1 and r["n_docs"] == 0 and len(r["label_hashes"]) == 1
+    assert r["verification"]["labels_absent"] and r["model_level"] == "exact"
+    assert {m["model"] for m in r["unlearning"]} >= {"teacher@v1", "student@v1"}
+    assert ("q1", "d0") not in trained_labels(ws) and ("q1", "d1") in trained_labels(ws)
+    assert "d0" in ws.store and "d0" in ws.registry.lineage_of(_active(ws, "student")).doc_ids  # the document stays
+    # the judgement is a tombstone: training data built again from the same qrels leaves it out
+    data = training_data(ws, tiny_dataset(), "train", pool_depth=8)
+    assert "d0" not in data.qrels["q1"] and "d1" in data.qrels["q1"]
+    assert forget(ws, ForgetRequest(labels=(("q1", "d0"),), reason="withdrawn click"), unlearn="retrain").noop
+    from lethe.errors import ForgetError
+
+    with pytest.raises(ForgetError, match="label"):
+        ForgetRequest(labels=(("q1", ""),))
+    with pytest.raises(ForgetError, match="document is unknown"):
+        forget(ws, ForgetRequest(labels=(("q1", "nope"),)), unlearn="retrain")

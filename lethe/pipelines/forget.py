@@ -69,6 +69,7 @@ class RecoveredRequest:
     doc_ids: tuple[str, ...]
     owners: tuple[str, ...]
     reason: str = ""
+    labels: tuple[tuple[str, str], ...] = ()
     #: the hashed forms (``h:<hash>``) of every id it named, by lineage field: models that were not
     #: replaced keep only those in their lineage after an earlier run's ``scrub`` step
     keys: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -83,6 +84,8 @@ class Checked:
     already: int
     unknown_docs: list[str]
     unknown_owners: list[str]
+    labels: list[tuple[str, str]] = field(default_factory=list)
+    unknown_labels: list[tuple[str, str]] = field(default_factory=list)
 
 
 def check_request(ws: Workspace, request: ForgetRequest) -> Checked:
@@ -94,9 +97,17 @@ def check_request(ws: Workspace, request: ForgetRequest) -> Checked:
     owners = [o for o in dict.fromkeys(request.owners) if _owner_known(ws, o)]
     unknown_owners = [o for o in dict.fromkeys(request.owners)
                       if o not in owners and ws.ledger.hash_id(o, "owner") not in gone_owners]
+    labels, unknown_labels, gone_labels = [], [], ws.ledger.forgotten_hashes("label")
+    label_docs = _ids_anywhere(ws, tuple(d for _, d in request.labels))
+    for pair in dict.fromkeys(request.labels):
+        if pair[1] in label_docs:
+            labels.append(pair)
+        elif ws.ledger.hash_labels([pair])[0] not in gone_labels:
+            unknown_labels.append(pair)
     already = (len(set(request.doc_ids)) - len(docs) - len(unknown)
-               + len(set(request.owners)) - len(owners) - len(unknown_owners))
-    return Checked(docs, owners, already, unknown, unknown_owners)
+               + len(set(request.owners)) - len(owners) - len(unknown_owners)
+               + len(set(request.labels)) - len(labels) - len(unknown_labels))
+    return Checked(docs, owners, already, unknown, unknown_owners, labels, unknown_labels)
 
 
 def _ids_anywhere(ws: Workspace, doc_ids: tuple[str, ...]) -> set[str]:
@@ -121,9 +132,12 @@ def _owner_known(ws: Workspace, owner: str) -> bool:
 
 
 def _refuse_unknown(checked: Checked, skip_unknown: bool) -> None:
-    if skip_unknown or not (checked.unknown_docs or checked.unknown_owners):
+    if skip_unknown or not (checked.unknown_docs or checked.unknown_owners or checked.unknown_labels):
         return
     parts = []
+    if checked.unknown_labels:
+        parts.append(f"{len(checked.unknown_labels)} label(s) whose document is unknown: "
+                     f"{checked.unknown_labels[:SHOWN]}")
     if checked.unknown_docs:
         parts.append(f"{len(checked.unknown_docs)} unknown doc id(s): {checked.unknown_docs[:SHOWN]}")
     if checked.unknown_owners:
@@ -155,7 +169,7 @@ def forget(ws: Workspace, request: ForgetRequest, crash_after: str | None = None
     _check_method(unlearn)
     with ws.writing():
         ws.ledger.clear_stale_journals()
-        rid = ws.ledger.request_id(request.doc_ids, request.owners)
+        rid = ws.ledger.request_id(request.doc_ids, request.owners, request.labels)
         state = ws.ledger.state(rid)
         if state is not None and state.kind == "receipt":
             return ForgetReport(rid, state.payload["level"], noop=True, receipt=state.payload,
@@ -163,7 +177,7 @@ def forget(ws: Workspace, request: ForgetRequest, crash_after: str | None = None
         if state is None or state.kind != "pending":
             checked = check_request(ws, request)
             _refuse_unknown(checked, skip_unknown)
-            if not checked.docs and not checked.owners:
+            if not checked.docs and not checked.owners and not checked.labels:
                 return ForgetReport(rid, "deleted", noop=True, note="every id was forgotten by an earlier request")
             _record_pending(ws, rid, request, checked, unlearn)
             _crash_point("pending", crash_after)
@@ -176,6 +190,8 @@ def _record_pending(ws: Workspace, rid: str, request: ForgetRequest, checked: Ch
         "doc_hashes": ws.ledger.hash_ids(request.doc_ids),
         "owner_hashes": ws.ledger.hash_ids(request.owners, "owner"),
         "reason": request.reason, "unlearn": unlearn}
+    if request.labels:
+        payload["label_hashes"] = ws.ledger.hash_labels(request.labels)
     if checked is not None:
         payload["not_found_hashes"] = ws.ledger.hash_ids(checked.unknown_docs) + ws.ledger.hash_ids(
             checked.unknown_owners, "owner")
@@ -204,7 +220,8 @@ def _resume_one(ws: Workspace, rid: str, crash_after: str | None, unlearn_cfg: U
     if plan is None:
         req = _recover(ws, rid)  # crashed before resolving: its ids come back from the keyed hashes
     else:
-        req = ForgetRequest(tuple(plan["request_docs"]), tuple(plan["request_owners"]), plan["reason"])
+        req = ForgetRequest(tuple(plan["request_docs"]), tuple(plan["request_owners"]), plan["reason"],
+                            tuple(tuple(p) for p in plan.get("labels", [])))
         unlearn = plan.get("unlearn", unlearn)
     return _run_recorded(ws, rid, req, crash_after, unlearn, unlearn_cfg)
 
@@ -240,7 +257,30 @@ def _recover(ws: Workspace, rid: str) -> RecoveredRequest:
     queries = receipt.payload.get("query_hashes", []) if receipt else []
     keys = {name: tuple(sorted(HASHED + h for h in hashes))
             for name, hashes in (("doc_ids", want_docs), ("owner_ids", want_owners), ("query_ids", queries))}
-    return RecoveredRequest(tuple(docs), tuple(owners), first.payload.get("reason", ""), keys)
+    labels = _recover_labels(ws, set(first.payload.get("label_hashes", [])))
+    return RecoveredRequest(tuple(docs), tuple(owners), first.payload.get("reason", ""), labels, keys)
+
+
+def _recover_labels(ws: Workspace, hashes: set[str]) -> tuple[tuple[str, str], ...]:
+    """The labels whose keyed hash is in ``hashes``, found in the recorded training groups of active models."""
+    if not hashes:
+        return ()
+    return tuple(sorted(p for p in trained_labels(ws) if ws.ledger.hash_labels([p])[0] in hashes))
+
+
+def trained_labels(ws: Workspace) -> set[tuple[str, str]]:
+    """Every (query id, positive id) pair in the recorded training groups of the active models."""
+    from lethe.errors import LetheError
+    from lethe.pipelines.train import read_examples
+
+    pairs: set[tuple[str, str]] = set()
+    for ref in ws.registry.list("active"):
+        if ref.kind in ("bi_encoder", "cross_encoder"):
+            try:
+                pairs |= {(e.query_id, e.positive) for e in read_examples(ws, str(ref))}
+            except LetheError:
+                continue
+    return pairs
 
 
 def _step(ws: Workspace, rid: str, name: str, ran: list[str], crash_after: str | None, fn) -> dict:  # noqa: ANN001
@@ -377,6 +417,12 @@ def _resolve(ws: Workspace, request: ForgetRequest | RecoveredRequest, unlearn: 
     keys = _lineage_keys(ws, request, ids, qids)
     affected = ws.registry.affected_by(doc_ids=[*ids, *keys["doc_ids"]], owner_ids=[*request.owners,
                                        *keys["owner_ids"]], query_ids=[*qids, *keys["query_ids"]])
+    if request.labels:  # one lineage query again, so parents still come before children
+        by_label = _label_models(ws, request.labels) | {str(a) for a in affected}
+        affected = [a for a in ws.registry.affected_by(
+            doc_ids=[*ids, *keys["doc_ids"], *(d for _, d in request.labels)],
+            owner_ids=[*request.owners, *keys["owner_ids"]],
+            query_ids=[*qids, *keys["query_ids"], *(q for q, _ in request.labels)]) if str(a) in by_label]
     docs = ws.store.get_many(ids)
     return {
         "request_docs": list(request.doc_ids), "request_owners": list(request.owners),
@@ -390,8 +436,18 @@ def _resolve(ws: Workspace, request: ForgetRequest | RecoveredRequest, unlearn: 
         "models": [str(a) for a in affected if a.kind != "index"],
         "artifacts_before": [str(a) for a in affected],
         "unlearn": unlearn,
+        "labels": [list(p) for p in request.labels],
         "started_at": time.time(),
     }
+
+
+def _label_models(ws: Workspace, labels: tuple[tuple[str, str], ...]) -> set[str]:
+    """The models (not indexes) whose lineage holds both the query and the document of some label."""
+    out: set[str] = set()
+    for q, d in labels:
+        by_doc = {str(a) for a in ws.registry.affected_by(doc_ids=[d]) if a.kind != "index"}
+        out |= by_doc & {str(a) for a in ws.registry.affected_by(query_ids=[q])}
+    return out
 
 
 def _lineage_keys(ws: Workspace, request: ForgetRequest | RecoveredRequest, ids: list[str],
@@ -481,8 +537,10 @@ def verify_request(ws: Workspace, plan: dict[str, Any], indexes: list[IndexInfo]
     }
     if rid is not None:
         checks["requested_ids_absent"] = not _named_ids_left(ws, rid)
+    if plan.get("labels"):  # no active model's recorded groups train a forgotten pair as relevant any more
+        checks["labels_absent"] = not ({tuple(p) for p in plan["labels"]} & trained_labels(ws))
     flat = [checks["ledger_chain_intact"], checks["store_absent"], checks["cache_absent"],
-            checks.get("requested_ids_absent", True)]
+            checks.get("requested_ids_absent", True), checks.get("labels_absent", True)]
     flat += [v for c in checks["indexes"].values() for v in c.values() if isinstance(v, bool)]
     checks["all_passed"] = all(flat)
     return checks
@@ -518,9 +576,10 @@ def _receipt(ws: Workspace, rid: str, request: ForgetRequest | RecoveredRequest,
         "doc_hashes": ws.ledger.hash_ids(plan["doc_ids"]),
         "owner_hashes": ws.ledger.hash_ids(request.owners, "owner"),
         "query_hashes": ws.ledger.hash_ids(plan["query_ids"], "query"),
+        "label_hashes": ws.ledger.hash_labels(tuple(p) for p in plan.get("labels", [])),
         "content_hashes": ws.ledger.hash_ids(plan["hashes"], "content"),
         "text_windows": plan.get("text_windows", ""),
-        "n_docs": len(plan["doc_ids"]), "n_queries": len(plan["query_ids"]),
+        "n_docs": len(plan["doc_ids"]), "n_queries": len(plan["query_ids"]), "n_labels": len(plan.get("labels", [])),
         "not_found": len(first.get("not_found_hashes", [])), "not_found_hashes": first.get("not_found_hashes", []),
         "already_forgotten": first.get("already_forgotten", 0),
         "unlearn_requested": plan.get("unlearn"), "chain_head": ws.ledger.head(),

@@ -91,8 +91,15 @@ def training_data(ws: Workspace, ds: Dataset, split: str = "train", query_ids: S
     texts = {d.id: d.contents for d in ds.corpus.values() if d.id in present}
     owners = {d.id: d.owners for d in ds.corpus.values()}
     owners.update({f"query:{q}": ds.queries[q].owners for q in qids})
-    qrels = {q: {d: r for d, r in qrels[q].items() if d in texts} for q in qids}
+    gone = ws.ledger.forgotten_hashes("label")  # judgements forgotten by `lethe forget --label` stay forgotten
+    qrels = {q: {d: r for d, r in qrels[q].items() if d in texts and not (gone and forgotten_label(ws, q, d, gone))}
+             for q in qids}
     return TrainingData(queries, qrels, texts, {q: [d for d in p if d in texts] for q, p in pools.items()}, owners)
+
+
+def forgotten_label(ws: Workspace, query_id: str, doc_id: str, gone: set[str]) -> bool:
+    """Whether the judgement (query, doc) was forgotten (its keyed hash is a label tombstone)."""
+    return ws.ledger.hash_labels([(query_id, doc_id)])[0] in gone
 
 
 def listwise_groups(data: TrainingData, n_negatives: int = 7) -> tuple[list[Group], set[str]]:

@@ -127,6 +127,10 @@ def unlearn_model(ws: Workspace, rid: str, model: str, plan: dict[str, Any], met
     if ref.kind == "cache":
         return _unlearn_cache(ws, rid, ref, plan, replaced or {})
     if ref.kind in ("adapter", "llm"):
+        if plan.get("labels"):
+            return {"model": model, "level": "not_unlearned",
+                    "why": "a listwise LLM reranker's stored lists are not kept by judgement: retrain it to "
+                           "forget a label"}
         return _unlearn_listwise(ws, rid, ref, plan, method)
     if ref.kind not in ("cross_encoder", "bi_encoder"):
         return {"model": model, "level": "not_unlearned", "why": f"no unlearning path for kind {ref.kind}"}
@@ -142,7 +146,8 @@ def unlearn_model(ws: Workspace, rid: str, model: str, plan: dict[str, Any], met
     stale_docs, stale_queries = _already_gone(ws, examples)
     if stale_docs or stale_queries:  # forgotten earlier without unlearning this model: never trained on again
         examples = split_examples(examples, stale_docs, stale_queries).remaining
-    sets = split_examples(examples, plan["doc_ids"], plan["query_ids"])
+    sets = split_examples(examples, plan["doc_ids"], plan["query_ids"],
+                          labels={tuple(p) for p in plan.get("labels", [])})
     reference = read_reference(ws, model)
     if not sets.forget and not sets.touched:  # ids only in its audit reference are scrubbed with the workspace
         return {"model": model, "level": "unchanged", "why": "its training groups never used the data"}
@@ -192,6 +197,8 @@ def _already_gone(ws: Workspace, examples: list[MinedExample]) -> tuple[set[str]
 
 def choose_route(job: ModelJob, method: str) -> str | None:
     """The route for ``method`` on this model (None: it cannot be unlearned that way)."""
+    if job.sets.labels and job.sharded and method in ("auto", "sharded"):
+        return "retrain"  # shards are cut by document and owner, not by judgement: every shard is refitted
     if method == "auto":
         if job.sharded:
             return "retrain" if job.teacher_replaced else "sharded"

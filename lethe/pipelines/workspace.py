@@ -507,8 +507,9 @@ class Workspace:
 
     def forget(self, doc_ids: Sequence[str] = (), owners: Sequence[str] = (), reason: str = "",
                unlearn: str | None = "auto", skip_unknown: bool = False, config: UnlearnConfig | None = None,
-               crash_after: str | None = None) -> Receipt:
-        """Forget documents and/or every document and query of ``owners`` (``lethe forget``); the models
+               crash_after: str | None = None, labels: Sequence[tuple[str, str]] = ()) -> Receipt:
+        """Forget documents and/or every document and query of ``owners``, and/or relevance judgements
+        ``labels`` (query id, doc id; the document and query stay) (``lethe forget``); the models
         trained on them are unlearned by ``unlearn`` (``auto``: the cheapest route to a verified level;
         None: leave them) with ``config`` (steps, learning rate of an approximate method). Unknown ids are
         an error before anything changes unless ``skip_unknown``. ``crash_after`` (a journal step) is a
@@ -517,7 +518,7 @@ class Workspace:
         from lethe.receipts import Receipt
         from lethe.types import ForgetRequest
 
-        req = ForgetRequest(tuple(doc_ids), tuple(owners), reason)
+        req = ForgetRequest(tuple(doc_ids), tuple(owners), reason, tuple((q, d) for q, d in labels))
         return Receipt.from_report(forget(self, req, crash_after, unlearn, config, skip_unknown=skip_unknown))
 
     def resume_forgets(self, config: UnlearnConfig | None = None, crash_after: str | None = None) -> list[Receipt]:

@@ -147,6 +147,10 @@ class Ledger:
         """Keyed hashes, sorted (order carries no information)."""
         return sorted(self.hash_id(v, kind) for v in values)
 
+    def hash_labels(self, labels: Iterable[tuple[str, str]]) -> list[str]:
+        """Keyed hashes of relevance judgements (query id, doc id), sorted."""
+        return self.hash_ids((f"{q}\t{d}" for q, d in labels), "label")
+
     def trace_keys(self) -> TraceKeys:
         """The keyed hashes the trace scan uses: ids as :meth:`hash_id`, text windows with a key derived
         for ``text-window``."""
@@ -160,9 +164,10 @@ class Ledger:
 
         return encode_windows(self.trace_keys().text_windows(texts))
 
-    def request_id(self, doc_ids: Iterable[str], owners: Iterable[str]) -> str:
-        """A stable id for a request: the same ids and owners give the same id."""
-        parts = self.hash_ids(doc_ids, "doc") + self.hash_ids(owners, "owner")
+    def request_id(self, doc_ids: Iterable[str], owners: Iterable[str],
+                   labels: Iterable[tuple[str, str]] = ()) -> str:
+        """A stable id for a request: the same ids, owners and labels give the same id."""
+        parts = self.hash_ids(doc_ids, "doc") + self.hash_ids(owners, "owner") + self.hash_labels(labels)
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
     # -- entries -------------------------------------------------------------------------------
