@@ -160,3 +160,14 @@ def test_forgetting_a_label_keeps_the_document_and_stays_forgotten(trained) -> N
         ForgetRequest(labels=(("q1", ""),))
     with pytest.raises(ForgetError, match="document is unknown"):
         forget(ws, ForgetRequest(labels=(("q1", "nope"),)), unlearn="retrain")
+
+
+def test_label_mixup_and_sae_through_forget(trained) -> None:  # noqa: ANN001
+    rep = forget(trained, ForgetRequest(labels=(("q2", "d2"),)), unlearn="label_mixup", unlearn_cfg=CFG)
+    by_model = {m["model"]: m for m in rep.receipt["unlearning"]}
+    assert by_model["student@v1"]["method"] == "label_mixup" and by_model["student@v1"]["level"] == "unverified"
+    assert by_model["teacher@v1"]["level"] == "not_unlearned" and "towers" in by_model["teacher@v1"]["why"]
+    assert not rep.reached  # neither is verified: the receipt says so
+    rep = forget(trained, ForgetRequest(("d5",)), unlearn="sae", unlearn_cfg=CFG)
+    student = {m["model"]: m for m in rep.receipt["unlearning"]}["student@v2"]
+    assert student["method"] == "sae" and student["level"] == "unverified"

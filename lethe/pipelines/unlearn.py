@@ -50,9 +50,11 @@ EXACT = ("retrain", "sharded")
 #: retrain the touched shards of a shard-trained model) or a method that produces a plain model of the
 #: same kind (``uld`` serves two models, so it cannot replace a registry version here)
 PIPELINE_METHODS = ("auto", "sharded", "retrain", "grad_ascent", "grad_diff", "npo", "pdu", "relabel", "reglu",
-                    "fit", "ofmu", "laf")
+                    "fit", "ofmu", "laf", "label_mixup", "sae")
 #: the methods that need no training groups (label-agnostic: the forgotten documents' texts are enough)
 LABEL_FREE = ("laf",)
+#: the methods that move a bi-encoder's towers (a cross-encoder has none)
+BI_ENCODER_ONLY = ("laf", "label_mixup", "sae")
 #: retained documents sampled from the store for a label-free method on a model without recorded groups
 LABEL_FREE_RETAIN = 256
 #: the approximate method ``auto`` tries first on a model that was not trained in shards
@@ -134,9 +136,9 @@ def unlearn_model(ws: Workspace, rid: str, model: str, plan: dict[str, Any], met
         return _unlearn_listwise(ws, rid, ref, plan, method)
     if ref.kind not in ("cross_encoder", "bi_encoder"):
         return {"model": model, "level": "not_unlearned", "why": f"no unlearning path for kind {ref.kind}"}
-    if method in LABEL_FREE and ref.kind != "bi_encoder":
+    if method in BI_ENCODER_ONLY and ref.kind != "bi_encoder":
         return {"model": model, "level": "not_unlearned",
-                "why": f"{method} moves a bi-encoder's document embeddings; a {ref.kind} has no document tower"}
+                "why": f"{method} moves a bi-encoder's embeddings; a {ref.kind} has no separate towers"}
     try:
         examples = read_examples(ws, model)
     except LetheError as exc:
@@ -167,14 +169,11 @@ def _unlearn_without_groups(ws: Workspace, rid: str, ref: ArtifactRef, plan: dic
     """A label-free method on a model whose training groups are not known: the forgotten documents' texts
     and a seeded sample of the store's other documents are all it reads. With no member pairs there is
     nothing to audit, so the level is ``unverified``; no groups are recorded with the new version either."""
-    import random
 
     from lethe.unlearning.sets import UnlearnSets
 
     docs = set(plan["doc_ids"])
-    others = sorted(set(ws.store.ids()) - docs)
-    sample = random.Random(0).sample(others, min(LABEL_FREE_RETAIN, len(others)))
-    texts = {d.id: d.contents for d in ws.store.get_many([*sorted(docs), *sample])}
+    texts = {d.id: d.contents for d in ws.store.get_many(sorted(docs))} | _store_sample(ws, docs)
     if not docs & set(texts):
         return {"model": str(ref), "level": "not_unlearned", "why": "no forgotten document's text is in the store"}
     job = ModelJob(ws, rid, ref, plan, UnlearnSets([], [], [], [], docs), {}, texts, None, {})
@@ -186,6 +185,14 @@ def _unlearn_without_groups(ws: Workspace, rid: str, ref: ArtifactRef, plan: dic
             "requested": method, "forget_docs": result.info.get("forget_docs"), "seconds": round(result.seconds, 2),
             "audit": None, "why": "its training groups are not recorded: forgotten without labels, and with no "
                                   "member pairs to test, the audit cannot verify it"}
+
+
+def _store_sample(ws: Workspace, exclude: set[str], n: int = LABEL_FREE_RETAIN) -> dict[str, str]:
+    """The texts of a seeded sample of ``n`` store documents outside ``exclude``."""
+    import random
+
+    others = sorted(set(ws.store.ids()) - exclude)
+    return {d.id: d.contents for d in ws.store.get_many(random.Random(0).sample(others, min(n, len(others))))}
 
 
 def _already_gone(ws: Workspace, examples: list[MinedExample]) -> tuple[set[str], set[str]]:
@@ -248,6 +255,8 @@ def _approximate(job: ModelJob, method: str, escalate: bool, cfg: UnlearnConfig 
     """Run an approximate method, audit it; with ``escalate`` (``auto``), retrain when the audit fails."""
     t0 = time.perf_counter()
     original = scorer_of(job.ws, job.ref)
+    if method == "sae":  # its "unseen" reference: store documents outside the training groups
+        job.texts = {**_store_sample(job.ws, set(job.texts) | job.sets.docs), **job.texts}
     task = UnlearnTask(original.copy(), job.sets, job.queries, job.texts, reference=original,
                        retrain=lambda rows: _retrain(job.ws, job.ref, rows, job.queries, job.texts, job.replaced))
     targets = _relabel_targets(job, task) if method == "relabel" else None
