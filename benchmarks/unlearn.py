@@ -32,6 +32,7 @@ import numpy as np
 from train_embedder import with_split  # the same seeded 70/30 query split as the training benchmark
 
 from lethe.data import Dataset, load_dataset
+from lethe.errors import LetheError
 from lethe.pipelines.evaluate import evaluate
 from lethe.pipelines.workspace import Workspace
 from lethe.registry import sources
@@ -133,8 +134,9 @@ def cached(args: argparse.Namespace, name: str,
     from sentence_transformers import SentenceTransformer
 
     keys = ("data", "forget_frac", "forget_users", "train_queries", "negatives", "depth", "max_length", "batch",
-            "lr", "epochs", "requests")
-    keys = keys[:-1] if name == "original" else keys  # the original never saw a request
+            "lr", "epochs", "requests") + (("forget_labels",) if args.forget_labels else ())
+    if name == "original":  # it never saw a request: one original for every forget set
+        keys = ("data", "train_queries", "negatives", "depth", "max_length", "batch", "lr", "epochs")
     tag = hashlib.sha256(json.dumps({k: getattr(args, k) for k in keys}, sort_keys=True).encode()).hexdigest()[:12]
     path = Path(args.cache) / f"{tag}-{name}"
     if (path / "seconds.json").exists():
@@ -153,6 +155,9 @@ def main() -> None:  # noqa: C901
     ap.add_argument("--data", required=True)
     ap.add_argument("--forget-frac", type=float, default=0.0)
     ap.add_argument("--forget-users", type=int, default=0)
+    ap.add_argument("--forget-labels", type=float, default=0.0,
+                    help="label unlearning: this fraction of the training (query, positive) judgements, one per "
+                         "request; the documents and queries stay, the oracle trains without those groups")
     ap.add_argument("--methods", default="retrain,sharded," + ",".join(APPROX),
                     help="comma list; an entry NAME@KEY=VALUE+KEY=VALUE runs NAME with those settings (fields of "
                          "UnlearnConfig, e.g. steps, lr, ofmu_inner, or of the method's own config, e.g. laf's tau) "
@@ -209,7 +214,13 @@ def main() -> None:  # noqa: C901
         queries = {q.id: q.text for q in ds.queries.values()}
         owners = {d.id: d.owners for d in ds.corpus.values()}
         # ---- what to forget: requests of one document or one user each
-        if args.forget_users:
+        labels: set[tuple[str, str]] = set()
+        if args.forget_labels:
+            pairs = sorted({f"{e.query_id}\t{e.positive}" for e in groups})
+            labels = {tuple(p.split("\t")) for p in draw(pairs, max(1, round(len(pairs) * args.forget_labels)),
+                                                          args.requests)}
+            requests = [(set(), set()) for _ in labels]
+        elif args.forget_users:
             counts: dict[str, list[str]] = {}
             for d in ds.corpus.values():
                 for o in d.owners:
@@ -224,8 +235,8 @@ def main() -> None:  # noqa: C901
             requests = [({d}, set()) for d in chosen]
         docs = set().union(*(r[0] for r in requests))
         qset = set().union(*(r[1] for r in requests))
-        sets = split_examples(groups, docs, qset, retain_size=max(32, 4 * args.batch))
-        out.update(train_groups=len(groups), requests=len(requests), forget_docs=len(docs),
+        sets = split_examples(groups, docs, qset, retain_size=max(32, 4 * args.batch), labels=labels)
+        out.update(train_groups=len(groups), requests=len(requests), forget_docs=len(docs), forget_labels=len(labels),
                    forget_groups=len(sets.forget), touched_groups=len(sets.touched))
         log(json.dumps(out))
 
@@ -347,6 +358,10 @@ def main() -> None:  # noqa: C901
             if name == "retrain":
                 results[name] = finish(Figures(**{**ref_oracle.__dict__, "method": "retrain"}), "oracle")
                 continue
+            if name == "sharded" and labels:
+                results[entry] = {"verdict": "not_applicable", "why": "shards are cut by document and owner, not "
+                                  "by judgement: forgetting a label refits every shard, i.e. retrain"}
+                continue
             if name == "sharded":
                 shard_lr = args.shard_lr or args.lr * (10 if args.shard_lora_r > 0 else 5)
                 stable = args.shard_order == "stable"
@@ -386,7 +401,12 @@ def main() -> None:  # noqa: C901
             shared = {k: v for k, v in settings.items() if k in UNLEARN_FIELDS}
             cfg = method_config(name, replace(UnlearnConfig(steps=args.steps, lr=args.unlearn_lr, forget_batch=8,
                                                             retain_batch=8), **shared))
-            res = configured(name, settings).run(task, cfg)
+            try:
+                res = configured(name, settings).run(task, cfg)
+            except LetheError as exc:  # e.g. a label request to a method that forgets documents
+                results[entry] = {"verdict": "not_applicable", "why": str(exc)}
+                log(entry, json.dumps(results[entry]))
+                continue
             only = bool(res.info.get("output_only", False))
             results[entry] = finish(figures(entry, res.scorer, res.seconds + t_cal, output_only=only))
             if settings:
