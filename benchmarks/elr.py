@@ -11,16 +11,16 @@ train-split queries, ``--epochs`` epochs, the same seeds for every run:
   (``ELRConfig(--elr-beta, --elr-lam)``; its per-example targets live for one run and are never written);
 * ``base``: the untrained MiniLM, for reference (``--clean-elr`` adds the clean groups trained with ELR).
 
-Each model re-scores the BM25 top ``--depth`` of the evaluation queries: ``--eval test`` the test split,
-``--eval dev`` train-split queries left out of the training sample (tune ``--elr-lam`` there, not on
-test). Reported per run: nDCG@10, training seconds and ``final_loss`` (the mean training loss of the
-last 5 steps; an ELR run's includes its penalty, which is negative: not comparable with a plain run's).
-Per noise level: the mean per-query nDCG@10 difference and its paired-bootstrap 95% interval
-(``delta_ci``) of ELR - plain, ELR - clean and plain - clean. Last stdout line: one JSON object with
-every figure; progress goes to stderr.
+Each model re-scores the BM25 top ``--depth`` of two query sets: ``dev``, train-split queries left out of
+the training sample, and ``test``, the test split. ``--elr-lam`` takes a comma list: every value is trained,
+the one with the best dev nDCG@10 at each noise level is chosen (``chosen_lam``), and the deltas are
+reported on test for it (lam is tuned on dev, never on test). Reported per run and query set: nDCG@10;
+per run the training seconds and ``final_loss`` (the mean training loss of the last 5 steps; an ELR run's
+includes its penalty, which is negative: not comparable with a plain run's). Per noise level: the mean
+per-query test nDCG@10 difference and its paired-bootstrap 95% interval (``delta_ci``) of ELR - plain,
+ELR - clean and plain - clean. Last stdout line: one JSON object with every figure; progress on stderr.
 
-    python benchmarks/elr.py --data scifact --noise 0.2,0.4 --eval dev --elr-lam 3   # tune lam
-    python benchmarks/elr.py --data scifact --noise 0.2,0.4 --eval test              # report
+    python benchmarks/elr.py --data scifact --noise 0.2,0.4 --elr-lam 1,3
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ from lethe.training.pools import MinedExample
 from lethe.training.scorers import BiEncoderScorer
 
 PerQuery = dict[str, dict[str, float]]
+#: every model is evaluated on both: dev (train-split queries not trained on) to choose lam, test to report
+SPLITS = ("dev", "test")
 
 
 def log(*a: object) -> None:
@@ -141,10 +143,8 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=20, help="BM25 depth for negatives and for re-scoring")
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--elr-beta", type=float, default=0.7)
-    ap.add_argument("--elr-lam", type=float, default=3.0)
+    ap.add_argument("--elr-lam", default="1,3", help="comma list; the best on dev is reported on test")
     ap.add_argument("--clean-elr", action="store_true", help="also train the clean groups with ELR")
-    ap.add_argument("--eval", choices=("dev", "test"), default="test",
-                    help="dev: held-out train-split queries (tuning); test: the test split (reporting)")
     ap.add_argument("--queries", type=int, default=300, help="evaluation queries (seeded sample)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the query sample and of the label noise")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads")
@@ -154,14 +154,14 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     noises = [float(x) for x in args.noise.split(",") if x.strip() and float(x) > 0]
-    elr = ELRConfig(args.elr_beta, args.elr_lam)
+    lams = [float(x) for x in args.elr_lam.split(",") if x.strip()]
 
     ds = with_split(load_dataset(args.data), 0.3)
     texts = {d.id: d.contents for d in ds.corpus.values()}
     queries = {q.id: q.text for q in ds.queries.values()}
     train_qrels = ds.split_qrels("train")
-    out: dict = {"data": args.data, "eval": args.eval, "epochs": args.epochs, "lr": args.lr, "batch": args.batch,
-                 "negatives": args.negatives, "elr": {"beta": elr.beta, "lam": elr.lam}}
+    out: dict = {"data": args.data, "epochs": args.epochs, "lr": args.lr, "batch": args.batch,
+                 "negatives": args.negatives, "elr": {"beta": args.elr_beta, "lams": lams}}
     with tempfile.TemporaryDirectory(prefix="lethe-elr-") as tmp, Workspace(Path(tmp), show_progress=False) as ws:
         ws.ingest(ds)
         ws.build_bm25()
@@ -169,14 +169,16 @@ def main() -> None:
         if args.train_queries:
             train_q = sorted(random.Random(args.seed).sample(train_q, min(args.train_queries, len(train_q))))
         groups = groups_for(ws, ds, train_q, args.negatives, args.depth)
-        eval_q, eval_qrels = eval_queries(ds, args.eval, train_q, args.queries)
-        hits = ws.load_index("bm25").search([queries[q] for q in eval_q], args.depth)
-        run = {q: [h.doc_id for h in hs] for q, hs in zip(eval_q, hits)}
-    out.update(train_queries=len(train_q), train_groups=len(groups), queries=len(eval_q))
+        sets = {}
+        for split in SPLITS:
+            eval_q, eval_qrels = eval_queries(ds, split, train_q, args.queries)
+            hits = ws.load_index("bm25").search([queries[q] for q in eval_q], args.depth)
+            sets[split] = ({q: [h.doc_id for h in hs] for q, hs in zip(eval_q, hits)}, eval_qrels)
+    out.update(train_queries=len(train_q), train_groups=len(groups), queries={k: len(v[1]) for k, v in sets.items()})
     log(json.dumps(out))
     doc_ids = sorted(texts)
     runs: dict[str, dict] = {}
-    per_query: dict[str, PerQuery] = {}
+    per_query: dict[str, dict[str, PerQuery]] = {split: {} for split in SPLITS}
 
     def measure(name: str, rows: list[MinedExample] | None, elr_cfg: ELRConfig | None = None, **extra: object) -> None:
         sc = minilm(args.max_length)
@@ -185,26 +187,31 @@ def main() -> None:
             losses = train_groups(sc, rows, queries, texts, args.epochs, args.lr, args.batch, seed=42, elr=elr_cfg)
             extra = {**extra, "final_loss": round(sum(losses[-5:]) / len(losses[-5:]), 4)}
         seconds = time.perf_counter() - t0
-        ndcg, per_query[name] = rescored(sc, run, queries, texts, eval_qrels)
-        runs[name] = {"ndcg10": round(ndcg, 4), "seconds": round(seconds, 1), **extra}
+        runs[name] = {"seconds": round(seconds, 1), **extra}
+        for split, (run, qrels) in sets.items():
+            ndcg, per_query[split][name] = rescored(sc, run, queries, texts, qrels)
+            runs[name][f"ndcg10_{split}"] = round(ndcg, 4)
         log(name, json.dumps(runs[name]))
 
     measure("base", None)
     measure("clean", groups)
     if args.clean_elr:
-        measure("clean_elr", groups, elr)
+        for lam in lams:
+            measure(f"clean_elr{lam:g}", groups, ELRConfig(args.elr_beta, lam))
+    test = per_query["test"]
     deltas: dict[str, dict] = {}
     for noise in noises:
         noisy, n_bad = corrupt(groups, noise, doc_ids, train_qrels, args.seed)
         tag = f"noise{noise:g}"
         measure(f"{tag}_plain", noisy, corrupted=n_bad)
-        measure(f"{tag}_elr", noisy, elr, corrupted=n_bad)
-        deltas[tag] = {"elr_minus_plain": delta(per_query[f"{tag}_elr"], per_query[f"{tag}_plain"]),
-                       "elr_minus_clean": delta(per_query[f"{tag}_elr"], per_query["clean"]),
-                       "plain_minus_clean": delta(per_query[f"{tag}_plain"], per_query["clean"])}
+        for lam in lams:
+            measure(f"{tag}_elr{lam:g}", noisy, ELRConfig(args.elr_beta, lam), corrupted=n_bad)
+        best = max(lams, key=lambda lam, t=tag: runs[f"{t}_elr{lam:g}"]["ndcg10_dev"])  # chosen on dev
+        elr = f"{tag}_elr{best:g}"
+        deltas[tag] = {"chosen_lam": best, "elr_minus_plain": delta(test[elr], test[f"{tag}_plain"]),
+                       "elr_minus_clean": delta(test[elr], test["clean"]),
+                       "plain_minus_clean": delta(test[f"{tag}_plain"], test["clean"])}
         log(tag, json.dumps(deltas[tag]))
-    if args.clean_elr:
-        deltas["clean"] = {"elr_minus_plain": delta(per_query["clean_elr"], per_query["clean"])}
     out.update(runs=runs, deltas=deltas)
     print(json.dumps(out), flush=True)
 
