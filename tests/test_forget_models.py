@@ -126,17 +126,24 @@ def test_ofmu_and_label_free_laf_through_forget(trained) -> None:  # noqa: ANN00
     by_model = {m["model"]: m for m in rep.receipt["unlearning"]}
     assert by_model["teacher@v1"]["method"] == "ofmu" and by_model["student@v1"]["method"] == "ofmu"
     assert by_model["student@v1"]["level"] == "unverified"  # no audit reference: never called unlearned
+    # label_mixup on a judgement, sae on a document: bi-encoders only, never called unlearned without an audit
+    rep = forget(ws, ForgetRequest(labels=(("q2", "d2"),)), unlearn="label_mixup", unlearn_cfg=CFG)
+    by_model = {m["model"]: m for m in rep.receipt["unlearning"]}
+    assert by_model["student@v2"]["method"] == "label_mixup" and by_model["student@v2"]["level"] == "unverified"
+    assert by_model["teacher@v2"]["level"] == "not_unlearned" and "towers" in by_model["teacher@v2"]["why"]
+    assert not rep.reached  # neither is verified: the receipt says so
+    rep = forget(ws, ForgetRequest(("d5",)), unlearn="sae", unlearn_cfg=CFG)
+    assert {m["model"]: m for m in rep.receipt["unlearning"]}["student@v3"]["method"] == "sae"
     # a student whose training pairs are gone: only laf can act, on the documents alone, and says it is unverified
     (ws.registry.resolve_path(ws.registry.get("student")) / EXAMPLES_FILE).unlink()
     rep = forget(ws, ForgetRequest(("d1",)), unlearn="laf", unlearn_cfg=CFG)
     by_model = {m["model"]: m for m in rep.receipt["unlearning"]}
-    student = by_model["student@v2"]
+    student = by_model["student@v4"]
     assert student["method"] == "laf" and student["level"] == "unverified" and "not recorded" in student["why"]
     assert not (ws.registry.resolve_path(ws.registry.get(student["new"])) / EXAMPLES_FILE).exists()
     assert "d1" not in ws.registry.lineage_of(student["new"]).doc_ids
-    assert by_model["teacher@v2"]["level"] == "not_unlearned" and "document tower" in by_model["teacher@v2"]["why"]
-    assert "student@v2" in rep.receipt["models_still_trained_on_data"]
-
+    assert by_model["teacher@v2"]["level"] == "not_unlearned" and "towers" in by_model["teacher@v2"]["why"]
+    assert "student@v4" in rep.receipt["models_still_trained_on_data"]
 
 def test_forgetting_a_label_keeps_the_document_and_stays_forgotten(trained) -> None:  # noqa: ANN001
     from lethe.pipelines.forget import trained_labels
@@ -161,13 +168,3 @@ def test_forgetting_a_label_keeps_the_document_and_stays_forgotten(trained) -> N
     with pytest.raises(ForgetError, match="document is unknown"):
         forget(ws, ForgetRequest(labels=(("q1", "nope"),)), unlearn="retrain")
 
-
-def test_label_mixup_and_sae_through_forget(trained) -> None:  # noqa: ANN001
-    rep = forget(trained, ForgetRequest(labels=(("q2", "d2"),)), unlearn="label_mixup", unlearn_cfg=CFG)
-    by_model = {m["model"]: m for m in rep.receipt["unlearning"]}
-    assert by_model["student@v1"]["method"] == "label_mixup" and by_model["student@v1"]["level"] == "unverified"
-    assert by_model["teacher@v1"]["level"] == "not_unlearned" and "towers" in by_model["teacher@v1"]["why"]
-    assert not rep.reached  # neither is verified: the receipt says so
-    rep = forget(trained, ForgetRequest(("d5",)), unlearn="sae", unlearn_cfg=CFG)
-    student = {m["model"]: m for m in rep.receipt["unlearning"]}["student@v2"]
-    assert student["method"] == "sae" and student["level"] == "unverified"
