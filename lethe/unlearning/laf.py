@@ -155,15 +155,11 @@ class LAF(Method):
                              {"forget_docs": len(forget), "retain_docs": len(retain), "labels_used": False})
 
     @staticmethod
-    def _embed(task: UnlearnTask, ids: list[str], grad: bool = True, batch: int = 32) -> Any:
+    def _embed(task: UnlearnTask, ids: list[str], grad: bool = True) -> Any:
         import torch
 
-        from lethe.embedding.train import embed_texts
-
-        texts = [task.texts[d] for d in ids]
         with torch.set_grad_enabled(grad):
-            return torch.cat([embed_texts(task.scorer.model, texts[i : i + batch], task.scorer.max_length)
-                              for i in range(0, len(texts), batch)])
+            return task.scorer.embed([task.texts[d] for d in ids])
 
     @staticmethod
     def _step(opt: Any, params: list[Any], loss_fn: Any, clip: float = 1.0) -> float:

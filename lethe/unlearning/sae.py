@@ -167,12 +167,8 @@ class SAEGuided(Method):
         return forget, rng.sample(seen, min(n, len(seen))), rng.sample(unseen, min(n, len(unseen)))
 
     @staticmethod
-    def _embed(task: UnlearnTask, ids: list[str], grad: bool = True, batch: int = 32) -> Any:
+    def _embed(task: UnlearnTask, ids: list[str], grad: bool = True) -> Any:
         import torch
 
-        from lethe.embedding.train import embed_texts
-
-        texts = [task.texts[d] for d in ids]
         with torch.set_grad_enabled(grad):
-            return torch.cat([embed_texts(task.scorer.model, texts[i : i + batch], task.scorer.max_length)
-                              for i in range(0, len(texts), batch)])
+            return task.scorer.embed([task.texts[d] for d in ids])
