@@ -521,6 +521,10 @@ HoldoutOpt = Annotated[float, typer.Option(
     help="fraction of training queries held out and registered with the model as the unlearning audit's "
          "non-member reference and retain probe (0: none; the audit cannot then verify approximate unlearning)")]
 
+ElrOpt = Annotated[float, typer.Option(
+    help="early-learning regularisation weight for noisy labels (clicks, a teacher's picks): 0 = off; tune it on "
+         "dev queries (benchmarks/elr.py); embedder: the contrastive recipe only")]
+
 
 def _trained(ref, losses: list[float]) -> str:  # noqa: ANN001
     """How a model was trained, in a few words."""
@@ -528,6 +532,15 @@ def _trained(ref, losses: list[float]) -> str:  # noqa: ANN001
     if sharded:
         return f"{sharded['k']} shards, merged"
     return f"{len(losses)} steps, final loss {losses[-1]:.4f}" if losses else "no step"
+
+
+def _elr(lam: float) -> Any:
+    """``--elr-lam``: ELR's settings, or None for plain training (0)."""
+    from lethe.training.elr import ELRConfig
+
+    if lam < 0:
+        raise LetheError(f"--elr-lam must be >= 0 (0: no ELR), got {lam}")
+    return ELRConfig(lam=lam) if lam else None
 
 
 def _parse_fusion(text: str | None) -> dict[str, float] | None:
@@ -552,6 +565,7 @@ def train_cross_encoder_cmd(
     max_length: Annotated[int, typer.Option(help="tokens per (query, document) pair")] = 128,
     max_minutes: Annotated[float | None, typer.Option(help="stop training after this long")] = None,
     eval_split: Annotated[str | None, typer.Option(help="re-rank BM25 top-100 of this split after")] = None,
+    elr_lam: ElrOpt = 0.0,
     shards: ShardsOpt = 0,
     shard_lr_scale: ShardLrOpt = 5.0,
     audit_holdout: HoldoutOpt = 0.15,
@@ -565,7 +579,7 @@ def train_cross_encoder_cmd(
     with _workspace(home, no_wait=no_wait) as ws, ws.writing():
         _ensure_indexed(ws, ds)
         td, reference = training_data(ws, ds, split).hold_out(audit_holdout)
-        cfg = CETrainConfig(epochs=epochs, lr=lr, max_length=max_length,
+        cfg = CETrainConfig(epochs=epochs, lr=lr, max_length=max_length, elr=_elr(elr_lam),
                             max_seconds=max_minutes * 60 if max_minutes else None)
         on_step, close = progress_bar(f"training {name}")
         ref, losses = train_teacher(ws, td, name, base, cfg, negatives, on_step, reference, shards, shard_lr_scale)
@@ -596,6 +610,7 @@ def train_embedder_cmd(
     ratio: Annotated[float, typer.Option(help="keep a negative only if t(q,n) < ratio * t(q,p)")] = 0.95,
     max_minutes: Annotated[float | None, typer.Option(help="stop training after this long")] = None,
     eval_split: Annotated[str, typer.Option(help="split to evaluate the new version on")] = "test",
+    elr_lam: ElrOpt = 0.0,
     shards: ShardsOpt = 0,
     shard_lr_scale: ShardLrOpt = 5.0,
     audit_holdout: HoldoutOpt = 0.15,
@@ -607,6 +622,9 @@ def train_embedder_cmd(
     from lethe.pipelines.train import model_eval, progress_bar, score_pools, train_embedder, training_data
 
     _choice("--recipe", recipe, ("dse", "lganna", "contrastive"))
+    if elr_lam and recipe != "contrastive":
+        raise LetheError(f"--elr-lam regularises training on labels: the contrastive recipe only, not {recipe!r} "
+                         "(dse and lganna follow a teacher's scores)")
     if (teacher is None) != (recipe == "contrastive"):
         raise LetheError("--teacher is needed by the dse and lganna recipes, and not used by contrastive")
     ds = _load(data, None, "error", "error")
@@ -619,7 +637,7 @@ def train_embedder_cmd(
             console.print(f"teacher scores cached as {cache_ref}")
             cache = str(cache_ref)
         cfg = EmbedTrainConfig(recipe=recipe, epochs=epochs, lr=lr, instruction=instruction, n_examples=examples,
-                               max_seconds=max_minutes * 60 if max_minutes else None)
+                               max_seconds=max_minutes * 60 if max_minutes else None, elr=_elr(elr_lam))
         on_step, close = progress_bar(f"training {recipe}")
         ref, result, mined = train_embedder(ws, td, cache, cfg, name or f"{recipe}-{ds.name}", base,
                                             negatives, ratio, on_step=on_step, reference=reference, shards=shards,

@@ -118,8 +118,13 @@ def test_train_commands_on_tiny_models(tmp_path: Path, tiny_bert_dir: Path) -> N
         ws.build_bm25()
         ws.build_dense(encoder="tiny")
     out = invoke("train", "cross-encoder", "--data", str(data), "--home", str(home), "--split", "test",
-                 "--base", "tiny", "--max-length", "32", "--negatives", "2").output
+                 "--base", "tiny", "--max-length", "32", "--negatives", "2", "--elr-lam", "3").output
     assert "registered teacher@v1" in out
+    with Workspace(home, show_progress=False) as ws:  # ELR's settings are recorded (its targets never are)
+        assert ws.registry.get("teacher").manifest["extra"]["train"]["elr"] == {"beta": 0.7, "lam": 3.0}
+    bad = runner.invoke(app, ["train", "embedder", "--data", str(data), "--home", str(home), "--teacher", "teacher",
+                              "--elr-lam", "1"])
+    assert bad.exit_code != 0 and "the contrastive recipe only" in str(bad.exception)
     out = invoke("train", "embedder", "--data", str(data), "--home", str(home), "--split", "test",
                  "--teacher", "teacher", "--base", "tiny", "--recipe", "lganna", "--negatives", "2",
                  "--instruction", "find answers", "--fusion", "ce=0.5,bm25=0.25,dense=0.25").output
@@ -130,7 +135,8 @@ def test_train_commands_on_tiny_models(tmp_path: Path, tiny_bert_dir: Path) -> N
     out = invoke("forget", "--doc", "d2", "--home", str(home), "--unlearn", "none").output
     assert "models still trained on this data" in out and "teacher@v1" in out
     out = invoke("train", "embedder", "--data", str(data), "--home", str(home), "--split", "test", "--base", "tiny",
-                 "--recipe", "contrastive", "--negatives", "2", "--shards", "2", "--name", "sharded").output
+                 "--recipe", "contrastive", "--negatives", "2", "--shards", "2", "--name", "sharded",
+                 "--elr-lam", "1").output
     assert "registered sharded@v1" in out and "2 shards, merged" in out
     out = invoke("forget", "--doc", "d0", "--home", str(home), "--json").output  # --unlearn auto by default
     receipt = last_json(out)

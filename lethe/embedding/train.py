@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from lethe.training.elr import ELRConfig
 from lethe.training.pools import MinedExample
 
 #: ``contrastive``: InfoNCE over qrels positives and pool negatives, no teacher
@@ -53,10 +54,22 @@ class EmbedTrainConfig:
     example_chars: int = 200
     seed: int = 42
     max_seconds: float | None = None
+    elr: ELRConfig | None = None  # contrastive: early-learning regularisation for noisy labels (lethe.training.elr)
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
             raise ValueError(f"unknown recipe {self.recipe!r}; choose from {list(RECIPES)}")
+        if self.elr is not None and self.recipe != "contrastive":
+            raise ValueError(f"ELR regularises training on labels: the contrastive recipe, not {self.recipe!r} "
+                             "(a distillation recipe follows a teacher's scores)")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EmbedTrainConfig:
+        """The settings a manifest recorded (unknown keys ignored; ``elr`` from its dict)."""
+        kw = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if isinstance(kw.get("elr"), dict):
+            kw["elr"] = ELRConfig(**kw["elr"])
+        return cls(**kw)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able settings."""

@@ -105,8 +105,7 @@ def forgotten_label(ws: Workspace, query_id: str, doc_id: str, gone: set[str]) -
 def listwise_groups(data: TrainingData, n_negatives: int = 7) -> tuple[list[Group], set[str]]:
     """Teacher training groups: each positive with the top non-judged pool candidates."""
     rows = listwise_rows(data, n_negatives)
-    groups = [Group(data.queries[r.query_id], data.texts[r.positive], [data.texts[d] for d in r.negatives])
-              for r in rows]
+    groups = keyed_groups(rows, data.queries, data.texts)
     return groups, {d for r in rows for d in (r.positive, *r.negatives)}
 
 
@@ -119,6 +118,12 @@ def listwise_rows(data: TrainingData, n_negatives: int = 7) -> list[MinedExample
             if rel > 0 and negs:
                 rows.append(MinedExample(q, p, negs, (0.0,) * (1 + len(negs))))
     return rows
+
+
+def keyed_groups(rows: Sequence[MinedExample], queries: Mapping[str, str], texts: Mapping[str, str]) -> list[Group]:
+    """Cross-encoder training groups in text, each keyed by (query id, positive id) (ELR's targets use the key)."""
+    return [Group(queries[r.query_id], texts[r.positive], [texts[d] for d in r.negatives], key=(r.query_id, r.positive))
+            for r in rows]
 
 
 def new_cross_encoder(ws: Workspace, base_ref: ArtifactRef, seed: int, gate: float = -6.0):  # noqa: ANN201
@@ -160,10 +165,8 @@ def train_teacher(ws: Workspace, data: TrainingData, name: str = "teacher", base
                                cross_encoder_recipe(cfg, data.queries, data.texts, shard_lr_scale), rows, data, shards)
         model, losses = sharded.combined().model, []
     else:
-        groups = [Group(data.queries[r.query_id], data.texts[r.positive], [data.texts[d] for d in r.negatives])
-                  for r in rows]
-        losses = train_cross_encoder(model, groups, cfg, on_step)
-    extra = {"train": jsonable(cfg.__dict__), "steps": len(losses), "final_loss": losses[-1] if losses else None,
+        losses = train_cross_encoder(model, keyed_groups(rows, data.queries, data.texts), cfg, on_step)
+    extra = {"train": jsonable(cfg.to_dict()), "steps": len(losses), "final_loss": losses[-1] if losses else None,
              "max_length": cfg.max_length, "seconds": round(time.perf_counter() - t0, 1)}
     if sharded is not None:
         extra["sharded"] = {"k": shards, "lr_scale": shard_lr_scale, "combine": sharded.combine}
@@ -205,8 +208,7 @@ def cross_encoder_recipe(cfg: CETrainConfig, queries: Mapping[str, str], texts: 
     scaled = replace(cfg, lr=cfg.lr * lr_scale, max_seconds=None)
 
     def recipe(scorer: Any, rows: list[MinedExample]) -> None:
-        groups = [Group(queries[r.query_id], texts[r.positive], [texts[d] for d in r.negatives]) for r in rows]
-        train_cross_encoder(scorer.model, groups, scaled)
+        train_cross_encoder(scorer.model, keyed_groups(rows, queries, texts), scaled)
 
     return recipe
 
@@ -236,7 +238,7 @@ def fit_bi_encoder(model: Any, rows: Sequence[MinedExample], queries: Mapping[st
     t0 = time.perf_counter()
     scorer = BiEncoderScorer(model, max_length=cfg.max_length, query_prompt=query_prompt(cfg))
     losses = train_groups(scorer, rows, queries, texts, cfg.epochs, cfg.lr, cfg.batch_size, seed=cfg.seed,
-                          on_step=on_step, stable_order=stable_order)
+                          on_step=on_step, stable_order=stable_order, elr=cfg.elr)
     return TrainResult(losses, time.perf_counter() - t0, len(losses))
 
 

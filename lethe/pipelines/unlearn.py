@@ -445,9 +445,9 @@ def _shard_recipe(job: ModelJob):  # noqa: ANN202
     extra = job.ref.manifest.get("extra", {}) or {}
     train, scale = dict(extra.get("train", {}) or {}), (job.sharded or {}).get("lr_scale", 1.0)
     if job.ref.kind == "cross_encoder":
-        cfg = CETrainConfig(**{k: v for k, v in train.items() if k in CETrainConfig.__dataclass_fields__})
+        cfg = CETrainConfig.from_dict(train)
         return cross_encoder_recipe(cfg, job.queries, job.texts, scale)
-    cfg = EmbedTrainConfig(**{k: v for k, v in train.items() if k in EmbedTrainConfig.__dataclass_fields__})
+    cfg = EmbedTrainConfig.from_dict(train)
     return bi_encoder_recipe(cfg, job.queries, job.texts, scale)
 
 
@@ -529,8 +529,8 @@ def _retrain(ws: Workspace, ref: ArtifactRef, rows: list, queries: dict[str, str
     teacher when the teacher was replaced earlier in this request).
     """
     from lethe.embedding.train import EmbedTrainConfig
-    from lethe.pipelines.train import fit_bi_encoder
-    from lethe.ranking.cross_encoder import CETrainConfig, Group, train_cross_encoder
+    from lethe.pipelines.train import fit_bi_encoder, keyed_groups
+    from lethe.ranking.cross_encoder import CETrainConfig, train_cross_encoder
 
     parents = origin_parents(ws, ref)
     if "init" not in parents:
@@ -544,12 +544,11 @@ def _retrain(ws: Workspace, ref: ArtifactRef, rows: list, queries: dict[str, str
         from sentence_transformers import CrossEncoder
 
         model = CrossEncoder(str(ws.registry.resolve_path(init)), num_labels=1, device="cpu")
-        cfg = CETrainConfig(**{k: v for k, v in train.items() if k in CETrainConfig.__dataclass_fields__})
-        groups = [Group(queries[e.query_id], texts[e.positive], [texts[d] for d in e.negatives]) for e in rows]
-        train_cross_encoder(model, groups, cfg)
+        cfg = CETrainConfig.from_dict(train)
+        train_cross_encoder(model, keyed_groups(rows, queries, texts), cfg)
         return CrossEncoderScorer(model, max_length=cfg.max_length)
     model = ws.registry.load(init)
-    cfg = EmbedTrainConfig(**{k: v for k, v in train.items() if k in EmbedTrainConfig.__dataclass_fields__})
+    cfg = EmbedTrainConfig.from_dict(train)
     cache = parents.get("cache")
     if cache is not None:
         scores = load_scores(ws, str(ws.registry.get(cache.split("@")[0]))).scores  # its active version

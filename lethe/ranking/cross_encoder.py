@@ -193,6 +193,23 @@ class CETrainConfig:
     # forgotten from) by the caller. None: the plain listwise loss
     elr: ELRConfig | ELRTargets | None = None
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CETrainConfig:
+        """The settings a manifest recorded (unknown keys ignored; ``elr`` from its dict)."""
+        kw = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if isinstance(kw.get("elr"), dict):
+            kw["elr"] = ELRConfig(**kw["elr"])
+        elif not isinstance(kw.get("elr"), ELRConfig | None):
+            raise ValueError(f"recorded ELR settings must be a dict, got {kw['elr']!r}")
+        return cls(**kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able settings (an in-memory ``ELRTargets`` is recorded as its config)."""
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        elr = self.elr.config if isinstance(self.elr, ELRTargets) else self.elr
+        d["elr"] = None if elr is None else {"beta": elr.beta, "lam": elr.lam}
+        return d
+
 
 def train_cross_encoder(model: Any, groups: Sequence[Group], cfg: CETrainConfig,
                         on_step: Callable[[int, int, float], None] | None = None) -> list[float]:
