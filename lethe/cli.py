@@ -508,7 +508,7 @@ def verify(
     console.print("[green]verification passed")
 
 
-train_app = typer.Typer(help="Train a teacher cross-encoder or a student embedder (with lineage).",
+train_app = typer.Typer(help="Train a teacher cross-encoder, a student embedder or an SAE (with lineage).",
                         no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
@@ -647,6 +647,30 @@ def train_embedder_cmd(
                       f"({_trained(ref, result.losses)})")
         figs = model_eval(ws, ds, str(ref), eval_split)
         console.print(f"{ref} on {ds.name}/{eval_split}: " + ", ".join(f"{k} {v:.4f}" for k, v in figs.items()))
+
+
+@train_app.command("sae")
+def train_sae_cmd(
+    model: Annotated[str, typer.Option(help="registry name of the bi-encoder whose document embeddings it reads")],
+    home: HomeOpt = None,
+    sample: Annotated[int, typer.Option(help="store documents sampled (seeded) to fit it on")] = 2000,
+    steps: Annotated[int, typer.Option(help="full-batch optimiser steps")] = 400,
+    expansion: Annotated[int, typer.Option(help="dictionary size as a multiple of the embedding size")] = 4,
+    no_wait: NoWaitOpt = False,
+) -> None:
+    """Fit a sparse autoencoder on a bi-encoder's document embeddings, registered with lineage: `lethe forget
+    --unlearn sae` reads its features, and a forget request refits it without the forgotten documents."""
+    from lethe.pipelines.sae import train_sae
+    from lethe.unlearning.sae import SAEConfig
+
+    if steps < 1 or expansion < 1:
+        raise LetheError(f"--steps and --expansion must be at least 1, got {steps} and {expansion}")
+    with _workspace(home, no_wait=no_wait) as ws, ws.writing():
+        with console.status(f"fitting an SAE on {model}'s embeddings of up to {sample} documents"):
+            ref = train_sae(ws, model, sample, SAEConfig(sae_steps=steps, expansion=expansion))
+        extra = ref.manifest.get("extra", {}).get("sae", {})
+        console.print(f"registered [bold]{ref}[/bold]: {extra.get('dictionary')} features, fitted on "
+                      f"{extra.get('docs')} documents embedded by {extra.get('model')}")
 
 
 @app.command()

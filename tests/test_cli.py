@@ -132,8 +132,10 @@ def test_train_commands_on_tiny_models(tmp_path: Path, tiny_bert_dir: Path) -> N
     out = invoke("eval", "--data", str(data), "--home", str(home), "--model", "lganna-tiny@v1",
                  "--out", str(tmp_path / "runs")).output
     assert "nDCG@10" in out
+    out = invoke("train", "sae", "--model", "lganna-tiny", "--home", str(home), "--steps", "20").output
+    assert "registered sae-lganna-tiny@v1" in out
     out = invoke("forget", "--doc", "d2", "--home", str(home), "--unlearn", "none").output
-    assert "models still trained on this data" in out and "teacher@v1" in out
+    assert "models still trained on this data" in out and "teacher@v1" in out and "sae-lganna-tiny@v1" in out
     out = invoke("train", "embedder", "--data", str(data), "--home", str(home), "--split", "test", "--base", "tiny",
                  "--recipe", "contrastive", "--negatives", "2", "--shards", "2", "--name", "sharded",
                  "--elr-lam", "1").output

@@ -132,8 +132,19 @@ def test_ofmu_and_label_free_laf_through_forget(trained) -> None:  # noqa: ANN00
     assert by_model["student@v2"]["method"] == "label_mixup" and by_model["student@v2"]["level"] == "unverified"
     assert by_model["teacher@v2"]["level"] == "not_unlearned" and "towers" in by_model["teacher@v2"]["why"]
     assert not rep.reached  # neither is verified: the receipt says so
+    # sae with the student's registered SAE (fitted on the collection, lineage = the documents it saw): the
+    # method reads its features, and the SAE itself is refitted without d5 on the unlearned student's embeddings
+    from lethe.pipelines.sae import sae_of, train_sae
+
+    sae = train_sae(ws, "student@v3")
+    assert "d5" in ws.registry.lineage_of(sae).doc_ids and sae_of(ws, ws.registry.get("student@v3")) == sae
     rep = forget(ws, ForgetRequest(("d5",)), unlearn="sae", unlearn_cfg=CFG)
-    assert {m["model"]: m for m in rep.receipt["unlearning"]}["student@v3"]["method"] == "sae"
+    by_model = {m["model"]: m for m in rep.receipt["unlearning"]}
+    assert by_model["student@v3"]["method"] == "sae" and by_model["student@v3"]["sae"] == "registered"
+    refit = by_model[str(sae)]
+    assert refit["level"] == "exact" and refit["embedded_by"] == by_model["student@v3"]["new"]
+    assert "d5" not in ws.registry.lineage_of(refit["new"]).doc_ids and not ws.registry.get(str(sae)).active
+    assert sae_of(ws, ws.registry.get(by_model["student@v3"]["new"])) == ws.registry.get(refit["new"])
     # a student whose training pairs are gone: only laf can act, on the documents alone, and says it is unverified
     (ws.registry.resolve_path(ws.registry.get("student")) / EXAMPLES_FILE).unlink()
     rep = forget(ws, ForgetRequest(("d1",)), unlearn="laf", unlearn_cfg=CFG)

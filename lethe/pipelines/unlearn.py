@@ -36,7 +36,7 @@ from lethe.training.contrastive import train_groups
 from lethe.training.pools import MinedExample, TeacherScores
 from lethe.training.scorers import BiEncoderScorer, CrossEncoderScorer, Scorer, pair_scores
 from lethe.unlearning.audit import Audit, AuditReference, run_audit
-from lethe.unlearning.base import UnlearnConfig, UnlearnTask
+from lethe.unlearning.base import Method, UnlearnConfig, UnlearnTask
 from lethe.unlearning.methods import calibrated_targets
 from lethe.unlearning.registry import get_method, method_config
 from lethe.unlearning.sets import split_examples
@@ -128,6 +128,10 @@ def unlearn_model(ws: Workspace, rid: str, model: str, plan: dict[str, Any], met
     ref = ws.registry.get(model)
     if ref.kind == "cache":
         return _unlearn_cache(ws, rid, ref, plan, replaced or {})
+    if ref.kind == "sae":
+        from lethe.pipelines.sae import unlearn_sae
+
+        return unlearn_sae(ws, rid, ref, plan, replaced or {})
     if ref.kind in ("adapter", "llm"):
         if plan.get("labels"):
             return {"model": model, "level": "not_unlearned",
@@ -266,7 +270,7 @@ def _approximate(job: ModelJob, method: str, escalate: bool, cfg: UnlearnConfig 
         return {"model": str(job.ref), "level": "not_unlearned", "route": method,
                 "why": "relabel: no target (no init model of the same kind, and no registered non-member pair "
                        "to measure the gain of training on)"}
-    result = get_method(method).run(task, method_config(method, cfg))
+    result = _method(job, method).run(task, method_config(method, cfg))
     seconds = time.perf_counter() - t0
     audit = _audit(job, result.scorer, original)
     passed = audit is not None and audit.passed
@@ -281,7 +285,20 @@ def _approximate(job: ModelJob, method: str, escalate: bool, cfg: UnlearnConfig 
             "level": "unlearned" if passed else "unverified", "requested": "auto" if escalate else method,
             "forget_groups": len(job.sets.forget), "touched_groups": len(job.sets.touched),
             "seconds": round(seconds, 2), "audit": audit.to_dict() if audit else None,
-            **({} if audit else {"why": "no audit reference registered with the model (train it again)"}), **extra}
+            **({} if audit else {"why": "no audit reference registered with the model (train it again)"}), **extra,
+            **({"sae": result.info["sae"]} if "sae" in result.info else {})}
+
+
+def _method(job: ModelJob, method: str) -> Method:
+    """The registered method; ``sae`` reads its features from the model's registered SAE when there is one."""
+    instance = get_method(method)
+    if method == "sae":
+        from lethe.pipelines.sae import load_registered, sae_of
+
+        registered = sae_of(job.ws, job.ref)
+        if registered is not None:
+            instance.prefit = load_registered(job.ws, registered)
+    return instance
 
 
 def _audit(job: ModelJob, scorer: Scorer, original: Scorer, relearn: bool = True) -> Audit | None:

@@ -9,7 +9,7 @@ from typing import Any
 from lethe.errors import RegistryError
 
 #: every kind of artifact the registry knows
-KINDS: tuple[str, ...] = ("bi_encoder", "cross_encoder", "llm", "adapter", "index", "cache")
+KINDS: tuple[str, ...] = ("bi_encoder", "cross_encoder", "llm", "adapter", "index", "cache", "sae")
 #: the kinds :meth:`Registry.load` turns into a model object
 MODEL_KINDS: tuple[str, ...] = ("bi_encoder", "cross_encoder", "llm", "adapter")
 #: every source scheme, with what follows the colon

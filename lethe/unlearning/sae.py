@@ -13,16 +13,19 @@ bi-encoder the "entity" is a forgotten document and the activation its embedding
    and away from ``mu_seen`` (hinged at ``margin``), while retained documents keep their embeddings:
    ``||z_N(d*) - mu_unseen||^2 - gamma min(||z_N(d*) - mu_seen||^2, margin) + w ||e(r) - e_0(r)||^2``.
 
-The SAE is fitted inside the call and dropped with it: it saw the forgotten documents, so nothing of it is
-kept (a persisted SAE would need its own lineage and unlearning). It needs documents nobody trained on
-(``task.texts`` beyond the training groups) to define "unseen".
+By default the SAE is fitted inside the call and dropped with it. A workspace can instead keep one SAE per
+embedder, fitted on the collection (``lethe train sae``, :mod:`lethe.pipelines.sae`): a registered artifact
+whose lineage lists the documents it saw, so a forget request refits it without them (exact) like any other
+model; the method then reads its features from that SAE (``SAEGuided(prefit=...)``). Either way it needs
+documents nobody trained on (``task.texts`` beyond the training groups) to define "unseen".
 """
 
 from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from lethe.errors import LetheError
@@ -86,6 +89,36 @@ def fit_sae(emb: Any, cfg: SAEConfig, seed: int = 0) -> Any:
     return sae
 
 
+SAE_WEIGHTS = "sae.pt"
+SAE_CONFIG = "sae.json"
+
+
+def save_sae(sae: Any, folder: Path, cfg: SAEConfig) -> None:
+    """Write the SAE's weights and shape (and the settings it was fitted with) into ``folder``."""
+    import json
+
+    import torch
+
+    torch.save(sae.state_dict(), folder / SAE_WEIGHTS)
+    info = {"dim": sae.enc.in_features, "width": sae.enc.out_features, "config": asdict(cfg)}
+    (folder / SAE_CONFIG).write_text(json.dumps(info, sort_keys=True))
+
+
+def load_sae(folder: Path) -> Any:
+    """The frozen SAE :func:`save_sae` wrote into ``folder``."""
+    import json
+
+    import torch
+
+    info = json.loads((folder / SAE_CONFIG).read_text())
+    sae = _sae(info["dim"], info["width"])
+    sae.load_state_dict(torch.load(folder / SAE_WEIGHTS, weights_only=True))
+    sae.eval()
+    for p in sae.parameters():
+        p.requires_grad_(False)
+    return sae
+
+
 def tied_features(z_forget: Any, z_unseen: Any, n: int) -> Any:
     """Indices of the ``n`` features the forgotten documents activate most above the unseen ones."""
     return (z_forget.mean(0) - z_unseen.mean(0)).topk(min(n, z_forget.shape[1])).indices
@@ -106,8 +139,9 @@ class SAEGuided(Method):
 
     name = "sae"
 
-    def __init__(self, scfg: SAEConfig | None = None) -> None:
+    def __init__(self, scfg: SAEConfig | None = None, prefit: Any | None = None) -> None:
         self.scfg = scfg or SAEConfig()
+        self.prefit = prefit  # an SAE fitted on the collection (a registered artifact); None: fit one here
 
     def run(self, task: UnlearnTask, cfg: UnlearnConfig | None = None) -> UnlearnResult:
         import torch
@@ -120,7 +154,10 @@ class SAEGuided(Method):
         e0 = self._embed(task, forget + seen + unseen, grad=False)
         e0_f, e0_s = e0[: len(forget)], e0[len(forget): len(forget) + len(seen)]
         e0_u = e0[len(forget) + len(seen):]
-        sae = fit_sae(e0, self.scfg, cfg.seed)
+        if self.prefit is not None and self.prefit.enc.in_features != e0.shape[1]:
+            raise LetheError(f"the registered SAE reads {self.prefit.enc.in_features}-dimensional embeddings; this "
+                             f"model's are {e0.shape[1]}-dimensional (fit an SAE for this model: lethe train sae)")
+        sae = self.prefit if self.prefit is not None else fit_sae(e0, self.scfg, cfg.seed)
         z_f, z_s, z_u = sae.encode(e0_f), sae.encode(e0_s), sae.encode(e0_u)
         feats = tied_features(z_f, z_u, self.scfg.top_features)
         mu_u, mu_s = z_u.mean(0)[feats], z_s.mean(0)[feats]
@@ -147,6 +184,7 @@ class SAEGuided(Method):
         with torch.no_grad():
             z_after = sae.encode(self._embed(task, forget, grad=False))[:, feats]
         info = {"features": int(len(feats)), "dictionary": int(sae.enc.out_features),
+                "sae": "registered" if self.prefit is not None else "fitted in the call",
                 "dist_unseen_before": round(float(((z_f[:, feats] - mu_u) ** 2).sum(-1).mean()), 5),
                 "dist_unseen_after": round(float(((z_after - mu_u) ** 2).sum(-1).mean()), 5)}
         return UnlearnResult(task.scorer, self.name, time.perf_counter() - t0, False, losses, info)
