@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from train_embedder import with_split  # the same seeded 70/30 query split as the training benchmark
@@ -112,13 +113,18 @@ def minilm(max_length: int) -> BiEncoderScorer:
     return BiEncoderScorer(model, max_length=max_length)
 
 
-def retain_ndcg(scorer: BiEncoderScorer, run: dict[str, list[str]], queries: dict[str, str], texts: dict[str, str],
+def retain_ndcg(scorer: Any, run: dict[str, list[str]], queries: dict[str, str], texts: dict[str, str],
                 qrels: dict) -> float:
     """nDCG@10 of the test queries' BM25 candidates re-scored by the model (each document embedded once,
     longest first so that a batch pads little; the scores are the model's, ``scorer.scores``' dot product)."""
     import torch
 
     scorer.module.eval()
+    if not isinstance(scorer, BiEncoderScorer):  # e.g. uld's served model (two scorers): scored per query
+        with torch.no_grad():
+            out = {q: dict(zip(cands, scorer.scores([queries[q]], [[texts[d] for d in cands]])[0].float().tolist()))
+                   for q, cands in run.items()}
+        return evaluate(out, qrels, ["nDCG@10"])[0]["nDCG@10"]
     docs = sorted({d for cands in run.values() for d in cands}, key=lambda d: -len(texts[d]))
     qids = sorted(run, key=lambda q: -len(queries[q]))
     with torch.no_grad():
