@@ -94,9 +94,16 @@ def method_spec(entry: str) -> tuple[str, dict]:
 
 
 def configured(name: str, settings: dict) -> Method:
-    """The registered method with its own config's fields (those not of UnlearnConfig) set from ``settings``."""
+    """The registered method with its own config's fields set from ``settings``: keys that are not fields of
+    UnlearnConfig, and ``own.KEY`` for a field both have (uld's ``alpha`` is not UnlearnConfig's ``alpha``)."""
     method = get_method(name)
-    own = {k: v for k, v in settings.items() if k not in UNLEARN_FIELDS}
+    own = {k.removeprefix("own."): v for k, v in settings.items()
+           if k.startswith("own.") or (k not in UNLEARN_FIELDS and not k.startswith("shared."))}
+    clash = {k for k in settings if k in UNLEARN_FIELDS and any(
+        is_dataclass(c) and k in {f.name for f in fields(c)} for c in vars(method).values())}
+    if clash:
+        raise SystemExit(f"--methods {name}: {', '.join(sorted(clash))} is a field of both UnlearnConfig and "
+                         f"{name}'s own config; write shared.KEY or own.KEY")
     for attr, value in list(vars(method).items()):
         if is_dataclass(value):
             keys = {f.name for f in fields(value)} & own.keys()
@@ -169,7 +176,8 @@ def main() -> None:  # noqa: C901
                          "request; the documents and queries stay, the oracle trains without those groups")
     ap.add_argument("--methods", default="retrain,sharded," + ",".join(APPROX),
                     help="comma list; an entry NAME@KEY=VALUE+KEY=VALUE runs NAME with those settings (fields of "
-                         "UnlearnConfig, e.g. steps, lr, ofmu_inner, or of the method's own config, e.g. laf's tau) "
+                         "UnlearnConfig, e.g. steps, lr, ofmu_inner, or of the method's own config, e.g. laf's tau; "
+                         "own.KEY / shared.KEY where both have the field, e.g. uld@own.alpha=0.25) "
                          "and reports it under the whole entry")
     ap.add_argument("--requests", choices=("test", "dev"), default="test",
                     help="which forget requests: the reported ones, or a disjoint seeded draw of the same size to "
@@ -407,7 +415,8 @@ def main() -> None:  # noqa: C901
                 task.pair_targets, _ = calibrated_targets(minilm(args.max_length), original, forget_pairs,
                                                           heldout_pairs[: args.calibration_pairs], queries, texts)
                 t_cal = time.perf_counter() - t0
-            shared = {k: v for k, v in settings.items() if k in UNLEARN_FIELDS}
+            shared = {k.removeprefix("shared."): v for k, v in settings.items()
+                      if k.startswith("shared.") or k in UNLEARN_FIELDS}
             cfg = method_config(name, replace(UnlearnConfig(steps=args.steps, lr=args.unlearn_lr, forget_batch=8,
                                                             retain_batch=8), **shared))
             try:
