@@ -84,6 +84,8 @@ def train_models(ws: Workspace, ds: Dataset, args: argparse.Namespace, passage_t
         train_teacher(ws, td, "cross-encoder", "minilm", cfg, n_negatives=7, on_step=on_step)
         close()
         times["cross_encoder"] = round(time.perf_counter() - t0, 1)
+    if "full" in args.listwise.split(",") and args.full_model == "encoder":
+        times.update(train_one_pass(ws, ds, args))
     if not {"full", "sliding"} & set(args.listwise.split(",")):
         return times
     hits = ws.load_index("bm25").search([ds.queries[q].text for q in train_q], args.depth)
@@ -93,6 +95,8 @@ def train_models(ws: Workspace, ds: Dataset, args: argparse.Namespace, passage_t
     examples = listwise_examples(ws, ds, run, teacher, "train")
     for name, window in (("listwise-full", None), ("listwise-sliding", args.window)):
         if name.removeprefix("listwise-") not in args.listwise.split(","):
+            continue
+        if name == "listwise-full" and args.full_model == "encoder":
             continue
         if _has(ws, name) and not args.retrain:
             times[name] = ws.registry.get(name).manifest.get("extra", {}).get("seconds")
@@ -108,6 +112,25 @@ def train_models(ws: Workspace, ds: Dataset, args: argparse.Namespace, passage_t
         close()
         times[name] = round(time.perf_counter() - t0, 1)
     return times
+
+
+def train_one_pass(ws: Workspace, ds: Dataset, args: argparse.Namespace) -> dict[str, float]:
+    """The one-pass full-ranking model (``--full-model encoder``): MiniLM with the one-pass list head, trained
+    on lists of a positive and the BM25 top-``depth`` negatives (softmax cross-entropy of the positive over
+    the whole list), registered as ``listwise-full``; returns its training seconds."""
+    name = "listwise-full"
+    if _has(ws, name) and not args.retrain:
+        return {name: ws.registry.get(name).manifest.get("extra", {}).get("seconds")}
+    td = training_data(ws, ds, "train", train_queries(ds, args.ce_train_queries), pool_depth=args.depth,
+                       indexes=("bm25",))
+    cfg = CETrainConfig(lr=args.onepass_lr, max_length=args.onepass_tokens, queries_per_step=args.onepass_lists,
+                        epochs=args.onepass_epochs, max_seconds=args.onepass_minutes * 60, gate=args.ce_gate,
+                        listwise=True)
+    on_step, close = progress_bar(name)
+    t0 = time.perf_counter()
+    train_teacher(ws, td, name, "minilm", cfg, n_negatives=args.depth - 1, on_step=on_step)
+    close()
+    return {name: round(time.perf_counter() - t0, 1)}
 
 
 DEV_QUERIES = 100  # train-split queries held out from every model (``--eval dev``)
@@ -192,6 +215,14 @@ def main() -> None:
     ap.add_argument("--ce-gate", type=float, default=-6.0,
                     help="starting cross-segment attention gate (-1e4: closed; a bi-encoder tuned in the pair layout)")
     ap.add_argument("--ce-max-length", type=int, default=128, help="cross-encoder tokens per pair (train and rerank)")
+    ap.add_argument("--full-model", choices=("encoder", "llm"), default="encoder",
+                    help="the trained full-ranking model: the one-pass list encoder (MiniLM, every candidate in one "
+                         "pass) or the LLM (SmolLM2 + LoRA, --objective)")
+    ap.add_argument("--onepass-tokens", type=int, default=56, help="one-pass list encoder: tokens per candidate")
+    ap.add_argument("--onepass-minutes", type=float, default=25, help="one-pass list encoder: training time cap")
+    ap.add_argument("--onepass-epochs", type=float, default=1.0, help="one-pass list encoder: epochs (schedule)")
+    ap.add_argument("--onepass-lr", type=float, default=3e-5)
+    ap.add_argument("--onepass-lists", type=int, default=2, help="one-pass list encoder: lists per step")
     ap.add_argument("--shuffle-inputs", type=float, nargs="?", const=1.0, default=0.0,
                     help="fraction of training lists shown in a shuffled order (flag alone: all)")
     ap.add_argument("--teacher", choices=("fusion", "bm25"), default="fusion",
@@ -248,8 +279,13 @@ def main() -> None:
                   "first_token_trained": ("listwise-full", "first_token")}
         for key in filter(None, args.systems.split(",")):
             name, mode = models[key]
-            if key == "full_trained" and _has(ws, name):  # a one-pass model is read in first_token mode
-                mode = ws.registry.get(name).manifest.get("params", {}).get("mode", mode)
+            if key in ("full_trained", "first_token_trained") and _has(ws, name):
+                if ws.registry.get(name).kind == "cross_encoder":  # the one-pass list encoder
+                    if key == "first_token_trained":
+                        continue
+                    mode = "one_pass"
+                else:  # an LLM trained for one-pass scores is read in first_token mode
+                    mode = ws.registry.get(name).manifest.get("params", {}).get("mode", mode)
             if not _has(ws, name):
                 out[key] = {"skipped": f"{name} not in {home} (train it on a collection with a train split)"}
                 continue

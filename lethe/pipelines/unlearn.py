@@ -446,8 +446,9 @@ def _init_scorer(job: ModelJob) -> Scorer:
     if job.ref.kind == "cross_encoder":
         from lethe.pipelines.train import new_cross_encoder
 
-        return CrossEncoderScorer(new_cross_encoder(job.ws, init, train.get("seed", 42), train.get("gate", -6.0)),
-                                  max_length=train.get("max_length", 192))
+        model = new_cross_encoder(job.ws, init, train.get("seed", 42), train.get("gate", -6.0),
+                                  train.get("listwise", False))
+        return CrossEncoderScorer(model, max_length=train.get("max_length", 192))
     params = job.ref.manifest.get("params", {}) or {}
     return BiEncoderScorer(job.ws.registry.load(init), max_length=train.get("max_length", 256),
                            query_prompt=params.get("query_prompt"))

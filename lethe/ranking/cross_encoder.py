@@ -12,6 +12,13 @@ is ``scale * cos(mean(query states), mean(document states))``. At ``g -> -inf`` 
 bi-encoder, so training starts from a ranker as good as the bi-encoder instead of from a random
 classification head on the ``[CLS]`` state (which the bi-encoder never trained: that recipe stayed at
 chance for a 30-minute CPU budget), and the gate opens the cross-attention as training finds it useful.
+
+The same head ranks a **whole list in one pass** (``use_segment_head(..., listwise=True)``; ours [R]): the
+query and every candidate are segments of one sequence, ``[CLS] q [SEP] [CLS] d1 [SEP] ... [CLS] dn [SEP]``,
+each positioned from 0, with one gate on query-candidate attention and a second (``doc_gate``) on
+candidate-candidate attention; candidate ``i`` scores ``scale * cos(mean q states, mean d_i states)``. No
+candidate has a position in the list, so the scores are permutation-equivariant by construction: the input
+order cannot be copied. At both gates -> -inf it is again the bi-encoder.
 """
 
 from __future__ import annotations
@@ -40,7 +47,13 @@ class CrossEncoderReranker(TextReranker):
     max_length: int | None = 256
 
     def score(self, query: str, texts: Sequence[str], show_progress: bool = False) -> np.ndarray:
-        """Raw logits (higher = more relevant), one per text."""
+        """Raw logits (higher = more relevant), one per text; a one-pass list model reads them all at once."""
+        if is_list_head(segment_head(self.model)):
+            import torch
+
+            self.model.model.eval()
+            with torch.no_grad():
+                return pair_logits(self.model, [(query, t) for t in texts], self.max_length).float().numpy()
         return self.score_pairs([(query, t) for t in texts], show_progress)
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]], show_progress: bool = False) -> np.ndarray:
@@ -65,11 +78,15 @@ class CrossEncoderReranker(TextReranker):
         scores = self.score(query, passages)
         order = np.argsort(-scores, kind="stable")
         n_tokens = self._count_tokens(query, passages)
-        return order_to_ranked(hits, order, k, RerankStats(calls=-(-len(passages) // self.batch_size),
-                                                           input_tokens=n_tokens), scores)
+        calls = 1 if is_list_head(segment_head(self.model)) else -(-len(passages) // self.batch_size)
+        return order_to_ranked(hits, order, k, RerankStats(calls=calls, input_tokens=n_tokens), scores)
 
     def _count_tokens(self, query: str, passages: Sequence[str]) -> int:
         head = segment_head(self.model)
+        if is_list_head(head):
+            ids, _, _ = list_rows(self.model.tokenizer, query, passages, int(head.get("query_tokens", 48)),
+                                  self.max_length or 64)
+            return len(ids)
         if head is not None:
             rows = segment_rows(self.model.tokenizer, [(query, p) for p in passages], self.max_length or 512,
                                 int(head.get("query_tokens", 48)))
@@ -89,10 +106,18 @@ def segment_head(model: Any) -> dict[str, Any] | None:
     return getattr(model.model.config, HEAD_KEY, None)
 
 
-def use_segment_head(model: Any, gate: float = -6.0, scale: float = 20.0, query_tokens: int = 48) -> None:
+def is_list_head(head: dict[str, Any] | None) -> bool:
+    """Whether a segment head ranks whole lists in one pass (see the module docstring)."""
+    return bool(head and head.get("list"))
+
+
+def use_segment_head(model: Any, gate: float = -6.0, scale: float = 20.0, query_tokens: int = 48,
+                     listwise: bool = False, doc_gate: float | None = None) -> None:
     """Score ``model`` (a ``CrossEncoder`` grown from a BERT-style bi-encoder) with the gated
     segment-cosine head: record its settings in the config and give the second token type the first
-    one's embedding, so that the untrained model scores as its bi-encoder does (at ``gate`` -> -inf)."""
+    one's embedding, so that the untrained model scores as its bi-encoder does (at ``gate`` -> -inf).
+    ``listwise``: score each query's candidates together in one pass, candidate-candidate attention
+    gated by ``doc_gate`` (default: ``gate``)."""
     import torch
 
     types = model.model.base_model.embeddings.token_type_embeddings
@@ -100,14 +125,18 @@ def use_segment_head(model: Any, gate: float = -6.0, scale: float = 20.0, query_
         raise ValueError("the segment-cosine head needs a model with two token types (BERT-style)")
     with torch.no_grad():
         types.weight[1] = types.weight[0]
-    model.model.config.update({HEAD_KEY: {"gate": float(gate), "scale": float(scale),
-                                          "query_tokens": int(query_tokens)}})
+    head: dict[str, Any] = {"gate": float(gate), "scale": float(scale), "query_tokens": int(query_tokens)}
+    if listwise:
+        head.update({"list": True, "doc_gate": float(gate if doc_gate is None else doc_gate)})
+    model.model.config.update({HEAD_KEY: head})
 
 
 def pair_logits(model: Any, pairs: Sequence[tuple[str, str]], max_length: int | None):  # noqa: ANN202
     """Forward (query, text) pairs through the CrossEncoder's transformer; returns scores (n,): the
     classification logit, or the gated segment-cosine head's score where the model has one."""
     head = segment_head(model)
+    if is_list_head(head):
+        return group_logits(model, query_lists(pairs), max_length)
     if head is not None:
         return segment_scores(model, pairs, max_length or 512, head)
     tok = model.tokenizer
@@ -115,6 +144,86 @@ def pair_logits(model: Any, pairs: Sequence[tuple[str, str]], max_length: int | 
               max_length=max_length or 512, return_tensors="pt")
     enc = {k: v.to(model.model.device) for k, v in enc.items()}
     return model.model(**enc).logits.view(-1)
+
+
+def group_logits(model: Any, groups: Sequence[tuple[str, Sequence[str]]], max_length: int | None):  # noqa: ANN201
+    """Scores of each (query, candidates) group, laid end to end: a one-pass list model reads each group as
+    one list (``max_length``: tokens per candidate), any other model scores its pairs."""
+    import torch
+
+    head = segment_head(model)
+    if is_list_head(head):
+        return torch.cat(list_scores(model, groups, max_length or 64, head))
+    return pair_logits(model, [(q, d) for q, ds in groups for d in ds], max_length)
+
+
+def query_lists(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, list[str]]]:
+    """Runs of consecutive pairs with the same query, as (query, candidates): the lists a one-pass model
+    scores (scores come back in pair order)."""
+    lists: list[tuple[str, list[str]]] = []
+    for q, d in pairs:
+        if lists and lists[-1][0] == q:
+            lists[-1][1].append(d)
+        else:
+            lists.append((q, [d]))
+    return lists
+
+
+def list_rows(tokenizer: Any, query: str, passages: Sequence[str], query_tokens: int, passage_tokens: int
+              ) -> tuple[list[int], list[int], list[int]]:
+    """Token ids of ``[CLS] q [SEP] [CLS] d1 [SEP] ...`` (query cut to ``query_tokens``, each candidate to
+    ``passage_tokens``), each token's segment (0: the query, i: candidate i) and its position in its segment."""
+    q = tokenizer(query, truncation=True, max_length=query_tokens)["input_ids"]
+    docs = tokenizer(list(passages), truncation=True, max_length=passage_tokens)["input_ids"] if passages else []
+    ids, seg, pos = list(q), [0] * len(q), list(range(len(q)))
+    for i, d in enumerate(docs, start=1):
+        ids += d
+        seg += [i] * len(d)
+        pos += range(len(d))
+    return ids, seg, pos
+
+
+def list_scores(model: Any, lists: Sequence[tuple[str, Sequence[str]]], passage_tokens: int,
+                head: dict[str, Any]) -> list[Any]:
+    """One forward pass over a batch of lists; per list, ``scale * cos(mean q, mean d_i)`` of each candidate
+    under the two gates (query-candidate ``gate``, candidate-candidate ``doc_gate``)."""
+    import torch
+
+    rows = [list_rows(model.tokenizer, q, ps, int(head.get("query_tokens", 48)), passage_tokens) for q, ps in lists]
+    n, width = len(rows), max(len(r[0]) for r in rows)
+    ids = torch.zeros(n, width, dtype=torch.long)
+    pos = torch.zeros(n, width, dtype=torch.long)
+    seg = torch.full((n, width), -1, dtype=torch.long)
+    for b, (r, s, p) in enumerate(rows):
+        ids[b, : len(r)], seg[b, : len(r)], pos[b, : len(r)] = torch.tensor(r), torch.tensor(s), torch.tensor(p)
+    mask = seg >= 0
+    types = (seg > 0).long()
+    gate, doc_gate = _gates(model, head)
+    same = seg[:, :, None] == seg[:, None, :]
+    with_query = (seg[:, :, None] == 0) | (seg[:, None, :] == 0)
+    bias = torch.where(same, torch.zeros(()), torch.where(with_query, gate, doc_gate))
+    bias = torch.where(mask[:, None, :], bias, torch.tensor(torch.finfo(torch.float32).min / 2))
+    dev = model.model.device
+    out = model.model.base_model(input_ids=ids.to(dev), token_type_ids=types.to(dev), position_ids=pos.to(dev),
+                                 attention_mask=bias[:, None].to(dev)).last_hidden_state
+    n_seg = 1 + max(len(ps) for _, ps in lists)
+    onehot = torch.nn.functional.one_hot(seg.clamp(min=0), n_seg).to(out.dtype) * mask[..., None].to(out.dtype)
+    onehot = onehot.to(dev)
+    means = onehot.transpose(1, 2) @ out / onehot.sum(1)[..., None].clamp(min=1)  # [B, segments, H]
+    cos = torch.nn.functional.cosine_similarity(means[:, :1], means[:, 1:], dim=-1)
+    scale = float(head.get("scale", 20.0))
+    return [scale * cos[b, : len(ps)] for b, (_, ps) in enumerate(lists)]
+
+
+def _gates(model: Any, head: dict[str, Any]) -> tuple[Any, Any]:
+    """The query-candidate and candidate-candidate gates: trained parameters while training, else the config's."""
+    import torch
+
+    raw = getattr(model.model, "lethe_gate", None)
+    gate = raw * GATE_UNITS if raw is not None else torch.tensor(float(head["gate"]))
+    raw_doc = getattr(model.model, "lethe_doc_gate", None)
+    doc_gate = raw_doc * GATE_UNITS if raw_doc is not None else torch.tensor(float(head.get("doc_gate", head["gate"])))
+    return gate, doc_gate
 
 
 def segment_rows(tokenizer: Any, pairs: Sequence[tuple[str, str]], max_length: int, query_tokens: int
@@ -188,6 +297,9 @@ class CETrainConfig:
     # starting cross-segment gate of a segment-cosine head grown from a bi-encoder (-1e4: closed for good,
     # i.e. the bi-encoder fine-tuned in the pair layout; the ablation of RESULTS.md)
     gate: float = -6.0
+    # grown from a bi-encoder: rank each group as one list in one pass (the one-pass list head; ``max_length``
+    # is then the tokens of each candidate, and a group's size is the list's length)
+    listwise: bool = False
     # early-learning regularisation for noisy labels (lethe.training.elr) over each group's candidates; every
     # group needs its ``key``. An ELRConfig keeps the targets for one call; an ELRTargets is kept (and
     # forgotten from) by the caller. None: the plain listwise loss
@@ -243,12 +355,17 @@ def trained_gate(model: Any) -> Iterator[None]:
         yield
         return
     model.model.lethe_gate = torch.nn.Parameter(torch.tensor(float(head["gate"]) / GATE_UNITS))
+    if is_list_head(head):
+        model.model.lethe_doc_gate = torch.nn.Parameter(torch.tensor(float(head["doc_gate"]) / GATE_UNITS))
     try:
         yield
     finally:
-        gate = float(model.model.lethe_gate.detach()) * GATE_UNITS
+        new = {**head, "gate": float(model.model.lethe_gate.detach()) * GATE_UNITS}
         del model.model.lethe_gate
-        model.model.config.update({HEAD_KEY: {**head, "gate": gate}})
+        if is_list_head(head):
+            new["doc_gate"] = float(model.model.lethe_doc_gate.detach()) * GATE_UNITS
+            del model.model.lethe_doc_gate
+        model.model.config.update({HEAD_KEY: new})
 
 
 def _listwise_loss(model: Any, batch: Sequence[Group], cfg: CETrainConfig,  # noqa: ANN202
@@ -256,8 +373,7 @@ def _listwise_loss(model: Any, batch: Sequence[Group], cfg: CETrainConfig,  # no
     from lethe.training.losses import group_nll
 
     sizes = [1 + len(g.negatives) for g in batch]
-    pairs = [(g.query, t) for g in batch for t in [g.positive, *g.negatives]]
-    logits = pair_logits(model, pairs, cfg.max_length)
+    logits = group_logits(model, [(g.query, [g.positive, *g.negatives]) for g in batch], cfg.max_length)
     loss = group_nll(logits, sizes, cfg.bce_weight)
     if targets is None:
         return loss

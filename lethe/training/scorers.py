@@ -75,11 +75,10 @@ class CrossEncoderScorer:
 
     def scores(self, queries: Sequence[str], cands: Sequence[Sequence[str]]) -> Any:
         """``[B, K]`` logits."""
-        from lethe.ranking.cross_encoder import pair_logits
+        from lethe.ranking.cross_encoder import group_logits
 
         k = len(cands[0])
-        pairs = [(q, t) for q, row in zip(queries, cands) for t in row]
-        return pair_logits(self.model, pairs, self.max_length).view(len(queries), k)
+        return group_logits(self.model, list(zip(queries, cands)), self.max_length).view(len(queries), k)
 
     def copy(self) -> CrossEncoderScorer:
         return CrossEncoderScorer(copy.deepcopy(self.model), self.max_length, self.scale)
