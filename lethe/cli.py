@@ -562,9 +562,13 @@ def train_cross_encoder_cmd(
     epochs: Annotated[float, typer.Option(help="passes over the training groups")] = 1.0,
     lr: Annotated[float, typer.Option(help="learning rate")] = 3e-5,
     negatives: Annotated[int, typer.Option(help="mined negatives per positive")] = 7,
-    max_length: Annotated[int, typer.Option(help="tokens per (query, document) pair")] = 128,
+    max_length: Annotated[int, typer.Option(
+        help="tokens per (query, document) pair; with --one-pass, per candidate")] = 128,
     max_minutes: Annotated[float | None, typer.Option(help="stop training after this long")] = None,
     eval_split: Annotated[str | None, typer.Option(help="re-rank BM25 top-100 of this split after")] = None,
+    one_pass: Annotated[bool, typer.Option(
+        "--one-pass", help="rank each query's whole candidate list in one forward pass (the one-pass list head; "
+                           "each training list is a positive and its --negatives)")] = False,
     elr_lam: ElrOpt = 0.0,
     shards: ShardsOpt = 0,
     shard_lr_scale: ShardLrOpt = 5.0,
@@ -579,7 +583,7 @@ def train_cross_encoder_cmd(
     with _workspace(home, no_wait=no_wait) as ws, ws.writing():
         _ensure_indexed(ws, ds)
         td, reference = training_data(ws, ds, split).hold_out(audit_holdout)
-        cfg = CETrainConfig(epochs=epochs, lr=lr, max_length=max_length, elr=_elr(elr_lam),
+        cfg = CETrainConfig(epochs=epochs, lr=lr, max_length=max_length, elr=_elr(elr_lam), listwise=one_pass,
                             max_seconds=max_minutes * 60 if max_minutes else None)
         on_step, close = progress_bar(f"training {name}")
         ref, losses = train_teacher(ws, td, name, base, cfg, negatives, on_step, reference, shards, shard_lr_scale)

@@ -147,6 +147,36 @@ def test_train_commands_on_tiny_models(tmp_path: Path, tiny_bert_dir: Path) -> N
     assert receipt["model_level"] == "exact" and receipt["models_still_trained_on_data"] == []
 
 
+def test_one_pass_list_model_trains_reranks_and_is_retrained_as_one(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    """``train cross-encoder --one-pass``: reranks each query's list in one call, and forget's retrain keeps it
+    a one-pass list model (its settings are replayed from the manifest)."""
+    import shutil
+
+    from lethe.pipelines.workspace import Workspace
+    from lethe.ranking.cross_encoder import is_list_head, segment_head
+    from lethe.registry import ModelSpec
+
+    data = write_beir(tmp_path / "tiny")
+    home = tmp_path / "home"
+    shutil.copytree(tiny_bert_dir, tmp_path / "tiny-model")
+    with Workspace(home, show_progress=False) as ws:
+        ws.registry.register(ModelSpec(name="tiny", kind="bi_encoder", source=f"path:{tmp_path / 'tiny-model'}"))
+        ws.store.ingest(make_docs(), make_queries())
+        ws.build_bm25()
+        ws.build_dense(encoder="tiny")
+    out = invoke("train", "cross-encoder", "--data", str(data), "--home", str(home), "--split", "test", "--base",
+                 "tiny", "--max-length", "24", "--negatives", "3", "--one-pass", "--name", "onepass").output
+    assert "registered onepass@v1" in out
+    out = invoke("eval", "--data", str(data), "--home", str(home), "--rerank", "onepass", "--depth", "5",
+                 "--out", str(tmp_path / "runs")).output
+    assert "bm25 >> onepass" in out and "calls_per_query 1.0" in out
+    invoke("forget", "--doc", "d1", "--home", str(home), "--unlearn", "retrain")
+    with Workspace(home, show_progress=False) as ws:
+        ref = ws.registry.get("onepass")
+        assert str(ref) == "onepass@v2" and ref.manifest["extra"]["train"]["listwise"] is True
+        assert is_list_head(segment_head(ws.registry.load(ref)))
+
+
 def test_rerank_commands_on_a_tiny_llm(tmp_path: Path) -> None:
     from lethe.pipelines.workspace import Workspace
     from lethe.registry import ModelSpec

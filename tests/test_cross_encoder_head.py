@@ -95,3 +95,78 @@ def test_a_model_without_two_token_types_is_refused(tiny_bert_dir: Path) -> None
     emb.token_type_embeddings = torch.nn.Embedding(1, emb.token_type_embeddings.weight.shape[1])
     with pytest.raises(ValueError, match="two token types"):
         use_segment_head(ce)
+
+
+# ----------------------------------------------------------------------------- the one-pass list head
+def _listed(tiny_bert_dir: Path, gate: float = -6.0, doc_gate: float | None = None):  # noqa: ANN202
+    from sentence_transformers import CrossEncoder
+
+    model = CrossEncoder(str(tiny_bert_dir), num_labels=1, device="cpu")
+    use_segment_head(model, gate=gate, listwise=True, doc_gate=doc_gate)
+    return model
+
+
+def test_list_head_with_closed_gates_is_the_bi_encoder(tiny_bert_dir: Path) -> None:
+    """Both gates -> -inf: every candidate of the one-pass list scores 20 x its bi-encoder cosine."""
+    from sentence_transformers import SentenceTransformer
+
+    bi = SentenceTransformer(str(tiny_bert_dir), device="cpu")
+    ce = _listed(tiny_bert_dir, gate=-1e4)
+    rr = CrossEncoderReranker(ce, max_length=64)
+    got = rr.score(QUERIES[0], TEXTS[:6])
+    qv = bi.encode([QUERIES[0]], normalize_embeddings=True)[0]
+    dv = bi.encode(TEXTS[:6], normalize_embeddings=True)
+    np.testing.assert_allclose(got, 20.0 * dv @ qv, atol=2e-4)
+
+
+def test_list_head_is_permutation_equivariant_and_reads_the_other_candidates(tiny_bert_dir: Path) -> None:
+    """Candidates have no position in the list: shuffling them shuffles their scores, nothing else; with the
+    candidate-candidate gate open, a candidate's score depends on which others share its list."""
+    ce = _listed(tiny_bert_dir, gate=0.0, doc_gate=0.0)
+    rr = CrossEncoderReranker(ce, max_length=64)
+    base = rr.score(QUERIES[1], TEXTS[:6])
+    perm = [3, 0, 5, 1, 4, 2]
+    np.testing.assert_allclose(rr.score(QUERIES[1], [TEXTS[i] for i in perm]), base[perm], atol=1e-4)
+    other = rr.score(QUERIES[1], [*TEXTS[:5], TEXTS[8]])
+    assert abs(other[0] - base[0]) > 1e-4
+
+
+def test_list_head_ranks_in_one_call_and_groups_keep_their_lists(tiny_bert_dir: Path) -> None:
+    """A reranked list is one call reading q + every candidate once; training groups of the same query stay
+    separate lists (``group_logits``), while plain pairs of one query are read as one list."""
+    import torch
+
+    from lethe.ranking.cross_encoder import group_logits
+    from lethe.types import Hit
+
+    ce = _listed(tiny_bert_dir, gate=0.0, doc_gate=0.0)
+    texts = {f"d{i}": t for i, t in enumerate(TEXTS[:5])}
+    rr = CrossEncoderReranker(ce, max_length=64, texts=texts)
+    ranked = rr.rerank(QUERIES[0], [Hit(d, 1.0) for d in texts])
+    assert ranked.stats.calls == 1
+    q_len = len(ce.tokenizer(QUERIES[0])["input_ids"])
+    assert ranked.stats.input_tokens == q_len + sum(len(ce.tokenizer(t)["input_ids"]) for t in TEXTS[:5])
+    with torch.no_grad():
+        two = group_logits(ce, [(QUERIES[0], TEXTS[:3]), (QUERIES[0], TEXTS[3:6])], 64).numpy()
+        one = [group_logits(ce, [(QUERIES[0], TEXTS[i:i + 3])], 64).numpy() for i in (0, 3)]
+        pairs = pair_logits(ce, [(QUERIES[0], t) for t in TEXTS[:6]], 64).numpy()
+    np.testing.assert_allclose(two, np.concatenate(one), atol=1e-5)
+    assert np.abs(pairs - two).max() > 1e-4            # one list of six differs from two lists of three
+
+
+def test_list_head_training_moves_both_gates_and_saves_them(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    from sentence_transformers import CrossEncoder
+
+    ce = _listed(tiny_bert_dir)
+    groups = [Group(q, TEXTS[i], [TEXTS[j] for j in range(12) if j != i][:5])
+              for q, i in zip(QUERIES, (0, 1, 4))] * 4
+    losses = train_cross_encoder(ce, groups, CETrainConfig(epochs=4, lr=2e-3, queries_per_step=3, max_length=48,
+                                                           warmup=0.0, listwise=True))
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+    head = segment_head(ce)
+    assert head["list"] and head["gate"] != -6.0 and head["doc_gate"] != -6.0
+    assert not hasattr(ce.model, "lethe_doc_gate")
+    ce.save_pretrained(str(tmp_path / "ce"))
+    loaded = CrossEncoderReranker(CrossEncoder(str(tmp_path / "ce"), num_labels=1, device="cpu"), max_length=48)
+    np.testing.assert_allclose(loaded.score(QUERIES[2], TEXTS[:7]),
+                               CrossEncoderReranker(ce, max_length=48).score(QUERIES[2], TEXTS[:7]), atol=1e-5)

@@ -559,10 +559,11 @@ def _retrain(ws: Workspace, ref: ArtifactRef, rows: list, queries: dict[str, str
     texts.update({d.id: d.contents for d in ws.store.get_many({d for e in rows for d in (e.positive, *e.negatives)})})
     train.pop("max_seconds", None)  # the oracle runs the whole recipe
     if ref.kind == "cross_encoder":
-        from sentence_transformers import CrossEncoder
+        from lethe.pipelines.train import new_cross_encoder
 
-        model = CrossEncoder(str(ws.registry.resolve_path(init)), num_labels=1, device="cpu")
         cfg = CETrainConfig.from_dict(train)
+        # the same head as the original (grown from a bi-encoder: the gated segment-cosine or one-pass list head)
+        model = new_cross_encoder(ws, init, cfg.seed, cfg.gate, cfg.listwise)
         train_cross_encoder(model, keyed_groups(rows, queries, texts), cfg)
         return CrossEncoderScorer(model, max_length=cfg.max_length)
     model = ws.registry.load(init)
