@@ -125,7 +125,7 @@ def train_one_pass(ws: Workspace, ds: Dataset, args: argparse.Namespace) -> dict
                        indexes=("bm25",))
     cfg = CETrainConfig(lr=args.onepass_lr, max_length=args.onepass_tokens, queries_per_step=args.onepass_lists,
                         epochs=args.onepass_epochs, max_seconds=args.onepass_minutes * 60, gate=args.ce_gate,
-                        listwise=True)
+                        listwise=True, passage_view=args.passage_view)
     on_step, close = progress_bar(name)
     t0 = time.perf_counter()
     train_teacher(ws, td, name, "minilm", cfg, n_negatives=args.depth - 1, on_step=on_step)
@@ -200,7 +200,8 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=100, help="fixed-seed sample of test queries (0: all)")
     ap.add_argument("--passage-tokens", type=int, default=48)
     ap.add_argument("--passage-view", choices=PASSAGE_VIEWS, default="head",
-                    help="what prompts show of a passage: its head or the query-biased snippet (LLM systems)")
+                    help="what prompts show of a passage: its head or the query-biased snippet (LLM systems and "
+                         "the one-pass list encoder, which records it)")
     ap.add_argument("--home", default=None, help="workspace (default: temp); reuse it to transfer trained models")
     ap.add_argument("--train-queries", type=int, default=200, help="train queries of the listwise models")
     ap.add_argument("--ce-train-queries", type=int, default=0, help="train queries of the cross-encoder (0: all)")

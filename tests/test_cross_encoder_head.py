@@ -154,6 +154,25 @@ def test_list_head_ranks_in_one_call_and_groups_keep_their_lists(tiny_bert_dir: 
     assert np.abs(pairs - two).max() > 1e-4            # one list of six differs from two lists of three
 
 
+def test_list_head_query_view_shows_the_query_biased_snippet(tiny_bert_dir: Path) -> None:
+    """``passage_view="query"`` is recorded in the head and applied to every candidate (same tokens as the
+    snippet read as a head)."""
+    from lethe.ranking.prompts import passage_view
+
+    long_doc = ". ".join(["filler words about nothing in particular"] * 30 + ["cardano rewards are paid per epoch"])
+    view = _listed(tiny_bert_dir, gate=0.0, doc_gate=0.0)
+    use_segment_head(view, gate=0.0, listwise=True, doc_gate=0.0, passage_view="query")
+    assert segment_head(view)["passage_view"] == "query"
+    snippet = passage_view(view.tokenizer, long_doc, QUERIES[1], 22, "query")
+    assert "cardano" in snippet and "cardano" not in passage_view(view.tokenizer, long_doc, QUERIES[1], 22, "head")
+    head = _listed(tiny_bert_dir, gate=0.0, doc_gate=0.0)
+    np.testing.assert_allclose(CrossEncoderReranker(view, max_length=24).score(QUERIES[1], [long_doc, TEXTS[0]]),
+                               CrossEncoderReranker(head, max_length=24).score(QUERIES[1], [snippet, TEXTS[0]]),
+                               atol=1e-5)
+    with pytest.raises(Exception, match="passage view"):
+        use_segment_head(head, listwise=True, passage_view="tail")
+
+
 def test_list_head_training_moves_both_gates_and_saves_them(tiny_bert_dir: Path, tmp_path: Path) -> None:
     from sentence_transformers import CrossEncoder
 

@@ -127,12 +127,12 @@ def keyed_groups(rows: Sequence[MinedExample], queries: Mapping[str, str], texts
 
 
 def new_cross_encoder(ws: Workspace, base_ref: ArtifactRef, seed: int, gate: float = -6.0,  # noqa: ANN201
-                      listwise: bool = False):
+                      listwise: bool = False, passage_view: str = "head"):
     """A ``CrossEncoder`` grown from a registry model (its new head drawn with ``seed``: the same every time).
 
     Grown from a bi-encoder, it is scored by the gated segment-cosine head (``use_segment_head``; with
-    ``listwise``, the one-pass list head): it starts as good as that bi-encoder. Grown from a cross-encoder,
-    it keeps that model's head.
+    ``listwise``, the one-pass list head, showing each candidate as ``passage_view``): it starts as good as
+    that bi-encoder. Grown from a cross-encoder, it keeps that model's head.
     """
     import torch
     from sentence_transformers import CrossEncoder
@@ -140,7 +140,7 @@ def new_cross_encoder(ws: Workspace, base_ref: ArtifactRef, seed: int, gate: flo
     torch.manual_seed(seed)
     model = CrossEncoder(str(ws.registry.resolve_path(base_ref)), num_labels=1, device="cpu")
     if base_ref.kind == "bi_encoder" and segment_head(model) is None:
-        use_segment_head(model, gate=gate, listwise=listwise)
+        use_segment_head(model, gate=gate, listwise=listwise, passage_view=passage_view)
     return model
 
 
@@ -160,7 +160,7 @@ def train_teacher(ws: Workspace, data: TrainingData, name: str = "teacher", base
     rows = listwise_rows(data, n_negatives)
     seen = {d for r in rows for d in (r.positive, *r.negatives)}
     t0 = time.perf_counter()
-    model = new_cross_encoder(ws, base_ref, cfg.seed, cfg.gate, cfg.listwise)
+    model = new_cross_encoder(ws, base_ref, cfg.seed, cfg.gate, cfg.listwise, cfg.passage_view)
     sharded = None
     if shards:
         sharded = train_shards(CrossEncoderScorer(model, max_length=cfg.max_length),

@@ -447,7 +447,7 @@ def _init_scorer(job: ModelJob) -> Scorer:
         from lethe.pipelines.train import new_cross_encoder
 
         model = new_cross_encoder(job.ws, init, train.get("seed", 42), train.get("gate", -6.0),
-                                  train.get("listwise", False))
+                                  train.get("listwise", False), train.get("passage_view", "head"))
         return CrossEncoderScorer(model, max_length=train.get("max_length", 192))
     params = job.ref.manifest.get("params", {}) or {}
     return BiEncoderScorer(job.ws.registry.load(init), max_length=train.get("max_length", 256),
@@ -563,7 +563,7 @@ def _retrain(ws: Workspace, ref: ArtifactRef, rows: list, queries: dict[str, str
 
         cfg = CETrainConfig.from_dict(train)
         # the same head as the original (grown from a bi-encoder: the gated segment-cosine or one-pass list head)
-        model = new_cross_encoder(ws, init, cfg.seed, cfg.gate, cfg.listwise)
+        model = new_cross_encoder(ws, init, cfg.seed, cfg.gate, cfg.listwise, cfg.passage_view)
         train_cross_encoder(model, keyed_groups(rows, queries, texts), cfg)
         return CrossEncoderScorer(model, max_length=cfg.max_length)
     model = ws.registry.load(init)

@@ -85,7 +85,7 @@ class CrossEncoderReranker(TextReranker):
         head = segment_head(self.model)
         if is_list_head(head):
             ids, _, _ = list_rows(self.model.tokenizer, query, passages, int(head.get("query_tokens", 48)),
-                                  self.max_length or 64)
+                                  self.max_length or 64, head.get("passage_view", "head"))
             return len(ids)
         if head is not None:
             rows = segment_rows(self.model.tokenizer, [(query, p) for p in passages], self.max_length or 512,
@@ -112,12 +112,16 @@ def is_list_head(head: dict[str, Any] | None) -> bool:
 
 
 def use_segment_head(model: Any, gate: float = -6.0, scale: float = 20.0, query_tokens: int = 48,
-                     listwise: bool = False, doc_gate: float | None = None) -> None:
+                     listwise: bool = False, doc_gate: float | None = None, passage_view: str = "head") -> None:
     """Score ``model`` (a ``CrossEncoder`` grown from a BERT-style bi-encoder) with the gated
     segment-cosine head: record its settings in the config and give the second token type the first
     one's embedding, so that the untrained model scores as its bi-encoder does (at ``gate`` -> -inf).
     ``listwise``: score each query's candidates together in one pass, candidate-candidate attention
-    gated by ``doc_gate`` (default: ``gate``)."""
+    gated by ``doc_gate`` (default: ``gate``), each candidate shown as ``passage_view`` (``head``: its first
+    tokens; ``query``: the query-biased snippet of ``lethe.ranking.prompts.passage_view``)."""
+    from lethe.ranking.prompts import check_passage_view
+
+    check_passage_view(passage_view)
     import torch
 
     types = model.model.base_model.embeddings.token_type_embeddings
@@ -127,7 +131,8 @@ def use_segment_head(model: Any, gate: float = -6.0, scale: float = 20.0, query_
         types.weight[1] = types.weight[0]
     head: dict[str, Any] = {"gate": float(gate), "scale": float(scale), "query_tokens": int(query_tokens)}
     if listwise:
-        head.update({"list": True, "doc_gate": float(gate if doc_gate is None else doc_gate)})
+        head.update({"list": True, "doc_gate": float(gate if doc_gate is None else doc_gate),
+                     "passage_view": passage_view})
     model.model.config.update({HEAD_KEY: head})
 
 
@@ -169,10 +174,15 @@ def query_lists(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, list[str]]]
     return lists
 
 
-def list_rows(tokenizer: Any, query: str, passages: Sequence[str], query_tokens: int, passage_tokens: int
-              ) -> tuple[list[int], list[int], list[int]]:
+def list_rows(tokenizer: Any, query: str, passages: Sequence[str], query_tokens: int, passage_tokens: int,
+              view: str = "head") -> tuple[list[int], list[int], list[int]]:
     """Token ids of ``[CLS] q [SEP] [CLS] d1 [SEP] ...`` (query cut to ``query_tokens``, each candidate to
-    ``passage_tokens``), each token's segment (0: the query, i: candidate i) and its position in its segment."""
+    ``passage_tokens``, shown as passage ``view``), each token's segment (0: the query, i: candidate i) and its
+    position in its segment."""
+    if view != "head":
+        from lethe.ranking.prompts import passage_view
+
+        passages = [passage_view(tokenizer, p, query, passage_tokens - 2, view) for p in passages]
     q = tokenizer(query, truncation=True, max_length=query_tokens)["input_ids"]
     docs = tokenizer(list(passages), truncation=True, max_length=passage_tokens)["input_ids"] if passages else []
     ids, seg, pos = list(q), [0] * len(q), list(range(len(q)))
@@ -189,7 +199,9 @@ def list_scores(model: Any, lists: Sequence[tuple[str, Sequence[str]]], passage_
     under the two gates (query-candidate ``gate``, candidate-candidate ``doc_gate``)."""
     import torch
 
-    rows = [list_rows(model.tokenizer, q, ps, int(head.get("query_tokens", 48)), passage_tokens) for q, ps in lists]
+    view = head.get("passage_view", "head")
+    rows = [list_rows(model.tokenizer, q, ps, int(head.get("query_tokens", 48)), passage_tokens, view)
+            for q, ps in lists]
     n, width = len(rows), max(len(r[0]) for r in rows)
     ids = torch.zeros(n, width, dtype=torch.long)
     pos = torch.zeros(n, width, dtype=torch.long)
@@ -300,6 +312,8 @@ class CETrainConfig:
     # grown from a bi-encoder: rank each group as one list in one pass (the one-pass list head; ``max_length``
     # is then the tokens of each candidate, and a group's size is the list's length)
     listwise: bool = False
+    # what the one-pass list head shows of each candidate: ``head`` or the query-biased snippet (``query``)
+    passage_view: str = "head"
     # early-learning regularisation for noisy labels (lethe.training.elr) over each group's candidates; every
     # group needs its ``key``. An ELRConfig keeps the targets for one call; an ELRTargets is kept (and
     # forgotten from) by the caller. None: the plain listwise loss
