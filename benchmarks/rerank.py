@@ -35,7 +35,7 @@ from lethe.pipelines.train import progress_bar, train_teacher, training_data
 from lethe.pipelines.workspace import Workspace
 from lethe.ranking import CETrainConfig
 from lethe.ranking.base import rerank_run
-from lethe.ranking.listwise_train import OBJECTIVES, ListwiseTrainConfig
+from lethe.ranking.listwise_train import ListwiseTrainConfig
 from lethe.ranking.prompts import PASSAGE_VIEWS
 from lethe.retrieval.fusion import rrf
 from lethe.types import Hit
@@ -105,7 +105,7 @@ def train_models(ws: Workspace, ds: Dataset, args: argparse.Namespace, passage_t
                                   passage_tokens=passage_tokens, max_seconds=args.train_minutes * 60,
                                   shuffle_inputs=args.shuffle_inputs, lora_layers=args.lora_layers,
                                   first_token_loss=args.first_token_loss, rank_positions=args.rank_positions,
-                                  passage_view=args.passage_view, objective=args.objective)
+                                  passage_view=args.passage_view)
         on_step, close = progress_bar(name)
         t0 = time.perf_counter()
         train_listwise_reranker(ws, ds, examples, name, DEFAULT_LLM, cfg, window, args.step, on_step)
@@ -218,7 +218,7 @@ def main() -> None:
     ap.add_argument("--ce-max-length", type=int, default=128, help="cross-encoder tokens per pair (train and rerank)")
     ap.add_argument("--full-model", choices=("encoder", "llm"), default="encoder",
                     help="the trained full-ranking model: the one-pass list encoder (MiniLM, every candidate in one "
-                         "pass) or the LLM (SmolLM2 + LoRA, --objective)")
+                         "pass) or the LLM (SmolLM2 + LoRA, generating the permutation)")
     ap.add_argument("--onepass-tokens", type=int, default=56, help="one-pass list encoder: tokens per candidate")
     ap.add_argument("--onepass-minutes", type=float, default=25, help="one-pass list encoder: training time cap")
     ap.add_argument("--onepass-epochs", type=float, default=1.0, help="one-pass list encoder: epochs (schedule)")
@@ -230,10 +230,6 @@ def main() -> None:
                     help="orders the non-relevant candidates of each listwise label: RRF(BM25, dense MiniLM) or BM25")
     ap.add_argument("--first-token-loss", type=float, default=0.0,
                     help="lambda of FIRST's RankNet term on the first identifier's logits (0: NLL only)")
-    ap.add_argument("--objective", choices=OBJECTIVES, default="generate",
-                    help="listwise training: generate the permutation (NLL) or one-pass scores (identifier logits "
-                         "at the answer's first position, weighted Plackett-Luce loss; full_trained then reads "
-                         "them in first_token mode)")
     ap.add_argument("--rank-positions", type=int, default=1,
                     help="identifier positions the RankNet term trains (1: the first, as FIRST; 0: every one)")
     ap.add_argument("--eval", choices=("test", "dev"), default="test",
@@ -280,13 +276,11 @@ def main() -> None:
                   "first_token_trained": ("listwise-full", "first_token")}
         for key in filter(None, args.systems.split(",")):
             name, mode = models[key]
-            if key in ("full_trained", "first_token_trained") and _has(ws, name):
-                if ws.registry.get(name).kind == "cross_encoder":  # the one-pass list encoder
-                    if key == "first_token_trained":
-                        continue
-                    mode = "one_pass"
-                else:  # an LLM trained for one-pass scores is read in first_token mode
-                    mode = ws.registry.get(name).manifest.get("params", {}).get("mode", mode)
+            if key in ("full_trained", "first_token_trained") and _has(ws, name) and \
+                    ws.registry.get(name).kind == "cross_encoder":  # the one-pass list encoder
+                if key == "first_token_trained":
+                    continue
+                mode = "one_pass"
             if not _has(ws, name):
                 out[key] = {"skipped": f"{name} not in {home} (train it on a collection with a train split)"}
                 continue

@@ -442,50 +442,6 @@ def test_listwise_training_with_the_first_token_loss_learns_the_first_identifier
     assert int(np.argmax([float(after[t]) for t in enc.id_tokens])) == 2
 
 
-def test_one_pass_training_reads_what_first_token_mode_reads_and_learns_the_order(llm) -> None:  # noqa: ANN001
-    """objective="scores": the loss is computed on the first_token prompt's identifier logits, and
-    training on shuffled inputs puts the labelled best passage first whatever its input position."""
-    import torch
-
-    from lethe.ranking.listwise_train import encode, one_pass_loss
-    from lethe.ranking.prompts import identifiers, passage_view, prompt_ids, user_prompt
-    from lethe.training.losses import weighted_listmle
-
-    model, tok = llm
-    passages = [TEXT_OF[f"d{i}"] for i in range(4)]
-    cfg = ListwiseTrainConfig(epochs=40, lr=3e-2, grad_accum=2, passage_tokens=8, lora_r=0, warmup=0.0,
-                              objective="scores", shuffle_inputs=True)
-    ex = ListwiseExample("fox", passages, [2, 0, 3, 1])
-    enc = encode(tok, ex, cfg)
-    labels, _ = identifiers(tok, 4)
-    shown = [passage_view(tok, p, "fox", 8, "head") for p in passages]
-    assert enc.ids[: enc.head + 1] == prompt_ids(tok, user_prompt("fox", shown, labels), answer_prefix="[")
-    rr = ListwiseLLMReranker(model, tok, mode="first_token", passage_tokens=8)
-    scores = rr.first_token_scores("fox", shown, RerankStats())
-    with torch.no_grad():
-        got = one_pass_loss(model, enc, torch.device("cpu"))
-    assert torch.isclose(got, weighted_listmle(torch.tensor(scores), enc.order), atol=1e-5)
-
-    # training sees the same label in four input orders; the loss of the first_token scores of an input
-    # order it never saw drops too (a little, for this tiny random model): some of the order is learnt from
-    # the passages, not from their positions
-    def unseen_loss() -> float:
-        perm = [3, 1, 0, 2]
-        shown_p = [shown[i] for i in perm]
-        s = ListwiseLLMReranker(model.eval(), tok, mode="first_token", passage_tokens=8).first_token_scores(
-            "fox", shown_p, RerankStats())
-        return float(weighted_listmle(torch.tensor(s), [perm.index(i) for i in (2, 0, 3, 1)]))
-
-    before = unseen_loss()
-    examples = [ListwiseExample("fox", [passages[i] for i in p], [p.index(2), p.index(0), p.index(3), p.index(1)])
-                for p in ([0, 1, 2, 3], [2, 3, 0, 1], [1, 0, 3, 2], [2, 1, 3, 0])]
-    model, losses = train_listwise(model, tok, examples, cfg)
-    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
-    assert unseen_loss() < before
-    with pytest.raises(LetheError, match="objective"):
-        ListwiseTrainConfig(objective="permute")
-
-
 def test_rank_positions_cover_every_identifier_in_label_order(llm) -> None:  # noqa: ANN001
     import torch
 

@@ -111,21 +111,6 @@ def test_group_nll_matches_cross_entropy_of_equal_groups_and_pads_unequal_ones()
     assert torch.isclose(losses.group_nll(m.flatten(), [4, 4, 4], bce_weight=0.5), ce + 0.5 * bce)
 
 
-def test_weighted_listmle_matches_a_loop_over_ranks() -> None:
-    s = torch.tensor([0.3, 1.2, -0.4, 0.9, 0.0])
-    order = [3, 0, 4, 1, 2]
-    num = den = 0.0
-    for k in range(4):  # the last rank has no choice
-        rest = [float(s[i]) for i in order[k:]]
-        w = 1.0 + 1.0 / math.log2(k + 2)
-        num += w * (math.log(sum(math.exp(x) for x in rest)) - float(s[order[k]]))
-        den += w
-    assert abs(float(losses.weighted_listmle(s, order)) - num / den) < 1e-6
-    assert float(losses.weighted_listmle(s[:1], [0])) == 0.0
-    best = torch.tensor([5.0, 3.0, 1.0])  # scores that agree with the order lose less than reversed ones
-    assert losses.weighted_listmle(best, [0, 1, 2]) < losses.weighted_listmle(best, [2, 1, 0])
-
-
 def test_ranknet_and_npo_match_their_formulas() -> None:
     s = torch.tensor([0.3, 1.2, -0.4, 0.9])
     num = den = 0.0

@@ -126,8 +126,8 @@ def train_listwise_reranker(ws: Workspace, ds: Dataset, examples: Sequence[Listw
     model, losses = train_listwise(model, tokenizer, train_set, cfg, on_step)
     seconds = round(time.perf_counter() - t0, 1)
     lineage = _lineage(ds, examples)
-    mode = "sliding" if window else "first_token" if cfg.objective == "scores" else "full"
-    params = {"mode": mode, "objective": cfg.objective, "window": window, "step": step,
+    mode = "sliding" if window else "full"
+    params = {"mode": mode, "window": window, "step": step,
               "passage_tokens": cfg.passage_tokens, "passage_view": cfg.passage_view, "weighted": cfg.weighted,
               "alpha": cfg.alpha}
     extra = {"train": {k: v for k, v in cfg.__dict__.items()}, "steps": len(losses),

@@ -15,12 +15,10 @@ Every pair of the list then teaches the one decision a full ranking starts with 
 mode reads), instead of a single token among ~60 of the permutation's NLL. ``rank_positions=0``
 applies the same term at every identifier position, over the candidates not yet named (ours [R]).
 
-``objective="scores"`` trains **one-pass full ranking** instead (ours [R], docs/reranking.md): the prompt
-holds every candidate and ends where the answer's first identifier comes (``[``), as ``first_token`` mode
-reads it; the logits of the candidates' identifier tokens at that one position are the scores, and the loss
-is the importance-weighted Plackett-Luce NLL of the whole label (:func:`lethe.training.losses.weighted_listmle`):
-every candidate's place teaches the scores at once, and no token of a permutation is generated or trained.
-With shuffled inputs (``shuffle_inputs``) the input order carries no signal to copy.
+One-pass full ranking by the LLM's identifier logits (``objective="scores"``, a weighted Plackett-Luce loss at
+the answer's first position) was tried and removed: it flattened the input-order prior and learnt nothing
+in its place (RESULTS.md, thirteenth session). The one-pass full-ranking model is the list encoder of
+:mod:`lethe.ranking.cross_encoder` (``CETrainConfig(listwise=True)``).
 """
 
 from __future__ import annotations
@@ -89,19 +87,11 @@ class ListwiseTrainConfig:
     first_token_loss: float = 0.0
     # how many identifier positions get that term (1: the first, as FIRST; 0: every position) [R]
     rank_positions: int = 1
-    # "generate": the permutation's importance-aware NLL (+ the RankNet term); "scores": one-pass full
-    # ranking, a listwise loss on the identifier logits at the answer's first position [R]
-    objective: str = "generate"
     seed: int = 42
     max_seconds: float | None = None
 
     def __post_init__(self) -> None:
         check_passage_view(self.passage_view)
-        if self.objective not in OBJECTIVES:
-            raise LetheError(f"unknown listwise objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
-
-
-OBJECTIVES = ("generate", "scores")
 
 
 def rank_weight(rank: int) -> float:
@@ -297,12 +287,8 @@ def train_listwise(model: Any, tokenizer: Any, examples: Sequence[ListwiseExampl
 
 
 def _sequence_loss(model: Any, enc: Any, cfg: ListwiseTrainConfig, dev: Any):  # noqa: ANN202
-    """Weighted NLL of one encoded example's target tokens (plus the first-token rank loss), or with
-    ``objective="scores"`` the one-pass listwise loss."""
+    """Weighted NLL of one encoded example's target tokens (plus the first-token rank loss)."""
     import torch
-
-    if cfg.objective == "scores":
-        return one_pass_loss(model, enc, dev)
 
     ids, w = enc.ids, enc.weights
     keep = target_span(w)
@@ -314,16 +300,3 @@ def _sequence_loss(model: Any, enc: Any, cfg: ListwiseTrainConfig, dev: Any):  #
         rank = rank_positions_loss(logits, enc, cfg.rank_positions, offset=len(ids) - keep)
         loss = loss + cfg.first_token_loss * rank
     return loss
-
-
-def one_pass_loss(model: Any, enc: Encoded, dev: Any) -> Any:
-    """The one-pass full-ranking loss of one example: the prompt up to the answer's first ``[`` (what
-    ``first_token`` mode reads), the identifier logits at its last position as scores, and the weighted
-    Plackett-Luce NLL of the label order (:func:`lethe.training.losses.weighted_listmle`)."""
-    import torch
-
-    from lethe.training.losses import weighted_listmle
-
-    inp = torch.tensor(enc.ids[: enc.head + 1], device=dev).unsqueeze(0)
-    logits = model(input_ids=inp, logits_to_keep=1).logits[0, -1]
-    return weighted_listmle(logits[torch.as_tensor(enc.id_tokens, device=dev)], enc.order)

@@ -66,22 +66,6 @@ def ranknet(s: Any) -> Any:
     return (w * pair).sum() / w.sum().clamp(min=1e-12)
 
 
-def weighted_listmle(s: Any, order: Any) -> Any:
-    """Plackett-Luce NLL of the label ``order`` (candidate indexes, best first) under 1-d scores ``s``, each
-    rank's softmax cross-entropy over the candidates not yet placed weighted like the importance-aware
-    generation loss, ``w_k = 1 + 1/log2(k + 1)`` (k from 1): ``sum_k w_k (logsumexp(s[order[k:]]) -
-    s[order[k]]) / sum_k w_k``; the last rank has no choice and no term."""
-    import torch
-
-    t = s[torch.as_tensor(list(order), device=s.device)].float()
-    if t.shape[0] < 2:
-        return t.sum() * 0.0
-    rest = torch.logcumsumexp(t.flip(0), dim=0).flip(0)  # logsumexp of t[k:] for every k
-    k = torch.arange(1, t.shape[0], device=s.device, dtype=torch.float32)
-    w = 1.0 + 1.0 / torch.log2(k + 1.0)
-    return (w * (rest[:-1] - t[:-1])).sum() / w.sum()
-
-
 def elr_penalty(p: Any, t: Any) -> Any:
     """Early-learning regularisation (Liu et al. 2020): ``mean_b log(1 - <t_b, p_b>)`` over ``[B, K]``
     predictions ``p`` (differentiable) and targets ``t`` (their EMA, detached); lower when ``p`` agrees
