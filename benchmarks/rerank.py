@@ -84,9 +84,11 @@ def train_models(ws: Workspace, ds: Dataset, args: argparse.Namespace, passage_t
         train_teacher(ws, td, "cross-encoder", "minilm", cfg, n_negatives=7, on_step=on_step)
         close()
         times["cross_encoder"] = round(time.perf_counter() - t0, 1)
-    if "full" in args.listwise.split(",") and args.full_model == "encoder":
+    wanted = set(args.listwise.split(","))
+    if "full" in wanted and args.full_model == "encoder":
         times.update(train_one_pass(ws, ds, args))
-    if not {"full", "sliding"} & set(args.listwise.split(",")):
+        wanted.discard("full")  # the LLM trains only what is left
+    if not {"full", "sliding"} & wanted:
         return times
     hits = ws.load_index("bm25").search([ds.queries[q].text for q in train_q], args.depth)
     run = {q: [h.doc_id for h in hs] for q, hs in zip(train_q, hits)}
@@ -94,9 +96,7 @@ def train_models(ws: Workspace, ds: Dataset, args: argparse.Namespace, passage_t
     teacher = bm25 if args.teacher == "bm25" else fused_teacher(ws, {q: ds.queries[q].text for q in train_q}, bm25)
     examples = listwise_examples(ws, ds, run, teacher, "train")
     for name, window in (("listwise-full", None), ("listwise-sliding", args.window)):
-        if name.removeprefix("listwise-") not in args.listwise.split(","):
-            continue
-        if name == "listwise-full" and args.full_model == "encoder":
+        if name.removeprefix("listwise-") not in wanted:
             continue
         if _has(ws, name) and not args.retrain:
             times[name] = ws.registry.get(name).manifest.get("extra", {}).get("seconds")

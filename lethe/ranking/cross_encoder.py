@@ -119,10 +119,11 @@ def use_segment_head(model: Any, gate: float = -6.0, scale: float = 20.0, query_
     ``listwise``: score each query's candidates together in one pass, candidate-candidate attention
     gated by ``doc_gate`` (default: ``gate``), each candidate shown as ``passage_view`` (``head``: its first
     tokens; ``query``: the query-biased snippet of ``lethe.ranking.prompts.passage_view``)."""
+    import torch
+
     from lethe.ranking.prompts import check_passage_view
 
     check_passage_view(passage_view)
-    import torch
 
     types = model.model.base_model.embeddings.token_type_embeddings
     if types.weight.shape[0] < 2:
@@ -268,8 +269,7 @@ def segment_scores(model: Any, pairs: Sequence[tuple[str, str]], max_length: int
         types[b, nq : len(r)] = 1
         pos[b, :nq] = torch.arange(nq)
         pos[b, nq : len(r)] = torch.arange(len(r) - nq)
-    raw = getattr(model.model, "lethe_gate", None)
-    gate = raw * GATE_UNITS if raw is not None else torch.tensor(float(head["gate"]))
+    gate, _ = _gates(model, head)
     cross = (types[:, :, None] != types[:, None, :]).float()
     bias = torch.where(mask[:, None, :] == 1, cross * gate, torch.tensor(torch.finfo(torch.float32).min / 2))
     dev = model.model.device
