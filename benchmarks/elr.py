@@ -122,6 +122,8 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=20, help="BM25 depth for negatives and for re-scoring")
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--elr-beta", type=float, default=0.7)
+    ap.add_argument("--elr-start", choices=("zeros", "model"), default="zeros",
+                    help="where ELR's targets start: zeros (the paper) or the untrained model's predictions")
     ap.add_argument("--elr-lam", default="1,3", help="comma list; the best on dev is reported on test")
     ap.add_argument("--clean-elr", action="store_true", help="also train the clean groups with ELR")
     ap.add_argument("--queries", type=int, default=300, help="evaluation queries (seeded sample)")
@@ -140,7 +142,7 @@ def main() -> None:
     queries = {q.id: q.text for q in ds.queries.values()}
     train_qrels = ds.split_qrels("train")
     out: dict = {"data": args.data, "epochs": args.epochs, "lr": args.lr, "batch": args.batch,
-                 "negatives": args.negatives, "elr": {"beta": args.elr_beta, "lams": lams}}
+                 "negatives": args.negatives, "elr": {"beta": args.elr_beta, "lams": lams, "start": args.elr_start}}
     with tempfile.TemporaryDirectory(prefix="lethe-elr-") as tmp, Workspace(Path(tmp), show_progress=False) as ws:
         ws.ingest(ds)
         ws.build_bm25()
@@ -176,7 +178,7 @@ def main() -> None:
     measure("clean", groups)
     if args.clean_elr:
         for lam in lams:
-            measure(f"clean_elr{lam:g}", groups, ELRConfig(args.elr_beta, lam))
+            measure(f"clean_elr{lam:g}", groups, ELRConfig(args.elr_beta, lam, args.elr_start))
     test = per_query["test"]
     deltas: dict[str, dict] = {}
     for noise in noises:
@@ -184,7 +186,7 @@ def main() -> None:
         tag = f"noise{noise:g}"
         measure(f"{tag}_plain", noisy, corrupted=n_bad)
         for lam in lams:
-            measure(f"{tag}_elr{lam:g}", noisy, ELRConfig(args.elr_beta, lam), corrupted=n_bad)
+            measure(f"{tag}_elr{lam:g}", noisy, ELRConfig(args.elr_beta, lam, args.elr_start), corrupted=n_bad)
         best = max(lams, key=lambda lam, t=tag: runs[f"{t}_elr{lam:g}"]["ndcg10_dev"])  # chosen on dev
         elr = f"{tag}_elr{best:g}"
         deltas[tag] = {"chosen_lam": best, "elr_minus_plain": delta(test[elr], test[f"{tag}_plain"]),

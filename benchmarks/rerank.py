@@ -128,7 +128,8 @@ def train_one_pass(ws: Workspace, ds: Dataset, args: argparse.Namespace) -> dict
                         listwise=True, passage_view=args.passage_view)
     on_step, close = progress_bar(name)
     t0 = time.perf_counter()
-    train_teacher(ws, td, name, "minilm", cfg, n_negatives=args.depth - 1, on_step=on_step)
+    negatives = args.onepass_negatives if args.onepass_negatives is not None else args.depth - 1
+    train_teacher(ws, td, name, "minilm", cfg, n_negatives=negatives, on_step=on_step)
     close()
     return {name: round(time.perf_counter() - t0, 1)}
 
@@ -224,6 +225,8 @@ def main() -> None:
     ap.add_argument("--onepass-epochs", type=float, default=1.0, help="one-pass list encoder: epochs (schedule)")
     ap.add_argument("--onepass-lr", type=float, default=3e-5)
     ap.add_argument("--onepass-lists", type=int, default=2, help="one-pass list encoder: lists per step")
+    ap.add_argument("--onepass-negatives", type=int, default=None,
+                    help="one-pass list encoder: BM25 negatives per training list (default: depth - 1)")
     ap.add_argument("--shuffle-inputs", type=float, nargs="?", const=1.0, default=0.0,
                     help="fraction of training lists shown in a shuffled order (flag alone: all)")
     ap.add_argument("--teacher", choices=("fusion", "bm25"), default="fusion",

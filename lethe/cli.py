@@ -235,7 +235,7 @@ def eval_(
     model: Annotated[str | None, typer.Option(help="evaluate a registry bi-encoder NAME[@VERSION] (dense)")] = None,
     rerank: Annotated[str | None, typer.Option(
         help="rerank the top --depth with this registry reranker (cross-encoder, LLM, adapter; smollm2 = "
-             "the packaged LLM)")] = None,
+             "the packaged LLM; auto = the one `lethe choose-reranker` chose on dev queries)")] = None,
     rerank_mode: Annotated[str, typer.Option(help="LLM mode: full | sliding | first_token | qlm")] = "full",
     depth: Annotated[int, typer.Option(help="candidates handed to the reranker")] = 20,
     window: Annotated[int, typer.Option(help="sliding window size")] = 10,
@@ -247,7 +247,7 @@ def eval_(
     from lethe.pipelines.evaluate import evaluate_retriever
     from lethe.pipelines.rerank import LLM_MODES
 
-    if rerank is not None:
+    if rerank not in (None, "auto"):
         _choice("--rerank-mode", rerank_mode, LLM_MODES)
     ds = _load(data, None, unknown_qrels, empty_docs)
     ds.split_qrels(split)  # an unknown split fails before anything is written
@@ -262,23 +262,77 @@ def eval_(
         queries = {q: ds.queries[q].text for q in qrels if q in ds.queries}
         tag = f"{ds.name}.{split}.{retriever}"
         system = ws.retriever(retriever)
-        if rerank is not None:
-            from lethe.pipelines.rerank import load_reranker
-
-            system = load_reranker(ws, rerank, rerank_mode, window, step,
-                                   passage_view=passage_view).after(system, depth)
-            tag += f".{rerank.replace('@', '-')}.{rerank_mode}"
+        reranker, label = _eval_reranker(ws, rerank, rerank_mode, window, step, passage_view)
+        if reranker is not None:
+            system = reranker.after(system, depth)
+            tag += "." + label.replace("@", "-").replace(":", ".")
             k = min(k, depth)
         agg, _, _ = evaluate_retriever(system, queries, qrels, measures.split(), k, out, tag)
-    title = f"{retriever}{' >> ' + rerank if rerank else ''} on {ds.name}/{split} ({len(queries)} queries)"
+    title = f"{retriever}{' >> ' + label if reranker else ''} on {ds.name}/{split} ({len(queries)} queries)"
     table = Table("measure", "value", title=title)
     for m, v in agg.items():
         table.add_row(m, f"{v:.4f}")
     console.print(table)
-    if rerank is not None:
+    if reranker is not None:
         console.print("reranker cost per query: " + ", ".join(
             f"{key} {val}" for key, val in system.stats.per_query(len(queries)).items()))
     console.print(f"run: {out / (tag + '.run')}  per-query: {out / (tag + '.perquery.tsv')}")
+
+
+def _eval_reranker(ws, rerank: str | None, mode: str, window: int, step: int,  # noqa: ANN001, ANN202
+                   passage_view: str | None):
+    """``lethe eval --rerank``: (reranker or None, its label); ``auto`` is the one ``choose-reranker`` chose."""
+    if rerank is None:
+        return None, ""
+    if rerank == "auto":
+        from lethe.pipelines.choose import chosen_reranker
+
+        spec = chosen_reranker(ws)
+        if spec.model is None:
+            err_console.print("the chosen reranker is none (no candidate beat the first stage on dev queries): "
+                              "the first stage is evaluated as it is")
+        return spec.load(ws, window=window, step=step), f"{spec}"
+    from lethe.pipelines.rerank import load_reranker
+
+    return load_reranker(ws, rerank, mode, window, step, passage_view=passage_view), f"{rerank}:{mode}"
+
+
+@app.command("choose-reranker")
+def choose_reranker_cmd(
+    data: Annotated[str, typer.Option(help="dataset (its dev or train queries tune the choice)")],
+    candidates: Annotated[str, typer.Option(
+        help="comma list of NAME[@VERSION][:MODE[:VIEW]] (e.g. cross-encoder,smollm2:qlm:query); none (no "
+             "reranker) always competes")],
+    home: HomeOpt = None,
+    split: Annotated[str | None, typer.Option(help="tuning split (default: dev, else train; never test)")] = None,
+    queries: Annotated[int, typer.Option(help="fixed-seed sample of tuning queries no candidate trained on (0: all)")]
+    = 100,
+    depth: Annotated[int, typer.Option(help="first-stage candidates handed to each reranker")] = 20,
+    retriever: Annotated[str, typer.Option(help="first stage (an index of the workspace)")] = "bm25",
+    unknown_qrels: Annotated[str, typer.Option(
+        help="judgments of documents outside the corpus: warn (keep, with a count) | error | keep | drop")] = "warn",
+    empty_docs: Annotated[str, typer.Option(help="error | skip")] = "error",
+) -> None:
+    """Measure candidate rerankers on tuning queries (never test) and record the best as the workspace's
+    reranker (`lethe eval --rerank auto`)."""
+    from lethe.pipelines.choose import RerankerSpec, choose_reranker
+
+    specs = [RerankerSpec.parse(c) for c in candidates.split(",") if c.strip()]
+    ds = _load(data, None, unknown_qrels, empty_docs)
+    if retriever != "bm25":
+        _check_retriever(home, retriever)
+    with _workspace(home) as ws, ws.writing():
+        _ensure_indexed(ws, ds, dense=retriever != "bm25")
+        choice = choose_reranker(ws, ds, specs, split, queries, depth, retriever,
+                                 on_system=lambda name: err_console.print(f"reranking with {name} ..."))
+    table = Table("reranker", "nDCG@10", "vs first stage (95% CI)",
+                  title=f"{ds.name}/{choice.split}: {choice.queries} tuning queries, {retriever} top {depth}")
+    table.add_row("none (first stage)", f"{choice.first_stage:.4f}", "")
+    for name, v in choice.ndcg10.items():
+        lo, hi = choice.delta_ci[name]
+        table.add_row(name, f"{v:.4f}", f"[{lo:+.4f}, {hi:+.4f}]")
+    console.print(table)
+    console.print(f"chosen: {choice.chosen} (lethe eval --rerank auto uses it)")
 
 
 @app.command("rerank")

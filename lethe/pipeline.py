@@ -68,6 +68,8 @@ class Pipeline:
     def __rshift__(self, other: Any) -> Pipeline:
         if isinstance(other, Pipeline):  # its retriever is ignored: only its later stages apply here
             return Pipeline(self.retriever, (*self.stages, *other.stages), self.name, self.titles)
+        if other is None:  # no reranker (e.g. ``ws.reranker("auto")`` where none was chosen)
+            return self
         if not hasattr(other, "rerank"):
             raise LetheError(f"cannot send results to {type(other).__name__}: it has no rerank(query, hits)")
         return Pipeline(self.retriever, (*self.stages, Rerank(other)), self.name, self.titles)

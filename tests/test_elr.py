@@ -199,3 +199,49 @@ def test_train_cross_encoder_with_elr(tiny_bert_dir: Path) -> None:
     assert len(targets) == len(groups) and targets.target(("q1", "d1")).shape == (3,)
     with pytest.raises(ValueError, match="key"):
         train_cross_encoder(copy.deepcopy(base), unkeyed, CETrainConfig(elr=ELRConfig()))
+
+
+# ------------------------------------------------------------------------------- targets from the model
+def test_prime_starts_targets_at_the_prediction_and_the_ema_runs_from_there() -> None:
+    elr = ELRTargets(ELRConfig(beta=0.5, lam=1.0, start="model"))
+    x0, x1 = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([[0.0, 3.0, 0.0]])
+    elr.prime([("q", "d")], x0)
+    p0 = torch.softmax(x0[0], 0).clamp(EPS, 1 - EPS).numpy()
+    np.testing.assert_allclose(elr.target(("q", "d")), p0 / p0.sum(), rtol=1e-6)
+    elr.update_and_loss([("q", "d")], x1)
+    p1 = torch.softmax(x1[0], 0).clamp(EPS, 1 - EPS).numpy()
+    np.testing.assert_allclose(elr.target(("q", "d")), 0.5 * p0 / p0.sum() + 0.5 * p1 / p1.sum(), rtol=1e-5)
+    with pytest.raises(ValueError, match="start"):
+        ELRConfig(start="ones")
+
+
+def test_start_model_primes_every_group_before_the_first_step(bi_scorer: BiEncoderScorer) -> None:
+    from lethe.training.contrastive import train_groups
+
+    before = group_scores(bi_scorer, EXAMPLES, QUERIES, TEXTS).detach() * bi_scorer.scale
+    primed = ELRTargets(ELRConfig(beta=0.9999, lam=3.0, start="model"))
+    zeros = ELRTargets(ELRConfig(beta=0.9999, lam=3.0))
+    a, b = bi_scorer.copy(), bi_scorer.copy()
+    la = train_groups(a, EXAMPLES, QUERIES, TEXTS, epochs=0.5, lr=5e-3, batch_size=3, elr=primed)
+    lb = train_groups(b, EXAMPLES, QUERIES, TEXTS, epochs=0.5, lr=5e-3, batch_size=3, elr=zeros)
+    assert len(primed) == len(EXAMPLES) and len(zeros) == 3           # every group primed; zeros: only those seen
+    for i, e in enumerate(EXAMPLES):                   # beta ~ 1: each target ~ its pre-training prediction
+        p = torch.softmax(before[i], 0).clamp(EPS, 1 - EPS).numpy()
+        np.testing.assert_allclose(primed.target(example_key(e)), p / p.sum(), atol=1e-3)
+    assert la[0] < lb[0]                                               # a full target pulls from the first step
+
+
+def test_cross_encoder_start_model_is_recorded(tiny_bert_dir: Path) -> None:
+    from sentence_transformers import CrossEncoder
+
+    from lethe.ranking.cross_encoder import CETrainConfig, Group, train_cross_encoder
+
+    base = CrossEncoder(str(tiny_bert_dir), num_labels=1, device="cpu")
+    groups = [Group(QUERIES[e.query_id], TEXTS[e.positive], [TEXTS[d] for d in e.negatives], key=example_key(e))
+              for e in EXAMPLES]
+    targets = ELRTargets(ELRConfig(lam=3.0, start="model"))
+    cfg = CETrainConfig(epochs=0.5, lr=5e-3, queries_per_step=3, max_length=32, warmup=0.0, elr=targets)
+    train_cross_encoder(base, groups, cfg)
+    assert len(targets) == len(groups)                                  # all primed, though half were visited
+    assert cfg.to_dict()["elr"] == {"beta": 0.7, "lam": 3.0, "start": "model"}
+    assert CETrainConfig.from_dict(cfg.to_dict()).elr == ELRConfig(lam=3.0, start="model")

@@ -154,7 +154,8 @@ class Workspace:
         """Workspace metadata (the dataset it holds)."""
         return json.loads(self.meta_path.read_text()) if self.meta_path.exists() else {}
 
-    def _set_meta(self, **kv: Any) -> None:
+    def set_meta(self, **kv: Any) -> None:
+        """Record workspace metadata (merged into what is there; written atomically)."""
         data = json.dumps({**self.meta(), **kv}, indent=2).encode()
         atomic_write_bytes(self.meta_path, lambda fh: fh.write(data))
 
@@ -180,7 +181,7 @@ class Workspace:
             queries = self._unforgotten_queries(list(dataset.queries.values()), report)
             report.added = self.store.ingest(docs, queries, upsert=False)
             report.queries = len(queries)
-            self._set_meta(dataset=dataset.name, dataset_path=str(dataset.path.resolve()) if dataset.path else None)
+            self.set_meta(dataset=dataset.name, dataset_path=str(dataset.path.resolve()) if dataset.path else None)
             return report
 
     def add_documents(self, docs: list[Doc]) -> int:
@@ -460,9 +461,14 @@ class Workspace:
 
     def reranker(self, name: str, mode: str = "full", **options: Any) -> Any:
         """A reranker over registry model ``name``: a cross-encoder, or an LLM (``mode``: ``qlm``, ``full``,
-        ``sliding``, ``first_token``); ``options`` as :func:`lethe.pipelines.rerank.load_reranker`."""
+        ``sliding``, ``first_token``); ``options`` as :func:`lethe.pipelines.rerank.load_reranker`.
+        ``auto``: the one ``lethe choose-reranker`` chose on dev queries (None when it chose none)."""
         from lethe.pipelines.rerank import load_reranker
 
+        if name == "auto":
+            from lethe.pipelines.choose import chosen_reranker
+
+            return chosen_reranker(self).load(self, **options)
         return load_reranker(self, name, mode=mode, **options)
 
     @classmethod

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from lethe.ranking.base import Ranked, RerankStats, TextReranker, order_to_ranked
-from lethe.training.elr import ELRConfig, ELRTargets, as_targets
+from lethe.training.elr import ELRConfig, ELRTargets, as_targets, prime_targets
 from lethe.types import Hit
 
 
@@ -333,7 +333,7 @@ class CETrainConfig:
         """JSON-able settings (an in-memory ``ELRTargets`` is recorded as its config)."""
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         elr = self.elr.config if isinstance(self.elr, ELRTargets) else self.elr
-        d["elr"] = None if elr is None else {"beta": elr.beta, "lam": elr.lam}
+        d["elr"] = None if elr is None else {"beta": elr.beta, "lam": elr.lam, "start": elr.start}
         return d
 
 
@@ -347,6 +347,8 @@ def train_cross_encoder(model: Any, groups: Sequence[Group], cfg: CETrainConfig,
     targets = as_targets(cfg.elr)
     if targets is not None and any(g.key is None for g in groups):
         raise ValueError("ELR keys its targets by (query id, positive id): give every Group its key")
+    prime_targets(targets, model.model, groups, lambda g: g.key,
+                  lambda b: _batch_logits(model, b, cfg.max_length)[0], cfg.queries_per_step)
     rng = random.Random(cfg.seed)
     steps = max(1, math.ceil(len(groups) * cfg.epochs / cfg.queries_per_step))
     batches = epoch_batches(groups, cfg.queries_per_step, rng)
@@ -386,9 +388,15 @@ def _listwise_loss(model: Any, batch: Sequence[Group], cfg: CETrainConfig,  # no
                    targets: ELRTargets | None = None):
     from lethe.training.losses import group_nll
 
-    sizes = [1 + len(g.negatives) for g in batch]
-    logits = group_logits(model, [(g.query, [g.positive, *g.negatives]) for g in batch], cfg.max_length)
+    rows, logits, sizes = _batch_logits(model, batch, cfg.max_length)
     loss = group_nll(logits, sizes, cfg.bce_weight)
     if targets is None:
         return loss
-    return loss + targets.update_and_loss([g.key for g in batch], logits.split(sizes))
+    return loss + targets.update_and_loss([g.key for g in batch], rows)
+
+
+def _batch_logits(model: Any, batch: Sequence[Group], max_length: int | None) -> tuple[Any, Any, list[int]]:
+    """A batch of groups scored (positive first): per group's logits, all of them end to end, the sizes."""
+    sizes = [1 + len(g.negatives) for g in batch]
+    logits = group_logits(model, [(g.query, [g.positive, *g.negatives]) for g in batch], max_length)
+    return logits.split(sizes), logits, sizes

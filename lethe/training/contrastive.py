@@ -9,7 +9,7 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from lethe.training.elr import ELRConfig, ELRTargets, as_targets, example_key
+from lethe.training.elr import ELRConfig, ELRTargets, as_targets, example_key, prime_targets
 from lethe.training.losses import infonce
 from lethe.training.pools import MinedExample
 from lethe.training.scorers import Scorer, group_scores
@@ -40,6 +40,8 @@ def train_groups(scorer: Scorer, examples: Sequence[MinedExample], queries: Mapp
     batches = epoch_batches(examples, batch_size, rng, order)
     settings = LoopSettings(steps, lr, weight_decay=0.01, seed=seed)
     targets = as_targets(elr)
+    prime_targets(targets, scorer.module, examples, example_key,
+                  lambda b: group_scores(scorer, b, queries, texts) * scorer.scale, batch_size)
     if targets is None:
         return run_loop(scorer.module, lambda _: infonce(group_scores(scorer, next(batches), queries, texts),
                                                          scorer.scale), settings, on_step).losses

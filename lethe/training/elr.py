@@ -13,6 +13,12 @@ is not memorised. Each time example ``i`` is in a batch, with ``p_i`` clamped to
 penalty then uses the updated ``t_i`` and the clamped, not detached ``p_i`` (as the official code:
 ``loss = ce + lam * ((1 - (t * p).sum(1)).log()).mean()``).
 
+Fine-tuning a pretrained retriever for an epoch or two visits each example once or twice, too few for an EMA
+that starts at zeros to hold an early prediction. ``ELRConfig(start="model")`` (our adaptation, not the
+paper's) starts every ``t_i`` at the model's prediction *before* training (one no-grad pass over the groups,
+:meth:`ELRTargets.prime`): the pretrained model's view of each group is the early learning the penalty holds
+the model to, and the EMA then runs from there.
+
 The targets are per-example state keyed by (query id, positive id): they remember which pairs were trained
 on, so :meth:`ELRTargets.forget` drops the entries of forgotten pairs, and nothing here writes them to disk
 (they live as long as the training run that holds them).
@@ -20,7 +26,7 @@ on, so :meth:`ELRTargets.forget` drops the entries of forgotten pairs, and nothi
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,16 +39,22 @@ if TYPE_CHECKING:
 
 #: ``p`` is clamped to ``[EPS, 1 - EPS]`` before the target update and the penalty (the official code's bounds)
 EPS = 1e-4
+#: where the targets start: the paper's zeros, or the untrained model's predictions (``ELRTargets.prime``)
+STARTS = ("zeros", "model")
 
 
 @dataclass(frozen=True)
 class ELRConfig:
-    """ELR's knobs: ``beta`` the targets' EMA momentum, ``lam`` the penalty's weight (tune it on dev)."""
+    """ELR's knobs: ``beta`` the targets' EMA momentum, ``lam`` the penalty's weight (tune it on dev),
+    ``start`` where the targets start: ``zeros`` (the paper) or ``model`` (the untrained model's predictions)."""
 
     beta: float = 0.7
     lam: float = 3.0
+    start: str = "zeros"
 
     def __post_init__(self) -> None:
+        if self.start not in STARTS:
+            raise ValueError(f"ELR start must be one of {', '.join(STARTS)}, got {self.start!r}")
         if not 0.0 <= self.beta < 1.0:
             raise ValueError(f"ELR beta must be in [0, 1), got {self.beta}")
         if self.lam < 0:
@@ -105,6 +117,18 @@ class ELRTargets:
             terms.append(elr_penalty(p.unsqueeze(0), t.to(p.device).unsqueeze(0)))
         return self.config.lam * torch.stack(terms).mean()
 
+    def prime(self, keys: Sequence[Hashable], logits: Any) -> None:
+        """Start the targets of ``keys`` at these predictions (``t = p``, ``p`` the clamped softmax of each
+        group's ``logits``, as :meth:`update_and_loss` takes them); no penalty, nothing to differentiate."""
+        import torch
+
+        rows = list(logits.unbind(0)) if isinstance(logits, torch.Tensor) else list(logits)
+        if len(rows) != len(keys):
+            raise ValueError(f"ELR got {len(keys)} keys for {len(rows)} groups")
+        for key, row in zip(keys, rows):
+            p = torch.softmax(row.detach().float(), dim=-1).clamp(EPS, 1.0 - EPS).cpu()
+            self._targets[key] = p / p.sum()
+
     def _update(self, key: Hashable, p: Any) -> Any:
         """``t <- beta t + (1 - beta) p / sum(p)`` (``t`` from zeros); returns the new ``t``."""
         import torch
@@ -147,3 +171,24 @@ def as_targets(elr: ELRConfig | ELRTargets | None) -> ELRTargets | None:
     if elr is None or isinstance(elr, ELRTargets):
         return elr
     return ELRTargets(elr)
+
+
+def prime_targets(targets: ELRTargets | None, module: Any, groups: Sequence[Any], keys: Callable[[Any], Hashable],
+                  logits: Callable[[Sequence[Any]], Any], batch_size: int = 16) -> None:
+    """Before training: start the targets at the model's predictions when their config says
+    ``start="model"`` (``logits`` of a batch of ``groups``, under no grad with ``module`` in eval mode;
+    groups already held keep theirs). A no-op for ``None`` or the paper's zeros."""
+    import torch
+
+    if targets is None or targets.config.start != "model":
+        return
+    todo = [g for g in groups if keys(g) not in targets]
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(todo), batch_size):
+                batch = todo[i:i + batch_size]
+                targets.prime([keys(g) for g in batch], logits(batch))
+    finally:
+        module.train(was_training)
