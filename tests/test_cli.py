@@ -175,7 +175,11 @@ def test_one_pass_list_model_trains_reranks_and_is_retrained_as_one(tmp_path: Pa
     with Workspace(home, show_progress=False) as ws:
         ref = ws.registry.get("onepass")
         assert str(ref) == "onepass@v2" and ref.manifest["extra"]["train"]["listwise"] is True
-        assert is_list_head(segment_head(ws.registry.load(ref)))
+        head = segment_head(ws.registry.load(ref))
+        assert is_list_head(head) and head["passage_view"] == "query"      # the one-pass default, kept by retrain
+    bad = runner.invoke(app, ["train", "cross-encoder", "--data", str(data), "--home", str(home), "--split", "test",
+                              "--base", "tiny", "--passage-view", "query"])
+    assert bad.exit_code != 0 and "--one-pass" in str(bad.exception)
 
 
 def test_rerank_commands_on_a_tiny_llm(tmp_path: Path) -> None:
