@@ -262,10 +262,10 @@ def eval_(
         queries = {q: ds.queries[q].text for q in qrels if q in ds.queries}
         tag = f"{ds.name}.{split}.{retriever}"
         system = ws.retriever(retriever)
-        reranker, label = _eval_reranker(ws, rerank, rerank_mode, window, step, passage_view)
+        reranker, label, suffix = _eval_reranker(ws, rerank, rerank_mode, window, step, passage_view)
         if reranker is not None:
             system = reranker.after(system, depth)
-            tag += "." + label.replace("@", "-").replace(":", ".")
+            tag += suffix
             k = min(k, depth)
         agg, _, _ = evaluate_retriever(system, queries, qrels, measures.split(), k, out, tag)
     title = f"{retriever}{' >> ' + label if reranker else ''} on {ds.name}/{split} ({len(queries)} queries)"
@@ -281,9 +281,10 @@ def eval_(
 
 def _eval_reranker(ws, rerank: str | None, mode: str, window: int, step: int,  # noqa: ANN001, ANN202
                    passage_view: str | None):
-    """``lethe eval --rerank``: (reranker or None, its label); ``auto`` is the one ``choose-reranker`` chose."""
+    """``lethe eval --rerank``: (reranker or None, its name for the title, its suffix for the run's file name);
+    ``auto`` is the one ``choose-reranker`` chose."""
     if rerank is None:
-        return None, ""
+        return None, "", ""
     if rerank == "auto":
         from lethe.pipelines.choose import chosen_reranker
 
@@ -291,10 +292,11 @@ def _eval_reranker(ws, rerank: str | None, mode: str, window: int, step: int,  #
         if spec.model is None:
             err_console.print("the chosen reranker is none (no candidate beat the first stage on dev queries): "
                               "the first stage is evaluated as it is")
-        return spec.load(ws, window=window, step=step), f"{spec}"
+        return spec.load(ws, window=window, step=step), str(spec), "." + str(spec).replace("@", "-").replace(":", ".")
     from lethe.pipelines.rerank import load_reranker
 
-    return load_reranker(ws, rerank, mode, window, step, passage_view=passage_view), f"{rerank}:{mode}"
+    reranker = load_reranker(ws, rerank, mode, window, step, passage_view=passage_view)
+    return reranker, rerank, f".{rerank.replace('@', '-')}.{mode}"
 
 
 @app.command("choose-reranker")
