@@ -243,5 +243,46 @@ def test_cross_encoder_start_model_is_recorded(tiny_bert_dir: Path) -> None:
     cfg = CETrainConfig(epochs=0.5, lr=5e-3, queries_per_step=3, max_length=32, warmup=0.0, elr=targets)
     train_cross_encoder(base, groups, cfg)
     assert len(targets) == len(groups)                                  # all primed, though half were visited
-    assert cfg.to_dict()["elr"] == {"beta": 0.7, "lam": 3.0, "start": "model"}
+    assert cfg.to_dict()["elr"] == {"beta": 0.7, "lam": 3.0, "start": "model", "select": 0.0}
     assert CETrainConfig.from_dict(cfg.to_dict()).elr == ELRConfig(lam=3.0, start="model")
+
+
+def test_select_skips_the_labels_the_targets_doubt(bi_scorer: BiEncoderScorer) -> None:
+    from lethe.training.contrastive import elr_step
+
+    with pytest.raises(ValueError, match="start='model'"):
+        ELRConfig(select=0.1)
+    with pytest.raises(ValueError, match="select"):
+        ELRConfig(select=1.0, start="model")
+    targets = ELRTargets(ELRConfig(lam=0.0, start="model", select=0.2))
+    keys = [example_key(e) for e in EXAMPLES[:2]]
+    targets.prime(keys, torch.tensor([[-5.0, 0.0, 0.0], [2.0, 0.0, 0.0]]))   # the first label is implausible
+    assert targets.kept(keys) == [False, True] and targets.doubted() == [keys[0]]
+    assert targets.kept([("new", "key")]) == [True]                              # no target yet: learn it
+    # the loss is InfoNCE over the kept groups only (lam 0: no ELR term)
+    loss = elr_step(bi_scorer, EXAMPLES[:2], QUERIES, TEXTS, targets)
+    s = group_scores(bi_scorer, EXAMPLES[:2], QUERIES, TEXTS)
+    assert float(loss) == pytest.approx(float(infonce(s[1:], bi_scorer.scale)), rel=1e-5)
+    none_kept = ELRTargets(ELRConfig(lam=0.0, start="model", select=0.99))
+    none_kept.prime(keys, torch.zeros(2, 3))
+    assert float(elr_step(bi_scorer, EXAMPLES[:2], QUERIES, TEXTS, none_kept)) == 0.0
+
+
+def test_cross_encoder_select_drops_doubted_groups_from_the_label_loss(tiny_bert_dir: Path) -> None:
+    from sentence_transformers import CrossEncoder
+
+    from lethe.ranking.cross_encoder import CETrainConfig, Group, group_logits, listwise_loss
+    from lethe.training.losses import group_nll
+
+    model = CrossEncoder(str(tiny_bert_dir), num_labels=1, device="cpu")
+    model.model.eval()
+    groups = [Group(QUERIES[e.query_id], TEXTS[e.positive], [TEXTS[d] for d in e.negatives], key=example_key(e))
+              for e in EXAMPLES[:3]]
+    targets = ELRTargets(ELRConfig(lam=0.0, start="model", select=0.5))
+    targets.prime([g.key for g in groups], torch.tensor([[3.0, 0.0, 0.0], [-3.0, 0.0, 0.0], [3.0, 0.0, 0.0]]))
+    cfg = CETrainConfig(max_length=32)
+    with torch.no_grad():
+        loss = listwise_loss(model, groups, cfg, targets)
+        kept = [groups[0], groups[2]]
+        ref = group_nll(group_logits(model, [(g.query, [g.positive, *g.negatives]) for g in kept], 32), [3, 3])
+    assert float(loss) == pytest.approx(float(ref), rel=1e-5)

@@ -27,7 +27,7 @@ import math
 import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -333,7 +333,7 @@ class CETrainConfig:
         """JSON-able settings (an in-memory ``ELRTargets`` is recorded as its config)."""
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         elr = self.elr.config if isinstance(self.elr, ELRTargets) else self.elr
-        d["elr"] = None if elr is None else {"beta": elr.beta, "lam": elr.lam, "start": elr.start}
+        d["elr"] = None if elr is None else asdict(elr)
         return d
 
 
@@ -355,7 +355,7 @@ def train_cross_encoder(model: Any, groups: Sequence[Group], cfg: CETrainConfig,
     settings = LoopSettings(steps, cfg.lr, cfg.weight_decay, cfg.warmup, decay=True, grouped_decay=True,
                             seed=cfg.seed, max_seconds=cfg.max_seconds)
     with trained_gate(model):
-        return run_loop(model.model, lambda _: _listwise_loss(model, next(batches), cfg, targets), settings,
+        return run_loop(model.model, lambda _: listwise_loss(model, next(batches), cfg, targets), settings,
                         on_step).losses
 
 
@@ -384,15 +384,22 @@ def trained_gate(model: Any) -> Iterator[None]:
         model.model.config.update({HEAD_KEY: new})
 
 
-def _listwise_loss(model: Any, batch: Sequence[Group], cfg: CETrainConfig,  # noqa: ANN202
-                   targets: ELRTargets | None = None):
+def listwise_loss(model: Any, batch: Sequence[Group], cfg: CETrainConfig,  # noqa: ANN201
+                  targets: ELRTargets | None = None):
+    """The training loss of one batch of groups: softmax cross-entropy of each positive over its group (with
+    ``targets``: over the groups whose labels ELR keeps, plus ELR's penalty, the targets updated)."""
+    import torch
+
     from lethe.training.losses import group_nll
 
     rows, logits, sizes = _batch_logits(model, batch, cfg.max_length)
-    loss = group_nll(logits, sizes, cfg.bce_weight)
     if targets is None:
-        return loss
-    return loss + targets.update_and_loss([g.key for g in batch], rows)
+        return group_nll(logits, sizes, cfg.bce_weight)
+    keys = [g.key for g in batch]
+    keep = targets.kept(keys)
+    label = (group_nll(torch.cat([r for r, k in zip(rows, keep) if k]), [n for n, k in zip(sizes, keep) if k],
+                       cfg.bce_weight) if any(keep) else (logits * 0.0).sum())
+    return label + targets.update_and_loss(keys, rows)
 
 
 def _batch_logits(model: Any, batch: Sequence[Group], max_length: int | None) -> tuple[Any, Any, list[int]]:

@@ -51,9 +51,13 @@ def train_groups(scorer: Scorer, examples: Sequence[MinedExample], queries: Mapp
 
 def elr_step(scorer: Scorer, batch: Sequence[MinedExample], queries: Mapping[str, str], texts: Mapping[str, str],
              targets: ELRTargets) -> Any:
-    """InfoNCE of one batch plus ELR's ``lam * mean log(1 - <t, p>)`` (the targets updated first)."""
+    """InfoNCE of one batch (over the groups whose labels ELR keeps) plus ELR's ``lam * mean log(1 - <t, p>)``
+    (the targets updated after the selection)."""
     s = group_scores(scorer, batch, queries, texts)
-    return infonce(s, scorer.scale) + targets.update_and_loss([example_key(e) for e in batch], s * scorer.scale)
+    keys = [example_key(e) for e in batch]
+    keep = targets.kept(keys)
+    label = infonce(s[keep], scorer.scale) if any(keep) else (s * 0.0).sum()
+    return label + targets.update_and_loss(keys, s * scorer.scale)
 
 
 def epoch_order(examples: Sequence[MinedExample], seed: int, epoch: int) -> list[MinedExample]:

@@ -19,6 +19,12 @@ paper's) starts every ``t_i`` at the model's prediction *before* training (one n
 :meth:`ELRTargets.prime`): the pretrained model's view of each group is the early learning the penalty holds
 the model to, and the EMA then runs from there.
 
+``ELRConfig(select=tau)`` (also ours; it needs ``start="model"``) uses the same targets to decide which labels to
+learn from: a group whose target gives its labelled positive less than ``tau`` — the model, before training
+and since, finds the label implausible among its candidates — contributes no label loss (its ELR term stays).
+A random document labelled relevant gets almost no probability from a pretrained retriever, so this drops
+most wrong labels before they are fitted; ``tau`` is tuned on dev queries like ``lam``.
+
 The targets are per-example state keyed by (query id, positive id): they remember which pairs were trained
 on, so :meth:`ELRTargets.forget` drops the entries of forgotten pairs, and nothing here writes them to disk
 (they live as long as the training run that holds them).
@@ -46,15 +52,21 @@ STARTS = ("zeros", "model")
 @dataclass(frozen=True)
 class ELRConfig:
     """ELR's knobs: ``beta`` the targets' EMA momentum, ``lam`` the penalty's weight (tune it on dev),
-    ``start`` where the targets start: ``zeros`` (the paper) or ``model`` (the untrained model's predictions)."""
+    ``start`` where the targets start: ``zeros`` (the paper) or ``model`` (the untrained model's predictions),
+    ``select``: learn no label whose target gives its positive less than this (0: every label; needs ``model``)."""
 
     beta: float = 0.7
     lam: float = 3.0
     start: str = "zeros"
+    select: float = 0.0
 
     def __post_init__(self) -> None:
         if self.start not in STARTS:
             raise ValueError(f"ELR start must be one of {', '.join(STARTS)}, got {self.start!r}")
+        if not 0.0 <= self.select < 1.0:
+            raise ValueError(f"ELR select must be in [0, 1), got {self.select}")
+        if self.select and self.start != "model":
+            raise ValueError("ELR select reads the targets before training: it needs start='model'")
         if not 0.0 <= self.beta < 1.0:
             raise ValueError(f"ELR beta must be in [0, 1), got {self.beta}")
         if self.lam < 0:
@@ -116,6 +128,16 @@ class ELRTargets:
             t = self._update(key, p.detach())
             terms.append(elr_penalty(p.unsqueeze(0), t.to(p.device).unsqueeze(0)))
         return self.config.lam * torch.stack(terms).mean()
+
+    def kept(self, keys: Sequence[Hashable]) -> list[bool]:
+        """Which groups' labels to learn from (``config.select``): those without a target yet, or whose target
+        gives the labelled positive (candidate 0) at least ``select``."""
+        tau = self.config.select
+        return [tau <= 0 or (t := self._targets.get(k)) is None or float(t[0]) >= tau for k in keys]
+
+    def doubted(self) -> list[Hashable]:
+        """The keys whose labels :meth:`kept` would skip now (empty without ``select``)."""
+        return [k for k, keep in zip(self._targets, self.kept(list(self._targets))) if not keep]
 
     def prime(self, keys: Sequence[Hashable], logits: Any) -> None:
         """Start the targets of ``keys`` at these predictions (``t = p``, ``p`` the clamped softmax of each
