@@ -8,17 +8,20 @@ train-split queries, ``--epochs`` epochs, the same seeds for every run:
 * for each ``--noise`` fraction: that fraction of the groups (seeded, nested: the groups corrupted at 0.2
   are among those corrupted at 0.4) get their positive replaced by a random corpus document that is not
   judged for the query (symmetric label noise), trained ``plain`` and with ``elr``
-  (``ELRConfig(--elr-beta, --elr-lam)``; its per-example targets live for one run and are never written);
+  (``ELRConfig(--elr-beta, --elr-lam, --elr-start, --elr-select)``; its per-example targets live for one run
+  and are never written; with a select threshold, ``doubted`` counts the groups whose labels it skipped at the
+  end and ``doubted_wrong`` how many of them were corrupted);
 * ``base``: the untrained MiniLM, for reference (``--clean-elr`` adds the clean groups trained with ELR).
 
-Each model re-scores the BM25 top ``--depth`` of two query sets: ``dev``, train-split queries left out of
-the training sample, and ``test``, the test split. ``--elr-lam`` takes a comma list: every value is trained,
-the one with the best dev nDCG@10 at each noise level is chosen (``chosen_lam``), and the deltas are
-reported on test for it (lam is tuned on dev, never on test). Reported per run and query set: nDCG@10;
-per run the training seconds and ``final_loss`` (the mean training loss of the last 5 steps; an ELR run's
-includes its penalty, which is negative: not comparable with a plain run's). Per noise level: the mean
-per-query test nDCG@10 difference and its paired-bootstrap 95% interval (``delta_ci``) of ELR - plain,
-ELR - clean and plain - clean. Last stdout line: one JSON object with every figure; progress on stderr.
+Each model re-scores the BM25 top ``--depth`` of two query sets: ``dev``, train-split queries left out of the
+training sample, and ``test``, the test split. ``--elr-lam`` and ``--elr-select`` take comma lists: every pair
+is trained, the one with the best dev nDCG@10 at each noise level is chosen (``chosen_lam``,
+``chosen_select``), and the deltas are reported on test for it (tuned on dev, never on test). Reported per run
+and query set: nDCG@10; per run the training seconds and ``final_loss`` (the mean training loss of the last 5
+steps; an ELR run's includes its penalty, which is negative: not comparable with a plain run's). Per noise
+level: the mean per-query test nDCG@10 difference and its paired-bootstrap 95% interval (``delta_ci``) of ELR
+- plain, ELR - clean and plain - clean. Last stdout line: one JSON object with every figure; progress on
+stderr.
 
     python benchmarks/elr.py --data scifact --noise 0.2,0.4 --elr-lam 1,3
 """
@@ -42,7 +45,7 @@ from lethe.data import Dataset, load_dataset
 from lethe.pipelines.evaluate import delta_ci, evaluate
 from lethe.pipelines.workspace import Workspace
 from lethe.training.contrastive import train_groups
-from lethe.training.elr import ELRConfig
+from lethe.training.elr import ELRConfig, ELRTargets
 from lethe.training.pools import MinedExample
 from lethe.training.scorers import BiEncoderScorer
 
@@ -124,6 +127,9 @@ def main() -> None:
     ap.add_argument("--elr-beta", type=float, default=0.7)
     ap.add_argument("--elr-start", choices=("zeros", "model"), default="zeros",
                     help="where ELR's targets start: zeros (the paper) or the untrained model's predictions")
+    ap.add_argument("--elr-select", default="0",
+                    help="comma list of ELR select thresholds (0: learn every label; > 0 needs --elr-start model); "
+                         "every (lam, select) pair is trained and the best on dev is reported on test")
     ap.add_argument("--elr-lam", default="1,3", help="comma list; the best on dev is reported on test")
     ap.add_argument("--clean-elr", action="store_true", help="also train the clean groups with ELR")
     ap.add_argument("--queries", type=int, default=300, help="evaluation queries (seeded sample)")
@@ -136,13 +142,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     noises = [float(x) for x in args.noise.split(",") if x.strip() and float(x) > 0]
     lams = [float(x) for x in args.elr_lam.split(",") if x.strip()]
+    selects = [float(x) for x in args.elr_select.split(",") if x.strip()]
+    grid = [(lam, sel) for lam in lams for sel in selects]
 
     ds = with_split(load_dataset(args.data), 0.3)
     texts = {d.id: d.contents for d in ds.corpus.values()}
     queries = {q.id: q.text for q in ds.queries.values()}
     train_qrels = ds.split_qrels("train")
     out: dict = {"data": args.data, "epochs": args.epochs, "lr": args.lr, "batch": args.batch,
-                 "negatives": args.negatives, "elr": {"beta": args.elr_beta, "lams": lams, "start": args.elr_start}}
+                 "negatives": args.negatives, "elr": {"beta": args.elr_beta, "lams": lams, "selects": selects,
+                                                          "start": args.elr_start}}
     with tempfile.TemporaryDirectory(prefix="lethe-elr-") as tmp, Workspace(Path(tmp), show_progress=False) as ws:
         ws.ingest(ds)
         ws.build_bm25()
@@ -161,12 +170,17 @@ def main() -> None:
     runs: dict[str, dict] = {}
     per_query: dict[str, dict[str, PerQuery]] = {split: {} for split in SPLITS}
 
-    def measure(name: str, rows: list[MinedExample] | None, elr_cfg: ELRConfig | None = None, **extra: object) -> None:
+    def measure(name: str, rows: list[MinedExample] | None, elr_cfg: ELRConfig | None = None,
+                wrong: set[tuple[str, str]] = frozenset(), **extra: object) -> None:
         sc = minilm(args.max_length)
         t0 = time.perf_counter()
         if rows is not None:
-            losses = train_groups(sc, rows, queries, texts, args.epochs, args.lr, args.batch, seed=42, elr=elr_cfg)
+            targets = ELRTargets(elr_cfg) if elr_cfg is not None else None
+            losses = train_groups(sc, rows, queries, texts, args.epochs, args.lr, args.batch, seed=42, elr=targets)
             extra = {**extra, "final_loss": round(sum(losses[-5:]) / len(losses[-5:]), 4)}
+            if targets is not None and elr_cfg.select:
+                doubted = set(targets.doubted())
+                extra.update(doubted=len(doubted), doubted_wrong=len(doubted & wrong))
         seconds = time.perf_counter() - t0
         runs[name] = {"seconds": round(seconds, 1), **extra}
         for split, (run, qrels) in sets.items():
@@ -176,20 +190,27 @@ def main() -> None:
 
     measure("base", None)
     measure("clean", groups)
+
+    def elr_name(tag: str, lam: float, sel: float) -> str:
+        return f"{tag}_elr{lam:g}" + (f"_sel{sel:g}" if sel else "")
+
     if args.clean_elr:
-        for lam in lams:
-            measure(f"clean_elr{lam:g}", groups, ELRConfig(args.elr_beta, lam, args.elr_start))
+        for lam, sel in grid:
+            measure(elr_name("clean", lam, sel), groups, ELRConfig(args.elr_beta, lam, args.elr_start, sel))
     test = per_query["test"]
     deltas: dict[str, dict] = {}
     for noise in noises:
         noisy, n_bad = corrupt(groups, noise, doc_ids, train_qrels, args.seed)
+        wrong = {(e.query_id, e.positive) for e in noisy} - {(e.query_id, e.positive) for e in groups}
         tag = f"noise{noise:g}"
         measure(f"{tag}_plain", noisy, corrupted=n_bad)
-        for lam in lams:
-            measure(f"{tag}_elr{lam:g}", noisy, ELRConfig(args.elr_beta, lam, args.elr_start), corrupted=n_bad)
-        best = max(lams, key=lambda lam, t=tag: runs[f"{t}_elr{lam:g}"]["ndcg10_dev"])  # chosen on dev
-        elr = f"{tag}_elr{best:g}"
-        deltas[tag] = {"chosen_lam": best, "elr_minus_plain": delta(test[elr], test[f"{tag}_plain"]),
+        for lam, sel in grid:
+            measure(elr_name(tag, lam, sel), noisy, ELRConfig(args.elr_beta, lam, args.elr_start, sel), wrong,
+                    corrupted=n_bad)
+        best = max(grid, key=lambda ls, t=tag: runs[elr_name(t, *ls)]["ndcg10_dev"])  # chosen on dev
+        elr = elr_name(tag, *best)
+        deltas[tag] = {"chosen_lam": best[0], "chosen_select": best[1],
+                       "elr_minus_plain": delta(test[elr], test[f"{tag}_plain"]),
                        "elr_minus_clean": delta(test[elr], test["clean"]),
                        "plain_minus_clean": delta(test[f"{tag}_plain"], test["clean"])}
         log(tag, json.dumps(deltas[tag]))
