@@ -582,6 +582,11 @@ ElrOpt = Annotated[float, typer.Option(
          "dev queries (benchmarks/elr.py); embedder: the contrastive recipe only")]
 
 
+ElrSelectOpt = Annotated[float, typer.Option(
+    help="with --elr-lam: learn no label that the model, before training, gives less than this probability among "
+         "its candidates (a wrong positive is implausible to a pretrained retriever); 0 = learn every label")]
+
+
 def _trained(ref, losses: list[float]) -> str:  # noqa: ANN001
     """How a model was trained, in a few words."""
     sharded = (ref.manifest.get("extra", {}) or {}).get("sharded")
@@ -590,13 +595,16 @@ def _trained(ref, losses: list[float]) -> str:  # noqa: ANN001
     return f"{len(losses)} steps, final loss {losses[-1]:.4f}" if losses else "no step"
 
 
-def _elr(lam: float) -> Any:
-    """``--elr-lam``: ELR's settings, or None for plain training (0)."""
+def _elr(lam: float, select: float) -> Any:
+    """``--elr-lam`` / ``--elr-select``: ELR's settings (targets started at the untrained model's predictions),
+    or None for plain training (lam 0)."""
     from lethe.training.elr import ELRConfig
 
     if lam < 0:
         raise LetheError(f"--elr-lam must be >= 0 (0: no ELR), got {lam}")
-    return ELRConfig(lam=lam) if lam else None
+    if not 0 <= select < 1:
+        raise LetheError(f"--elr-select must be in [0, 1), got {select}")
+    return ELRConfig(lam=lam, start="model", select=select) if lam else None
 
 
 def _one_pass_view(one_pass: bool, passage_view: str | None) -> str:
@@ -642,6 +650,7 @@ def train_cross_encoder_cmd(
         help="--one-pass: what the model reads of each candidate, head | query (query-biased snippet; the "
              "default, measured better on SciFact)")] = None,
     elr_lam: ElrOpt = 0.0,
+    elr_select: ElrSelectOpt = 0.05,
     shards: ShardsOpt = 0,
     shard_lr_scale: ShardLrOpt = 5.0,
     audit_holdout: HoldoutOpt = 0.15,
@@ -657,7 +666,7 @@ def train_cross_encoder_cmd(
         _ensure_indexed(ws, ds)
         td, reference = training_data(ws, ds, split).hold_out(audit_holdout)
         cfg = CETrainConfig(epochs=epochs, lr=lr, max_length=max_length or (56 if one_pass else 128),
-                            elr=_elr(elr_lam), listwise=one_pass, passage_view=view,
+                            elr=_elr(elr_lam, elr_select), listwise=one_pass, passage_view=view,
                             max_seconds=max_minutes * 60 if max_minutes else None)
         on_step, close = progress_bar(f"training {name}")
         ref, losses = train_teacher(ws, td, name, base, cfg, negatives, on_step, reference, shards, shard_lr_scale)
@@ -689,6 +698,7 @@ def train_embedder_cmd(
     max_minutes: Annotated[float | None, typer.Option(help="stop training after this long")] = None,
     eval_split: Annotated[str, typer.Option(help="split to evaluate the new version on")] = "test",
     elr_lam: ElrOpt = 0.0,
+    elr_select: ElrSelectOpt = 0.05,
     shards: ShardsOpt = 0,
     shard_lr_scale: ShardLrOpt = 5.0,
     audit_holdout: HoldoutOpt = 0.15,
@@ -715,7 +725,7 @@ def train_embedder_cmd(
             console.print(f"teacher scores cached as {cache_ref}")
             cache = str(cache_ref)
         cfg = EmbedTrainConfig(recipe=recipe, epochs=epochs, lr=lr, instruction=instruction, n_examples=examples,
-                               max_seconds=max_minutes * 60 if max_minutes else None, elr=_elr(elr_lam))
+                               max_seconds=max_minutes * 60 if max_minutes else None, elr=_elr(elr_lam, elr_select))
         on_step, close = progress_bar(f"training {recipe}")
         ref, result, mined = train_embedder(ws, td, cache, cfg, name or f"{recipe}-{ds.name}", base,
                                             negatives, ratio, on_step=on_step, reference=reference, shards=shards,

@@ -122,7 +122,7 @@ def test_train_commands_on_tiny_models(tmp_path: Path, tiny_bert_dir: Path) -> N
     assert "registered teacher@v1" in out
     with Workspace(home, show_progress=False) as ws:  # ELR's settings are recorded (its targets never are)
         elr = ws.registry.get("teacher").manifest["extra"]["train"]["elr"]
-        assert elr == {"beta": 0.7, "lam": 3.0, "start": "zeros", "select": 0.0}
+        assert elr == {"beta": 0.7, "lam": 3.0, "start": "model", "select": 0.05}
     bad = runner.invoke(app, ["train", "embedder", "--data", str(data), "--home", str(home), "--teacher", "teacher",
                               "--elr-lam", "1"])
     assert bad.exit_code != 0 and "the contrastive recipe only" in str(bad.exception)
