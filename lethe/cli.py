@@ -299,6 +299,24 @@ def _eval_reranker(ws, rerank: str | None, mode: str, window: int, step: int,  #
     return reranker, rerank, f".{rerank.replace('@', '-')}.{mode}"
 
 
+def _bars() -> tuple[Any, Any]:
+    """A tqdm bar per named job, ``on_query(name, done, total)``, and a closer."""
+    from tqdm.auto import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def on_query(name: str, done: int, total: int) -> None:
+        if name not in bars:
+            bars[name] = tqdm(total=total, desc=name, unit="query")
+        bars[name].update(done - bars[name].n)
+
+    def close() -> None:
+        for bar in bars.values():
+            bar.close()
+
+    return on_query, close
+
+
 @app.command("choose-reranker")
 def choose_reranker_cmd(
     data: Annotated[str, typer.Option(help="dataset (its dev or train queries tune the choice)")],
@@ -325,8 +343,9 @@ def choose_reranker_cmd(
         _check_retriever(home, retriever)
     with _workspace(home) as ws, ws.writing():
         _ensure_indexed(ws, ds, dense=retriever != "bm25")
-        choice = choose_reranker(ws, ds, specs, split, queries, depth, retriever,
-                                 on_system=lambda name: err_console.print(f"reranking with {name} ..."))
+        on_query, close = _bars()
+        choice = choose_reranker(ws, ds, specs, split, queries, depth, retriever, on_query)
+        close()
     table = Table("reranker", "nDCG@10", "vs first stage (95% CI)",
                   title=f"{ds.name}/{choice.split}: {choice.queries} tuning queries, {retriever} top {depth}")
     table.add_row("none (first stage)", f"{choice.first_stage:.4f}", "")

@@ -15,7 +15,7 @@ command exists to avoid.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -140,12 +140,13 @@ def tuning_queries(ws: Workspace, ds: Dataset, specs: Iterable[RerankerSpec], sp
 
 def choose_reranker(ws: Workspace, ds: Dataset, specs: Sequence[RerankerSpec], split: str | None = None,
                     queries: int = 100, depth: int = 20, retriever: str = "bm25",
-                    on_system: Any = None) -> RerankChoice:
+                    on_query: Callable[[str, int, int], None] | None = None) -> RerankChoice:
     """Rerank the ``retriever``'s top ``depth`` of the tuning queries with each of ``specs`` and record the
     best (by mean nDCG@10; ``none`` is always a candidate) as the workspace's reranker.
 
-    ``on_system(name)`` is called before each candidate runs (progress). Returns every figure: nDCG@10 per
-    candidate and the paired-bootstrap 95% interval of its difference to the first stage.
+    ``on_query(candidate, done, total)`` is called after each query a candidate reranked (progress). Returns
+    every figure: nDCG@10 per candidate and the paired-bootstrap 95% interval of its difference to the first
+    stage.
     """
     from lethe.pipelines.evaluate import delta_ci, evaluate
     from lethe.ranking.base import rerank_run
@@ -164,9 +165,8 @@ def choose_reranker(ws: Workspace, ds: Dataset, specs: Sequence[RerankerSpec], s
     for spec in specs:
         if spec.model is None:
             continue
-        if on_system:
-            on_system(str(spec))
-        run, _ = rerank_run(spec.load(ws), first, texts, depth)
+        tick = _ticker(on_query, str(spec), len(qids)) if on_query else None
+        run, _ = rerank_run(spec.load(ws), first, texts, depth, on_query=tick)
         agg, per_query = evaluate(run, qrels, ["nDCG@10"])
         choice.ndcg10[str(spec)] = round(agg["nDCG@10"], 4)
         choice.delta_ci[str(spec)] = [round(x, 4) for x in delta_ci(per_query, base_pq, "nDCG@10")]
@@ -174,6 +174,12 @@ def choose_reranker(ws: Workspace, ds: Dataset, specs: Sequence[RerankerSpec], s
             best, choice.chosen = agg["nDCG@10"], str(spec)
     ws.set_meta(**{META_KEY: choice.to_dict()})
     return choice
+
+
+def _ticker(on_query: Callable[[str, int, int], None], name: str, total: int) -> Callable[[], None]:
+    """A no-argument callback that reports ``name``'s next query as done."""
+    done = iter(range(1, total + 1))
+    return lambda: on_query(name, next(done), total)
 
 
 def chosen_reranker(ws: Workspace) -> RerankerSpec:
