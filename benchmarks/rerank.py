@@ -18,6 +18,7 @@ first-stage order, which makes most of each label a copy of the input).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -191,6 +192,26 @@ def _has(ws: Workspace, name: str) -> bool:
         return False
 
 
+def result_path(home: Path, args: argparse.Namespace, model: str, mode: str, qids: list[str]) -> Path:
+    """Where one system's figures are kept in ``--home``: keyed by everything they depend on (collection,
+    first stage, depth, window, passage tokens and view, the evaluated queries, model version and mode), so a
+    later run with the same settings reuses them (runs of disjoint ``--systems`` can go in parallel and a
+    last run with every system prints them together) and any change measures again."""
+    key = {"data": str(Path(args.data).resolve()), "first_stage": args.first_stage, "depth": args.depth,
+           "window": args.window, "step": args.step, "passage_tokens": args.passage_tokens,
+           "passage_view": args.passage_view, "queries": qids, "model": model, "mode": mode}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return home / "benchmarks" / "rerank" / f"{model.replace('@', '-')}-{mode}-{digest}.json"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", required=True)
@@ -237,6 +258,8 @@ def main() -> None:
                     help="identifier positions the RankNet term trains (1: the first, as FIRST; 0: every one)")
     ap.add_argument("--eval", choices=("test", "dev"), default="test",
                     help="evaluate on the test split, or on held-out train queries (dev: for tuning, not reporting)")
+    ap.add_argument("--fresh", action="store_true",
+                    help="measure every system again (default: reuse figures kept in --home for the same settings)")
     ap.add_argument("--retrain", action="store_true", help="train the listwise models even if --home has them")
     ap.add_argument("--listwise", default="full,sliding", help="which listwise rerankers to train (full, sliding)")
     ap.add_argument("--systems", default="cross_encoder,qlm,full,sliding,first_token,full_trained,sliding_trained,"
@@ -287,6 +310,10 @@ def main() -> None:
             if not _has(ws, name):
                 out[key] = {"skipped": f"{name} not in {home} (train it on a collection with a train split)"}
                 continue
+            cache = result_path(home, args, str(ws.registry.get(name)), mode, qids) if args.home else None
+            if cache is not None and cache.exists() and not args.fresh:
+                out[key] = {**json.loads(cache.read_text()), "cached": str(cache)}
+                continue
             rr = load_reranker(ws, name, mode, args.window, args.step, passage_tokens, texts=texts,
                                passage_view=args.passage_view)
             new, stats = rerank_run(rr, run, queries, args.depth)
@@ -297,6 +324,8 @@ def main() -> None:
                         "delta_ci": [round(x, 4) for x in delta_ci(per_query, base)],
                         "ndcg10_fused": round(evaluate(fused, qrels, ["nDCG@10"])[0]["nDCG@10"], 4),
                         **stats.per_query(len(qids))}
+            if cache is not None:
+                write_atomic(cache, json.dumps(out[key]))
             print(key, json.dumps(out[key]), file=sys.stderr, flush=True)
     print(json.dumps(out))
 
