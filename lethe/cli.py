@@ -626,6 +626,27 @@ def _elr(lam: float, select: float) -> Any:
     return ELRConfig(lam=lam, start="model", select=select) if lam else None
 
 
+def _distill_weight(teacher: str | None, weight: float) -> float:
+    """``--distill``'s weight when ``--distill-from`` names a teacher, else 0 (checked: in (0, 1])."""
+    if teacher is None:
+        return 0.0
+    if not 0 < weight <= 1:
+        raise LetheError(f"--distill must be in (0, 1] (1: the teacher's margins only), got {weight}")
+    return weight
+
+
+def _teacher_cache(ws: Any, data: Any, teacher: str) -> str:
+    """Score the training pools with ``teacher`` (a registered cross-encoder) and return the cache's version."""
+    from lethe.pipelines.train import score_pools
+
+    kind = ws.registry.get(teacher).kind
+    if kind != "cross_encoder":
+        raise LetheError(f"--distill-from {teacher} is a {kind}; give a registered cross-encoder")
+    console.print(f"scoring the training pools with {teacher} ...")
+    ref, _ = score_pools(ws, data, teacher)
+    return str(ref)
+
+
 def _one_pass_view(one_pass: bool, passage_view: str | None) -> str:
     """``--passage-view`` of ``train cross-encoder``: a one-pass model's (default ``query``); a pair model's is
     always ``head``."""
@@ -670,6 +691,11 @@ def train_cross_encoder_cmd(
              "default, measured better on SciFact)")] = None,
     elr_lam: ElrOpt = 0.0,
     elr_select: ElrSelectOpt = 0.05,
+    distill_from: Annotated[str | None, typer.Option(
+        help="a registered cross-encoder (e.g. the one-pass list model) whose scores of the training pools are "
+             "distilled with MarginMSE (kept as a score cache, NAME-scores)")] = None,
+    distill: Annotated[float, typer.Option(
+        help="with --distill-from: weight of MarginMSE against the labels' listwise loss (1: margins only)")] = 0.5,
     shards: ShardsOpt = 0,
     shard_lr_scale: ShardLrOpt = 5.0,
     audit_holdout: HoldoutOpt = 0.15,
@@ -680,15 +706,18 @@ def train_cross_encoder_cmd(
     from lethe.ranking import CETrainConfig
 
     view = _one_pass_view(one_pass, passage_view)
+    weight = _distill_weight(distill_from, distill)
     ds = _load(data, None, "error", "error")
     with _workspace(home, no_wait=no_wait) as ws, ws.writing():
         _ensure_indexed(ws, ds)
         td, reference = training_data(ws, ds, split).hold_out(audit_holdout)
         cfg = CETrainConfig(epochs=epochs, lr=lr, max_length=max_length or (56 if one_pass else 128),
-                            elr=_elr(elr_lam, elr_select), listwise=one_pass, passage_view=view,
+                            elr=_elr(elr_lam, elr_select), listwise=one_pass, passage_view=view, distill=weight,
                             max_seconds=max_minutes * 60 if max_minutes else None)
+        cache = _teacher_cache(ws, td, distill_from) if distill_from else None
         on_step, close = progress_bar(f"training {name}")
-        ref, losses = train_teacher(ws, td, name, base, cfg, negatives, on_step, reference, shards, shard_lr_scale)
+        ref, losses = train_teacher(ws, td, name, base, cfg, negatives, on_step, reference, shards, shard_lr_scale,
+                                    cache)
         close()
         console.print(f"registered [bold]{ref}[/bold] ({_trained(ref, losses)})")
         if eval_split:

@@ -121,9 +121,22 @@ def listwise_rows(data: TrainingData, n_negatives: int = 7) -> list[MinedExample
 
 
 def keyed_groups(rows: Sequence[MinedExample], queries: Mapping[str, str], texts: Mapping[str, str]) -> list[Group]:
-    """Cross-encoder training groups in text, each keyed by (query id, positive id) (ELR's targets use the key)."""
-    return [Group(queries[r.query_id], texts[r.positive], [texts[d] for d in r.negatives], key=(r.query_id, r.positive))
-            for r in rows]
+    """Cross-encoder training groups in text, each keyed by (query id, positive id) (ELR's targets use the key),
+    with the rows' teacher scores (read only when the training distils)."""
+    return [Group(queries[r.query_id], texts[r.positive], [texts[d] for d in r.negatives], key=(r.query_id, r.positive),
+                  teacher=tuple(r.teacher)) for r in rows]
+
+
+def distill_rows(rows: Sequence[MinedExample], scores: TeacherScores) -> list[MinedExample]:
+    """``rows`` with the teacher's scores of [positive, *negatives] (rows the teacher did not score in full
+    are dropped: a group needs every margin)."""
+    out = []
+    for r in rows:
+        per = scores.scores.get(r.query_id, {})
+        docs = (r.positive, *r.negatives)
+        if all(d in per for d in docs):
+            out.append(MinedExample(r.query_id, r.positive, r.negatives, tuple(per[d] for d in docs)))
+    return out
 
 
 def new_cross_encoder(ws: Workspace, base_ref: ArtifactRef, seed: int, gate: float = -6.0,  # noqa: ANN201
@@ -147,17 +160,31 @@ def new_cross_encoder(ws: Workspace, base_ref: ArtifactRef, seed: int, gate: flo
 def train_teacher(ws: Workspace, data: TrainingData, name: str = "teacher", base: str = DEFAULT_ENCODER,
                   cfg: CETrainConfig | None = None, n_negatives: int = 7,
                   on_step: Progress | None = None, reference: AuditReference | None = None,
-                  shards: int = 0, shard_lr_scale: float = 5.0) -> tuple[ArtifactRef, list[float]]:
+                  shards: int = 0, shard_lr_scale: float = 5.0, cache: str | None = None,
+                  ) -> tuple[ArtifactRef, list[float]]:
     """Train a cross-encoder from ``base`` (a registry bi-encoder or cross-encoder) and register it.
 
     ``shards`` > 1 trains SISA shards by owner instead (:func:`train_shards`); ``reference`` (from
-    :meth:`TrainingData.hold_out`) is registered with the model for the unlearning audit.
+    :meth:`TrainingData.hold_out`) is registered with the model for the unlearning audit. ``cache`` (a score
+    cache of :func:`score_pools`) gives the teacher scores that ``cfg.distill`` > 0 distils (MarginMSE); the
+    cache and its teacher become the model's parents, so that forgetting re-scores before it retrains.
     """
     from lethe.training.scorers import CrossEncoderScorer
 
     cfg = cfg or CETrainConfig()
     base_ref = _ensure(ws, base)
     rows = listwise_rows(data, n_negatives)
+    parents: dict[str, Any] = {"init": base_ref}
+    if cfg.distill:
+        if cache is None:
+            raise LetheError("distillation needs the teacher's scores: give a score cache (--distill-from)")
+        cache_ref = ws.registry.get(cache)
+        scores = load_scores(ws, str(cache_ref))
+        rows = distill_rows(rows, scores)
+        if not rows:
+            raise LetheError(f"{cache_ref} scores none of the training groups in full; score this split's pools")
+        parents["teacher"] = ws.registry.get(cache_ref.manifest.get("extra", {}).get("teacher") or cache_ref.name)
+        parents["cache"] = cache_ref
     seen = {d for r in rows for d in (r.positive, *r.negatives)}
     t0 = time.perf_counter()
     model = new_cross_encoder(ws, base_ref, cfg.seed, cfg.gate, cfg.listwise, cfg.passage_view)
@@ -177,7 +204,7 @@ def train_teacher(ws: Workspace, data: TrainingData, name: str = "teacher", base
         write_training_record(Path(tmp), rows, reference, sharded)
         ref = register_or_derive(ws, ModelSpec(name=name, kind="cross_encoder", source="path:payload",
                                                 params={"max_length": cfg.max_length}),
-                                  Path(tmp), data.lineage(seen | data.pool_docs()), {"init": base_ref}, extra)
+                                  Path(tmp), data.lineage(seen | data.pool_docs()), parents, extra)
     return ref, losses
 
 

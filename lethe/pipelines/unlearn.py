@@ -558,6 +558,12 @@ def _retrain(ws: Workspace, ref: ArtifactRef, rows: list, queries: dict[str, str
     queries.update(ws.store.query_texts({e.query_id for e in rows} - set(queries)))
     texts.update({d.id: d.contents for d in ws.store.get_many({d for e in rows for d in (e.positive, *e.negatives)})})
     train.pop("max_seconds", None)  # the oracle runs the whole recipe
+    cache = parents.get("cache")
+    if cache is not None:  # a distilled model: its teacher's scores as of now
+        scores = load_scores(ws, str(ws.registry.get(cache.split("@")[0]))).scores  # its active version
+        rows = [MinedExample(e.query_id, e.positive, e.negatives,
+                             tuple(scores.get(e.query_id, {}).get(d, t) for d, t in
+                                   zip((e.positive, *e.negatives), e.teacher))) for e in rows]
     if ref.kind == "cross_encoder":
         from lethe.pipelines.train import new_cross_encoder
 
@@ -568,12 +574,6 @@ def _retrain(ws: Workspace, ref: ArtifactRef, rows: list, queries: dict[str, str
         return CrossEncoderScorer(model, max_length=cfg.max_length)
     model = ws.registry.load(init)
     cfg = EmbedTrainConfig.from_dict(train)
-    cache = parents.get("cache")
-    if cache is not None:
-        scores = load_scores(ws, str(ws.registry.get(cache.split("@")[0]))).scores  # its active version
-        rows = [MinedExample(e.query_id, e.positive, e.negatives,
-                             tuple(scores.get(e.query_id, {}).get(d, t) for d, t in
-                                   zip((e.positive, *e.negatives), e.teacher))) for e in rows]
     fit_bi_encoder(model, rows, queries, texts, cfg)
     return BiEncoderScorer(model, max_length=cfg.max_length, query_prompt=(ref.manifest.get("params") or {}).get(
         "query_prompt"))

@@ -62,6 +62,8 @@ class CrossEncoderReranker(TextReranker):
 
         if not pairs:
             return np.zeros(0, dtype=np.float32)
+        if is_list_head(segment_head(self.model)):  # each query's run of pairs is one list, never cut
+            return self._score_lists(pairs, show_progress)
         out = []
         self.model.model.eval()
         batches = range(0, len(pairs), self.batch_size)
@@ -73,6 +75,14 @@ class CrossEncoderReranker(TextReranker):
             for i in batches:
                 out.append(pair_logits(self.model, pairs[i : i + self.batch_size], self.max_length).float().numpy())
         return np.concatenate(out)
+
+    def _score_lists(self, pairs: Sequence[tuple[str, str]], show_progress: bool) -> np.ndarray:
+        lists = query_lists(pairs)
+        if show_progress:
+            from tqdm.auto import tqdm
+
+            lists = tqdm(lists, desc="one-pass scoring", unit="list")
+        return np.concatenate([self.score(q, docs) for q, docs in lists])
 
     def _rerank(self, query: str, hits: list[Hit], passages: list[str], k: int | None) -> Ranked:
         scores = self.score(query, passages)
@@ -285,12 +295,14 @@ def segment_scores(model: Any, pairs: Sequence[tuple[str, str]], max_length: int
 @dataclass
 class Group:
     """One listwise training group: a query, its positive and its negatives (texts); ``key``, the
-    (query id, positive id) the group was built from (needed by ELR, whose targets are keyed by it)."""
+    (query id, positive id) the group was built from (needed by ELR, whose targets are keyed by it);
+    ``teacher``, a teacher's scores of [positive, *negatives] (needed by distillation, ``CETrainConfig.distill``)."""
 
     query: str
     positive: str
     negatives: list[str]
     key: tuple[str, str] | None = None
+    teacher: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -318,6 +330,9 @@ class CETrainConfig:
     # group needs its ``key``. An ELRConfig keeps the targets for one call; an ELRTargets is kept (and
     # forgotten from) by the caller. None: the plain listwise loss
     elr: ELRConfig | ELRTargets | None = None
+    # distillation: the loss is ``(1 - distill) * listwise NLL + distill * MarginMSE`` against each group's
+    # teacher scores (``Group.teacher``); 0: labels only, 1: the teacher's margins only
+    distill: float = 0.0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CETrainConfig:
@@ -347,6 +362,10 @@ def train_cross_encoder(model: Any, groups: Sequence[Group], cfg: CETrainConfig,
     targets = as_targets(cfg.elr)
     if targets is not None and any(g.key is None for g in groups):
         raise ValueError("ELR keys its targets by (query id, positive id): give every Group its key")
+    if not 0.0 <= cfg.distill <= 1.0:
+        raise ValueError(f"distill is a weight in [0, 1], got {cfg.distill}")
+    if cfg.distill and any(g.teacher is None or len(g.teacher) != 1 + len(g.negatives) for g in groups):
+        raise ValueError("distillation needs the teacher's scores of [positive, *negatives] on every Group")
     prime_targets(targets, model.model, groups, lambda g: g.key,
                   lambda b: _batch_logits(model, b, cfg.max_length)[0], cfg.queries_per_step)
     rng = random.Random(cfg.seed)
@@ -387,19 +406,23 @@ def trained_gate(model: Any) -> Iterator[None]:
 def listwise_loss(model: Any, batch: Sequence[Group], cfg: CETrainConfig,  # noqa: ANN201
                   targets: ELRTargets | None = None):
     """The training loss of one batch of groups: softmax cross-entropy of each positive over its group (with
-    ``targets``: over the groups whose labels ELR keeps, plus ELR's penalty, the targets updated)."""
+    ``targets``: over the groups whose labels ELR keeps, plus ELR's penalty, the targets updated; with
+    ``cfg.distill``: mixed with MarginMSE against the groups' teacher scores)."""
     import torch
 
-    from lethe.training.losses import group_nll
+    from lethe.training.losses import group_nll, margin_mse
 
     rows, logits, sizes = _batch_logits(model, batch, cfg.max_length)
+    teacher = margin_mse(list(rows), [g.teacher for g in batch]) if cfg.distill else 0.0
+    if cfg.distill == 1.0:
+        return teacher
     if targets is None:
-        return group_nll(logits, sizes, cfg.bce_weight)
+        return (1.0 - cfg.distill) * group_nll(logits, sizes, cfg.bce_weight) + cfg.distill * teacher
     keys = [g.key for g in batch]
     keep = targets.kept(keys)
     label = (group_nll(torch.cat([r for r, k in zip(rows, keep) if k]), [n for n, k in zip(sizes, keep) if k],
                        cfg.bce_weight) if any(keep) else (logits * 0.0).sum())
-    return label + targets.update_and_loss(keys, rows)
+    return (1.0 - cfg.distill) * label + cfg.distill * teacher + targets.update_and_loss(keys, rows)
 
 
 def _batch_logits(model: Any, batch: Sequence[Group], max_length: int | None) -> tuple[Any, Any, list[int]]:

@@ -43,6 +43,19 @@ def group_nll(logits: Any, sizes: list[int], bce_weight: float = 0.0) -> Any:
     return loss / len(sizes)
 
 
+def margin_mse(rows: list[Any], teacher: list[Any]) -> Any:
+    """MarginMSE (Hofstätter et al. 2020) over groups of different sizes: per group (positive first), the
+    mean over its negatives of ``((s_p - s_n) - (t_p - t_n))^2``; the mean over groups. ``rows``: the
+    student's 1-d scores per group (differentiable); ``teacher``: the teacher's, same shapes."""
+    import torch
+
+    losses = []
+    for s, t in zip(rows, teacher):
+        t = torch.as_tensor(t, dtype=s.dtype, device=s.device)
+        losses.append(((s[0] - s[1:]) - (t[0] - t[1:])).pow(2).mean())
+    return torch.stack(losses).mean()
+
+
 def weighted_nll(logits: Any, input_ids: Any, weights: Any) -> Any:
     """``-sum(w_i log p(y_i | y_<i)) / #(w_i > 0)`` with next-token shift; tensors of one sequence."""
     import torch
