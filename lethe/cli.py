@@ -635,6 +635,23 @@ def _distill_weight(teacher: str | None, weight: float) -> float:
     return weight
 
 
+def _with_doc2query(ws: Any, data: Any, n: int) -> Any:
+    """``--doc2query N``: the training data plus the queries the packaged LLM writes for ``n`` unjudged documents."""
+    from lethe.pipelines.doc2query import add_generated_queries, sample_documents, with_generated
+    from lethe.pipelines.rerank import DEFAULT_LLM, ensure_llm
+    from lethe.pipelines.train import progress_bar
+
+    if n < 0:
+        raise LetheError(f"--doc2query must be >= 0, got {n}")
+    judged = {d for rel in data.qrels.values() for d in rel}
+    on_step, close = progress_bar("doc2query")
+    queries = add_generated_queries(ws, sample_documents(ws, n, exclude=sorted(judged)), str(ensure_llm(ws)),
+                                    on_step=on_step)
+    close()
+    console.print(f"doc2query: {len(queries)} generated queries ({DEFAULT_LLM})")
+    return with_generated(ws, data, queries)
+
+
 def _teacher_cache(ws: Any, data: Any, teacher: str) -> str:
     """Score the training pools with ``teacher`` (a registered cross-encoder) and return the cache's version."""
     from lethe.pipelines.train import score_pools
@@ -696,6 +713,9 @@ def train_cross_encoder_cmd(
              "distilled with MarginMSE (kept as a score cache, NAME-scores)")] = None,
     distill: Annotated[float, typer.Option(
         help="with --distill-from: weight of MarginMSE against the labels' listwise loss (1: margins only)")] = 0.5,
+    doc2query: Annotated[int, typer.Option(
+        help="also train on queries the packaged LLM writes for this many unjudged documents (kept in the store, "
+             "forgotten with their document; resumable)")] = 0,
     shards: ShardsOpt = 0,
     shard_lr_scale: ShardLrOpt = 5.0,
     audit_holdout: HoldoutOpt = 0.15,
@@ -711,6 +731,8 @@ def train_cross_encoder_cmd(
     with _workspace(home, no_wait=no_wait) as ws, ws.writing():
         _ensure_indexed(ws, ds)
         td, reference = training_data(ws, ds, split).hold_out(audit_holdout)
+        if doc2query:
+            td = _with_doc2query(ws, td, doc2query)
         cfg = CETrainConfig(epochs=epochs, lr=lr, max_length=max_length or (56 if one_pass else 128),
                             elr=_elr(elr_lam, elr_select), listwise=one_pass, passage_view=view, distill=weight,
                             max_seconds=max_minutes * 60 if max_minutes else None)

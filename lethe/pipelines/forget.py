@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lethe.errors import ForgetError, LedgerError
+from lethe.pipelines.doc2query import source_owner
 from lethe.pipelines.scrub import hashed_forms, scrub_request, trace_report
 from lethe.pipelines.workspace import OWN_TEXT_PROBES, IndexInfo, Workspace
 from lethe.retrieval.bm25 import BM25Index
@@ -345,7 +346,7 @@ def _run(ws: Workspace, rid: str, request: ForgetRequest | RecoveredRequest, cra
     indexes = [i for i in ws.indexes() if i.ref.name in names]
     checks = _step(ws, rid, "verify", ran, crash_after, lambda: verify_request(ws, plan, indexes, rid))
     _step(ws, rid, "scrub", ran, crash_after, lambda: scrub_request(
-        ws, ids, [*plan["request_owners"]], qids))
+        ws, ids, [*plan["request_owners"], *plan.get("source_owners", [])], qids))
     receipt = _receipt(ws, rid, request, plan, removed, checks, models, reindexed)
     entry = ws.ledger.append(rid, "receipt", receipt)
     _crash_point("receipt", crash_after)
@@ -412,7 +413,8 @@ def _resolve(ws: Workspace, request: ForgetRequest | RecoveredRequest, unlearn: 
     owned = [d for o in request.owners for d in ws.store.docs_of_owner(o)]
     held = _ids_anywhere(ws, tuple(dict.fromkeys([*request.doc_ids, *owned])))
     ids = [d for d in dict.fromkeys([*request.doc_ids, *owned]) if d in held]  # unknown ids are never "deleted"
-    qids = sorted({q for o in request.owners for q in ws.store.queries_of_owner(o)})
+    sources = [source_owner(d) for d in ids]  # queries written from a forgotten document (doc2query) go with it
+    qids = sorted({q for o in [*request.owners, *sources] for q in ws.store.queries_of_owner(o)})
     holders = [i for i in ws.indexes() if any(d in _ids_of(ws, i) for d in ids)]
     keys = _lineage_keys(ws, request, ids, qids)
     affected = ws.registry.affected_by(doc_ids=[*ids, *keys["doc_ids"]], owner_ids=[*request.owners,
@@ -425,7 +427,7 @@ def _resolve(ws: Workspace, request: ForgetRequest | RecoveredRequest, unlearn: 
             query_ids=[*qids, *keys["query_ids"], *(q for q, _ in request.labels)]) if str(a) in by_label]
     docs = ws.store.get_many(ids)
     return {
-        "request_docs": list(request.doc_ids), "request_owners": list(request.owners),
+        "request_docs": list(request.doc_ids), "request_owners": list(request.owners), "source_owners": sources,
         "reason": request.reason, "doc_ids": ids, "query_ids": qids,
         "hashes": sorted(set(ws.store.hashes(ids).values())),
         "probe_texts": {d.id: d.contents for d in docs[:OWN_TEXT_PROBES]},

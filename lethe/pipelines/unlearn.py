@@ -583,7 +583,8 @@ def _register(job: ModelJob, scorer: Scorer, rows: list[MinedExample] | None, me
               sharded: ShardedModel | None) -> ArtifactRef:
     """The new version: weights, the groups it holds now, its reference without the data, its shards."""
     plan = job.plan
-    without = Lineage(doc_ids=plan["doc_ids"], owner_ids=plan["request_owners"], query_ids=plan["query_ids"])
+    without = Lineage(doc_ids=plan["doc_ids"], owner_ids=[*plan["request_owners"], *plan.get("source_owners", [])],
+                      query_ids=plan["query_ids"])
     reference = job.reference.without(plan["doc_ids"], plan["query_ids"]) if job.reference else None
     with tempfile.TemporaryDirectory() as tmp:
         if isinstance(scorer, CrossEncoderScorer):
@@ -614,7 +615,8 @@ def _unlearn_cache(ws: Workspace, rid: str, ref: ArtifactRef, plan: dict[str, An
     if new_teacher:  # the teacher was unlearned in this request: its old scores must not be distilled again
         kept = _rescore(ws, kept, new_teacher)
         rescored_by = new_teacher
-    without = Lineage(doc_ids=plan["doc_ids"], owner_ids=plan["request_owners"], query_ids=plan["query_ids"])
+    without = Lineage(doc_ids=plan["doc_ids"], owner_ids=[*plan["request_owners"], *plan.get("source_owners", [])],
+                      query_ids=plan["query_ids"])
     with tempfile.TemporaryDirectory() as tmp:
         kept.save(Path(tmp) / "scores.json")
         extra = {**(ref.manifest.get("extra", {}) or {}), "teacher": rescored_by or scores.teacher,
