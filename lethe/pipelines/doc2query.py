@@ -1,9 +1,10 @@
 """doc2query: training queries written by the packaged LLM for documents of the store.
 
 A cross-encoder learns from (query, relevant document) pairs; a collection has few judged queries, but every
-document can be given one: the LLM reads the document's head and writes a search query it answers
-(Nogueira et al. 2019, doc2query; the body, not the title, which a small model would copy). The document is that query's positive; the pool of a first stage gives its
-negatives and a teacher's scores give every margin (``lethe train cross-encoder --doc2query N``).
+document can be given one: the LLM reads the document's body (not its title, which a small model copies) and
+writes a question it answers (Nogueira et al. 2019, doc2query). The document is that query's positive; the pool
+of a first stage gives its negatives and a teacher's scores give every margin
+(``lethe train cross-encoder --doc2query N``).
 
 Generated queries are data derived from one document, so they live in the store like any query and are
 forgotten with it: each is owned by its document's owners and by :func:`source_owner` of the document
