@@ -30,9 +30,10 @@ from pathlib import Path
 from lethe.data import Dataset, load_dataset
 from lethe.data.loaders import load_trec_run
 from lethe.errors import RegistryError
+from lethe.pipelines.doc2query import add_generated_queries, sample_documents, with_generated
 from lethe.pipelines.evaluate import delta_ci, evaluate
 from lethe.pipelines.rerank import DEFAULT_LLM, ensure_llm, listwise_examples, load_reranker, train_listwise_reranker
-from lethe.pipelines.train import progress_bar, train_teacher, training_data
+from lethe.pipelines.train import TrainingData, load_scores, progress_bar, score_pools, train_teacher, training_data
 from lethe.pipelines.workspace import Workspace
 from lethe.ranking import CETrainConfig
 from lethe.ranking.base import rerank_run
@@ -73,18 +74,10 @@ def train_models(ws: Workspace, ds: Dataset, args: argparse.Namespace, passage_t
     times: dict[str, float] = {}
     _ensure_bm25(ws, ds)
     train_q = train_queries(ds, args.train_queries)
-    if _has(ws, "cross-encoder"):
-        times["cross_encoder"] = ws.registry.get("cross-encoder").manifest.get("extra", {}).get("seconds")
+    if _has(ws, args.ce_name):
+        times["cross_encoder"] = ws.registry.get(args.ce_name).manifest.get("extra", {}).get("seconds")
     elif args.ce_minutes > 0:
-        td = training_data(ws, ds, "train", train_queries(ds, args.ce_train_queries), pool_depth=args.depth,
-                           indexes=("bm25",))
-        cfg = CETrainConfig(lr=args.ce_lr, max_length=args.ce_max_length, queries_per_step=4, epochs=args.ce_epochs,
-                            max_seconds=args.ce_minutes * 60, gate=args.ce_gate)
-        on_step, close = progress_bar("cross-encoder")
-        t0 = time.perf_counter()
-        train_teacher(ws, td, "cross-encoder", "minilm", cfg, n_negatives=7, on_step=on_step)
-        close()
-        times["cross_encoder"] = round(time.perf_counter() - t0, 1)
+        times.update(train_cross_encoder(ws, ds, args))
     wanted = set(args.listwise.split(","))
     if "full" in wanted and args.full_model == "encoder":
         times.update(train_one_pass(ws, ds, args))
@@ -113,6 +106,49 @@ def train_models(ws: Workspace, ds: Dataset, args: argparse.Namespace, passage_t
         close()
         times[name] = round(time.perf_counter() - t0, 1)
     return times
+
+
+def train_cross_encoder(ws: Workspace, ds: Dataset, args: argparse.Namespace) -> dict[str, float]:
+    """The pair cross-encoder ``--ce-name`` on the train split's BM25 pools (plus ``--ce-doc2query`` generated
+    queries), distilling ``--ce-distill``'s scores with MarginMSE when given; returns its training seconds and,
+    when it distils, the seconds spent generating queries and scoring pools."""
+    times: dict[str, float] = {}
+    td = training_data(ws, ds, "train", train_queries(ds, args.ce_train_queries), pool_depth=args.depth,
+                       indexes=("bm25",))
+    if args.ce_doc2query:
+        t0 = time.perf_counter()
+        judged = {d for rel in ds.qrels.get("train", {}).values() for d in rel}
+        on_step, close = progress_bar("doc2query")
+        generated = add_generated_queries(ws, sample_documents(ws, args.ce_doc2query, exclude=sorted(judged)),
+                                          str(ensure_llm(ws)), on_step=on_step)
+        close()
+        td = with_generated(ws, td, generated, pool_depth=args.depth, indexes=("bm25",))
+        times["doc2query"] = round(time.perf_counter() - t0, 1)
+    cache = None
+    if args.ce_distill:
+        t0 = time.perf_counter()
+        cache = teacher_cache(ws, td, args.ce_distill)
+        times["teacher_scores"] = round(time.perf_counter() - t0, 1)
+    cfg = CETrainConfig(lr=args.ce_lr, max_length=args.ce_max_length, queries_per_step=4, epochs=args.ce_epochs,
+                        max_seconds=args.ce_minutes * 60, gate=args.ce_gate,
+                        distill=args.ce_distill_weight if args.ce_distill else 0.0)
+    on_step, close = progress_bar(args.ce_name)
+    t0 = time.perf_counter()
+    train_teacher(ws, td, args.ce_name, "minilm", cfg, n_negatives=7, on_step=on_step, cache=cache)
+    close()
+    times["cross_encoder"] = round(time.perf_counter() - t0, 1)
+    return times
+
+
+def teacher_cache(ws: Workspace, td: TrainingData, teacher: str) -> str:
+    """A score cache of ``teacher`` over ``td``'s pools: the registered ``TEACHER-scores`` when it scores every
+    pool candidate already (runs with and without generated queries share it), else a new version."""
+    name = f"{teacher}-scores"
+    if _has(ws, name):
+        have = load_scores(ws, str(ws.registry.get(name))).scores
+        if all(d in have.get(q, {}) for q, pool in td.pools.items() for d in pool):
+            return str(ws.registry.get(name))
+    return str(score_pools(ws, td, teacher, name)[0])
 
 
 def train_one_pass(ws: Workspace, ds: Dataset, args: argparse.Namespace) -> dict[str, float]:
@@ -237,6 +273,12 @@ def main() -> None:
     ap.add_argument("--ce-lr", type=float, default=3e-5)
     ap.add_argument("--ce-gate", type=float, default=-6.0,
                     help="starting cross-segment attention gate (-1e4: closed; a bi-encoder tuned in the pair layout)")
+    ap.add_argument("--ce-name", default="cross-encoder", help="registry name of the trained cross-encoder")
+    ap.add_argument("--ce-distill", default=None,
+                    help="distil this registered cross-encoder's scores (e.g. listwise-full) with MarginMSE")
+    ap.add_argument("--ce-distill-weight", type=float, default=0.5, help="MarginMSE's weight against the labels")
+    ap.add_argument("--ce-doc2query", type=int, default=0,
+                    help="also train on queries the packaged LLM writes for this many unjudged documents")
     ap.add_argument("--ce-max-length", type=int, default=128, help="cross-encoder tokens per pair (train and rerank)")
     ap.add_argument("--full-model", choices=("encoder", "llm"), default="encoder",
                     help="the trained full-ranking model: the one-pass list encoder (MiniLM, every candidate in one "
@@ -296,7 +338,7 @@ def main() -> None:
             labels = fused_teacher(ws, queries, run) if args.teacher == "fusion" else run
             ndcg = evaluate(labels, qrels, ["nDCG@10"])[0]["nDCG@10"]
             out["teacher"] = {"name": args.teacher, "ndcg10": round(ndcg, 4)}
-        models = {"cross_encoder": ("cross-encoder", "ce"), "qlm": (DEFAULT_LLM, "qlm"), "full": (DEFAULT_LLM, "full"),
+        models = {"cross_encoder": (args.ce_name, "ce"), "qlm": (DEFAULT_LLM, "qlm"), "full": (DEFAULT_LLM, "full"),
                   "sliding": (DEFAULT_LLM, "sliding"), "first_token": (DEFAULT_LLM, "first_token"),
                   "full_trained": ("listwise-full", "full"), "sliding_trained": ("listwise-sliding", "sliding"),
                   "first_token_trained": ("listwise-full", "first_token")}
