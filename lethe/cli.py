@@ -601,9 +601,10 @@ ElrOpt = Annotated[float, typer.Option(
          "dev queries (benchmarks/elr.py); embedder: the contrastive recipe only")]
 
 
-ElrSelectOpt = Annotated[float, typer.Option(
+ElrSelectOpt = Annotated[float | None, typer.Option(
     help="with --elr-lam: learn no label that the model, before training, gives less than this probability among "
-         "its candidates (a wrong positive is implausible to a pretrained retriever); 0 = learn every label")]
+         "its candidates (a wrong positive is implausible to a pretrained retriever); 0 = learn every label "
+         "(default 0.05)")]
 
 
 def _trained(ref, losses: list[float]) -> str:  # noqa: ANN001
@@ -614,10 +615,14 @@ def _trained(ref, losses: list[float]) -> str:  # noqa: ANN001
     return f"{len(losses)} steps, final loss {losses[-1]:.4f}" if losses else "no step"
 
 
-def _elr(lam: float, select: float) -> Any:
-    """``--elr-lam`` / ``--elr-select``: ELR's settings (targets started at the untrained model's predictions),
-    or None for plain training (lam 0)."""
+def _elr(lam: float, select: float | None) -> Any:
+    """``--elr-lam`` / ``--elr-select`` (default 0.05 with ELR): ELR's settings (targets started at the untrained
+    model's predictions), or None for plain training (lam 0, where ``--elr-select`` is refused, not ignored)."""
     from lethe.training.elr import ELRConfig
+
+    if select is not None and not lam:
+        raise LetheError("--elr-select chooses the labels ELR learns: it needs --elr-lam > 0")
+    select = 0.05 if select is None else select
 
     if lam < 0:
         raise LetheError(f"--elr-lam must be >= 0 (0: no ELR), got {lam}")
@@ -641,8 +646,6 @@ def _with_doc2query(ws: Any, data: Any, n: int) -> Any:
     from lethe.pipelines.rerank import DEFAULT_LLM, ensure_llm
     from lethe.pipelines.train import progress_bar
 
-    if n < 0:
-        raise LetheError(f"--doc2query must be >= 0, got {n}")
     judged = {d for rel in data.qrels.values() for d in rel}
     on_step, close = progress_bar("doc2query")
     queries = add_generated_queries(ws, sample_documents(ws, n, exclude=sorted(judged)), str(ensure_llm(ws)),
@@ -652,13 +655,17 @@ def _with_doc2query(ws: Any, data: Any, n: int) -> Any:
     return with_generated(ws, data, queries)
 
 
+def _check_teacher(ws: Any, teacher: str) -> None:
+    """``--distill-from`` must name a registered cross-encoder."""
+    kind = ws.registry.get(teacher).kind
+    if kind != "cross_encoder":
+        raise LetheError(f"--distill-from {teacher} is a {kind}; give a registered cross-encoder")
+
+
 def _teacher_cache(ws: Any, data: Any, teacher: str) -> str:
     """Score the training pools with ``teacher`` (a registered cross-encoder) and return the cache's version."""
     from lethe.pipelines.train import score_pools
 
-    kind = ws.registry.get(teacher).kind
-    if kind != "cross_encoder":
-        raise LetheError(f"--distill-from {teacher} is a {kind}; give a registered cross-encoder")
     console.print(f"scoring the training pools with {teacher} ...")
     ref, _ = score_pools(ws, data, teacher)
     return str(ref)
@@ -707,7 +714,7 @@ def train_cross_encoder_cmd(
         help="--one-pass: what the model reads of each candidate, head | query (query-biased snippet; the "
              "default, measured better on SciFact)")] = None,
     elr_lam: ElrOpt = 0.0,
-    elr_select: ElrSelectOpt = 0.05,
+    elr_select: ElrSelectOpt = None,
     distill_from: Annotated[str | None, typer.Option(
         help="a registered cross-encoder (e.g. the one-pass list model) whose scores of the training pools are "
              "distilled with MarginMSE (kept as a score cache, NAME-scores)")] = None,
@@ -727,14 +734,19 @@ def train_cross_encoder_cmd(
 
     view = _one_pass_view(one_pass, passage_view)
     weight = _distill_weight(distill_from, distill)
+    elr = _elr(elr_lam, elr_select)
     ds = _load(data, None, "error", "error")
+    if doc2query < 0:
+        raise LetheError(f"--doc2query must be >= 0, got {doc2query}")
     with _workspace(home, no_wait=no_wait) as ws, ws.writing():
+        if distill_from:
+            _check_teacher(ws, distill_from)
         _ensure_indexed(ws, ds)
         td, reference = training_data(ws, ds, split).hold_out(audit_holdout)
         if doc2query:
             td = _with_doc2query(ws, td, doc2query)
         cfg = CETrainConfig(epochs=epochs, lr=lr, max_length=max_length or (56 if one_pass else 128),
-                            elr=_elr(elr_lam, elr_select), listwise=one_pass, passage_view=view, distill=weight,
+                            elr=elr, listwise=one_pass, passage_view=view, distill=weight,
                             max_seconds=max_minutes * 60 if max_minutes else None)
         cache = _teacher_cache(ws, td, distill_from) if distill_from else None
         on_step, close = progress_bar(f"training {name}")
@@ -768,7 +780,7 @@ def train_embedder_cmd(
     max_minutes: Annotated[float | None, typer.Option(help="stop training after this long")] = None,
     eval_split: Annotated[str, typer.Option(help="split to evaluate the new version on")] = "test",
     elr_lam: ElrOpt = 0.0,
-    elr_select: ElrSelectOpt = 0.05,
+    elr_select: ElrSelectOpt = None,
     shards: ShardsOpt = 0,
     shard_lr_scale: ShardLrOpt = 5.0,
     audit_holdout: HoldoutOpt = 0.15,

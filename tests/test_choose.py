@@ -73,6 +73,12 @@ def test_tuning_queries_leave_out_what_a_candidate_trained_on_and_refuse_test(tm
         assert len(tuning_queries(ws, ds, untrained, "dev", 3)) == 3
         with pytest.raises(LetheError, match="test split"):
             tuning_queries(ws, ds, untrained, "test", 0)
+        from lethe.pipelines.forget import forget
+        from lethe.types import ForgetRequest, Query
+
+        ws.store.ingest([], [Query("q5", DEV["q5"], ("u42",))])      # a user's own query, then the user goes
+        assert forget(ws, ForgetRequest(owners=("u42",))).reached
+        assert tuning_queries(ws, ds, untrained, "dev", 0) == sorted(set(DEV) - {"q5"})
 
 
 def test_choice_is_the_best_on_dev_and_eval_auto_uses_it(tmp_path: Path, home: Path) -> None:

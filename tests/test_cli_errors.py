@@ -247,3 +247,21 @@ def test_more_option_values_fail_before_any_write(args: list[str], tmp_path: Pat
         else:
             assert snapshot(target) == before
         assert not out_dir.exists()
+
+
+@pytest.mark.parametrize(("args", "what"), [
+    (["--elr-select", "0.1"], "--elr-select"),            # no ELR: refused, not ignored
+    (["--distill-from", "bm25", "--distill", "2"], "--distill"),
+    (["--doc2query", "-1"], "--doc2query"),
+    (["--distill-from", "bm25"], "bm25"),                   # an index, not a cross-encoder
+    (["--distill-from", "bogus"], "bogus"),
+], ids=["elr-select-without-elr", "distill-weight", "doc2query", "teacher-kind", "teacher-unknown"])
+def test_train_cross_encoder_options_fail_before_any_write(args: list[str], what: str, home: Path,
+                                                            built: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    before = snapshot(home)
+    code, out, err = run(monkeypatch, capsys, "train", "cross-encoder", "--data", built["data"], "--home", home,
+                         "--split", "test", *args)
+    line = assert_one_line_error(code, out, err)
+    assert what in line, line
+    assert snapshot(home) == before

@@ -122,7 +122,8 @@ def default_split(ds: Dataset) -> str:
 
 def tuning_queries(ws: Workspace, ds: Dataset, specs: Iterable[RerankerSpec], split: str, n: int,
                    seed: int = 7) -> list[str]:
-    """A fixed-seed sample of ``n`` judged ``split`` queries (0: all) that no candidate trained on."""
+    """A fixed-seed sample of ``n`` judged ``split`` queries (0: all) that no candidate trained on and that were
+    not forgotten (a forgotten query's text stays in the dataset files, never in what lethe reads)."""
     if split in REFUSED_SPLITS:
         raise LetheError(f"choosing a reranker on the {split} split would make every later {split} figure "
                          "optimistic: use dev or train queries (the default)")
@@ -130,8 +131,10 @@ def tuning_queries(ws: Workspace, ds: Dataset, specs: Iterable[RerankerSpec], sp
     for spec in specs:
         if spec.model is not None:
             trained |= trained_queries(ws, spec.model)
+    gone = ws.ledger.forgotten_hashes("query")
     pool = sorted(q for q, rel in ds.split_qrels(split).items()
-                  if q in ds.queries and q not in trained and any(v > 0 for v in rel.values()))
+                  if q in ds.queries and q not in trained and any(v > 0 for v in rel.values())
+                  and not (gone and ws.ledger.hash_id(q, "query") in gone))
     if len(pool) < 2:
         raise LetheError(f"{ds.name}/{split} has {len(pool)} judged queries no candidate trained on: too few "
                          "to choose a reranker")
