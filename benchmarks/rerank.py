@@ -118,10 +118,8 @@ def train_cross_encoder(ws: Workspace, ds: Dataset, args: argparse.Namespace) ->
     if args.ce_doc2query:
         t0 = time.perf_counter()
         judged = {d for rel in ds.qrels.get("train", {}).values() for d in rel}
-        on_step, close = progress_bar("doc2query")
         generated = add_generated_queries(ws, sample_documents(ws, args.ce_doc2query, exclude=sorted(judged)),
-                                          str(ensure_llm(ws)), on_step=on_step)
-        close()
+                                          str(ensure_llm(ws)), show_progress=True)
         td = with_generated(ws, td, generated, pool_depth=args.depth, indexes=("bm25",))
         times["doc2query"] = round(time.perf_counter() - t0, 1)
     cache = None

@@ -644,13 +644,10 @@ def _with_doc2query(ws: Any, data: Any, n: int) -> Any:
     """``--doc2query N``: the training data plus the queries the packaged LLM writes for ``n`` unjudged documents."""
     from lethe.pipelines.doc2query import add_generated_queries, sample_documents, with_generated
     from lethe.pipelines.rerank import DEFAULT_LLM, ensure_llm
-    from lethe.pipelines.train import progress_bar
 
     judged = {d for rel in data.qrels.values() for d in rel}
-    on_step, close = progress_bar("doc2query")
     queries = add_generated_queries(ws, sample_documents(ws, n, exclude=sorted(judged)), str(ensure_llm(ws)),
-                                    on_step=on_step)
-    close()
+                                    show_progress=True)
     console.print(f"doc2query: {len(queries)} generated queries ({DEFAULT_LLM})")
     return with_generated(ws, data, queries)
 

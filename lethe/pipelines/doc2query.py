@@ -112,9 +112,12 @@ def sample_documents(ws: Workspace, n: int, exclude: Sequence[str] = (), seed: i
 
 
 def add_generated_queries(ws: Workspace, doc_ids: Sequence[str], llm: str, cfg: Doc2QueryConfig | None = None,
-                          on_step: Callable[[int, int, float], None] | None = None) -> list[Query]:
+                          show_progress: bool = False) -> list[Query]:
     """The generated queries of ``doc_ids``: those already in the store, and new ones written by registry LLM
-    ``llm`` for the rest and stored (in batches, so that a killed run resumes where it stopped)."""
+    ``llm`` for the rest and stored (in batches, so that a killed run resumes where it stopped); a bar of the
+    documents written for with ``show_progress``."""
+    from tqdm.auto import tqdm
+
     cfg = cfg or Doc2QueryConfig()
     docs = {d.id: d for d in ws.store.get_many(list(doc_ids))}
     missing = [d for d in doc_ids if d not in docs]
@@ -128,6 +131,7 @@ def add_generated_queries(ws: Workspace, doc_ids: Sequence[str], llm: str, cfg: 
             raise LetheError(f"doc2query needs an LLM; {ref} is a {ref.kind}")
         model, tokenizer = ws.registry.load(ref)
         step = max(1, cfg.batch_size) * 8
+        bar = tqdm(total=len(todo), desc="doc2query", unit="doc", disable=not show_progress)
         for start in range(0, len(todo), step):
             chunk = todo[start : start + step]
             written = generate_queries(model, tokenizer, {d: docs[d].text or docs[d].contents for d in chunk}, cfg)
@@ -136,8 +140,8 @@ def add_generated_queries(ws: Workspace, doc_ids: Sequence[str], llm: str, cfg: 
                    for d in chunk for i, q in enumerate(written.get(d, []))]
             with ws.writing():
                 ws.store.ingest([], new)
-            if on_step is not None:
-                on_step(min(start + step, len(todo)), len(todo), 0.0)
+            bar.update(len(chunk))
+        bar.close()
     ids = [q for d in doc_ids for q in ws.store.queries_of_owner(source_owner(d))]
     texts = ws.store.query_texts(ids)
     owners = ws.store.query_owners(ids)
