@@ -208,3 +208,37 @@ def test_rerank_commands_on_a_tiny_llm(tmp_path: Path) -> None:
     result = runner.invoke(app, ["rerank", "--run", str(run), "--data", str(data), "--home", str(home),
                                  "--model", "tiny-llm", "--mode", "diagonal"])
     assert result.exit_code != 0 and "unknown LLM rerank mode" in str(result.exception)
+
+
+def test_train_cross_encoder_distils_a_teacher_on_generated_queries(tmp_path: Path) -> None:
+    from lethe.pipelines.doc2query import source_owner
+    from lethe.pipelines.workspace import Workspace
+    from lethe.registry import ModelSpec
+    from lethe.registry.testing import build_tiny_bert, build_tiny_llama
+    from tests.conftest import TEXTS, make_home
+
+    data = write_beir(tmp_path / "tiny")
+    home = make_home(tmp_path, build_tiny_bert(tmp_path / "bert", TEXTS * 3))
+    llm_dir = build_tiny_llama(tmp_path / "llm", TEXTS * 3, max_positions=2048)
+    with Workspace(home, show_progress=False) as ws:   # the tiny Llama stands in for the packaged LLM
+        ws.registry.register(ModelSpec(name="smollm2", kind="llm", source=f"path:{llm_dir}"))
+    common = ["--data", str(data), "--home", str(home), "--split", "test", "--base", "tiny", "--epochs", "1",
+              "--audit-holdout", "0"]
+    invoke("train", "cross-encoder", *common, "--name", "teacher")
+    out = invoke("train", "cross-encoder", *common, "--name", "student", "--distill-from", "teacher",
+                 "--distill", "0.5", "--doc2query", "4").output
+    assert "registered student@v1" in out and "generated queries" in out
+    with Workspace(home, show_progress=False) as ws:
+        ref = ws.registry.get("student")
+        parents = {rel: str(p) for rel, p in ws.registry.parents_of(ref)}
+        assert parents["teacher"] == "teacher@v1" and parents["cache"].startswith("teacher-scores@")
+        assert ref.manifest["extra"]["train"]["distill"] == 0.5
+        sources = [d for d in ws.store.ids() if ws.store.queries_of_owner(source_owner(d))]
+        generated = {q for d in sources for q in ws.store.queries_of_owner(source_owner(d))}
+        assert generated and generated <= set(ws.registry.lineage_of(ref).query_ids)
+    out = invoke("forget", "--doc", sources[0], "--home", str(home), "--unlearn", "retrain").output
+    assert "level deleted" in out
+    assert "verification passed" in invoke("verify", "--home", str(home)).output
+    with Workspace(home, show_progress=False) as ws:
+        assert not ws.store.queries_of_owner(source_owner(sources[0]))
+        assert str(ws.registry.get("student")) == "student@v2"
