@@ -43,6 +43,7 @@ def llm_ws(workspace, tmp_path: Path):  # noqa: ANN001, ANN201
 def test_clean_query_and_ids() -> None:
     assert clean_query('  Query: "what is bm25?"\nmore text') == "what is bm25?"
     assert clean_query("\n\nSearch query: vitamins") == "vitamins"
+    assert clean_query("Question: What is the role of Nrg1?") == "What is the role of Nrg1?"
     assert clean_query("   ") == ""
     assert source_of(generated_id("d:7", 2)) == "d:7" and source_owner("d3") == "source-doc:d3"
     with pytest.raises(LetheError, match="not a generated query"):

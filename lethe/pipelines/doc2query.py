@@ -67,9 +67,10 @@ def query_prompt(tokenizer: Any, text: str, passage_tokens: int) -> str:
 
 
 def clean_query(text: str) -> str:
-    """The first line of a generation, without a ``Query:`` label or quotes ('' when nothing is left)."""
+    """The first line of a generation, without a ``Query:`` / ``Question:`` label or quotes ('' when nothing is
+    left)."""
     line = next((s for s in text.strip().splitlines() if s.strip()), "")
-    line = re.sub(r"^\s*(search\s+)?query\s*:\s*", "", line, flags=re.I)
+    line = re.sub(r"^\s*((search\s+)?query|question)\s*:\s*", "", line, flags=re.I)
     return line.strip().strip('"“”\'').strip()
 
 
