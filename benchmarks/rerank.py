@@ -30,7 +30,7 @@ from pathlib import Path
 from lethe.data import Dataset, load_dataset
 from lethe.data.loaders import load_trec_run
 from lethe.errors import RegistryError
-from lethe.pipelines.doc2query import add_generated_queries, sample_documents, with_generated
+from lethe.pipelines.doc2query import with_doc2query
 from lethe.pipelines.evaluate import delta_ci, evaluate
 from lethe.pipelines.rerank import DEFAULT_LLM, ensure_llm, listwise_examples, load_reranker, train_listwise_reranker
 from lethe.pipelines.train import TrainingData, load_scores, progress_bar, score_pools, train_teacher, training_data
@@ -117,10 +117,9 @@ def train_cross_encoder(ws: Workspace, ds: Dataset, args: argparse.Namespace) ->
                        indexes=("bm25",))
     if args.ce_doc2query:
         t0 = time.perf_counter()
-        judged = {d for rel in ds.qrels.get("train", {}).values() for d in rel}
-        generated = add_generated_queries(ws, sample_documents(ws, args.ce_doc2query, exclude=sorted(judged)),
-                                          str(ensure_llm(ws)), show_progress=True)
-        td = with_generated(ws, td, generated, pool_depth=args.depth, indexes=("bm25",))
+        judged = sorted({d for rel in ds.qrels.get("train", {}).values() for d in rel})  # dev positives too
+        td = with_doc2query(ws, td, args.ce_doc2query, str(ensure_llm(ws)), exclude=judged, pool_depth=args.depth,
+                            indexes=("bm25",))
         times["doc2query"] = round(time.perf_counter() - t0, 1)
     cache = None
     if args.ce_distill:

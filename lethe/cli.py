@@ -642,14 +642,12 @@ def _distill_weight(teacher: str | None, weight: float) -> float:
 
 def _with_doc2query(ws: Any, data: Any, n: int) -> Any:
     """``--doc2query N``: the training data plus the queries the packaged LLM writes for ``n`` unjudged documents."""
-    from lethe.pipelines.doc2query import add_generated_queries, sample_documents, with_generated
-    from lethe.pipelines.rerank import DEFAULT_LLM, ensure_llm
+    from lethe.pipelines.doc2query import with_doc2query
+    from lethe.pipelines.rerank import ensure_llm
 
-    judged = {d for rel in data.qrels.values() for d in rel}
-    queries = add_generated_queries(ws, sample_documents(ws, n, exclude=sorted(judged)), str(ensure_llm(ws)),
-                                    show_progress=True)
-    console.print(f"doc2query: {len(queries)} generated queries ({DEFAULT_LLM})")
-    return with_generated(ws, data, queries)
+    more = with_doc2query(ws, data, n, str(ensure_llm(ws)))
+    console.print(f"doc2query: {len(more.queries) - len(data.queries)} generated queries")
+    return more
 
 
 def _check_teacher(ws: Any, teacher: str) -> None:
@@ -732,9 +730,9 @@ def train_cross_encoder_cmd(
     view = _one_pass_view(one_pass, passage_view)
     weight = _distill_weight(distill_from, distill)
     elr = _elr(elr_lam, elr_select)
-    ds = _load(data, None, "error", "error")
     if doc2query < 0:
         raise LetheError(f"--doc2query must be >= 0, got {doc2query}")
+    ds = _load(data, None, "error", "error")
     with _workspace(home, no_wait=no_wait) as ws, ws.writing():
         if distill_from:
             _check_teacher(ws, distill_from)

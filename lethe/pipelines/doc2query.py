@@ -170,3 +170,13 @@ def with_generated(ws: Workspace, data: Any, queries: Sequence[Query], pool_dept
     return TrainingData({**data.queries, **new}, {**data.qrels, **{q: {source_of(q): 1} for q in new}}, data.texts,
                         {**data.pools, **{q: [d for d in p if d in data.texts] for q, p in pools.items()}},
                         {**data.owners, **{f"query:{q.id}": q.owners for q in queries if q.id in new}})
+
+
+def with_doc2query(ws: Workspace, data: Any, n: int, llm: str, exclude: Sequence[str] | None = None,
+                   pool_depth: int = 30, indexes: Sequence[str] = ("bm25", "dense"), show_progress: bool = True) -> Any:
+    """``data`` plus the queries ``llm`` writes for a fixed-seed sample of ``n`` store documents outside ``exclude``
+    (default: every document judged in ``data``), pooled from ``indexes``."""
+    if exclude is None:
+        exclude = sorted({d for rel in data.qrels.values() for d in rel})
+    queries = add_generated_queries(ws, sample_documents(ws, n, exclude=exclude), llm, show_progress=show_progress)
+    return with_generated(ws, data, queries, pool_depth=pool_depth, indexes=indexes)

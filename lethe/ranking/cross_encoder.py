@@ -414,8 +414,6 @@ def listwise_loss(model: Any, batch: Sequence[Group], cfg: CETrainConfig,  # noq
 
     rows, logits, sizes = _batch_logits(model, batch, cfg.max_length)
     teacher = margin_mse(list(rows), [g.teacher for g in batch]) if cfg.distill else 0.0
-    if cfg.distill == 1.0:
-        return teacher
     if targets is None:
         return (1.0 - cfg.distill) * group_nll(logits, sizes, cfg.bce_weight) + cfg.distill * teacher
     keys = [g.key for g in batch]
