@@ -152,7 +152,8 @@ def main() -> None:
     out: dict = {"data": args.data, "epochs": args.epochs, "lr": args.lr, "batch": args.batch,
                  "negatives": args.negatives, "elr": {"beta": args.elr_beta, "lams": lams, "selects": selects,
                                                           "start": args.elr_start}}
-    with tempfile.TemporaryDirectory(prefix="lethe-elr-") as tmp, Workspace(Path(tmp), show_progress=False) as ws:
+    with tempfile.TemporaryDirectory(prefix="lethe-elr-") as tmp, \
+            Workspace(Path(tmp) / "home", show_progress=False) as ws:  # the ledger key and head too
         ws.ingest(ds)
         ws.build_bm25()
         train_q = sorted(q for q in train_qrels if q in ds.queries)

@@ -220,7 +220,8 @@ def main() -> None:  # noqa: C901
     ds = with_split(load_dataset(args.data), 0.3)
     rng = random.Random(0)
     out: dict = {"data": args.data}
-    with Workspace(Path(tempfile.mkdtemp(prefix="lethe-unlearn-")), show_progress=False) as ws:
+    with tempfile.TemporaryDirectory(prefix="lethe-unlearn-") as tmp, \
+            Workspace(Path(tmp) / "home", show_progress=False) as ws:  # the ledger key and head too
         ws.ingest(ds)
         ws.build_bm25()
         train_q = sorted(q for q in ds.split_qrels("train") if q in ds.queries)
